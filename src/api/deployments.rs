@@ -1,0 +1,163 @@
+//! Deployments: list, show, deploy a new version (JSON or TOML), delete.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use super::extract::{Admin, Authed, DefinitionBody};
+use super::{resource, AppState};
+use crate::deployments::{parse_definition, DeployError, LiveDeployment};
+use crate::error::ApiError;
+use crate::ids;
+use crate::store::{self, Role};
+use crate::workflow::DefinitionError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/deployments").route(web::get().to(list)));
+    cfg.service(
+        resource("/v1/deployments/{key}")
+            .route(web::get().to(show))
+            .route(web::put().to(deploy))
+            .route(web::delete().to(delete)),
+    );
+}
+
+/// The public view of a deployment; the signing secret only for admins.
+pub fn deployment_json(dep: &LiveDeployment, with_secret: bool) -> Value {
+    let def = &dep.definition;
+    let mut body = json!({
+        "key": dep.key,
+        "id": dep.id,
+        "description": def.description,
+        "version": dep.version,
+        "variants": def.variants.iter().map(|(name, v)| json!({"name": name, "vars": v.vars})).collect::<Vec<_>>(),
+        "inputs": def.inputs,
+        "steps": def.steps.iter().map(|s| json!({"id": s.id, "type": s.kind.type_name()})).collect::<Vec<_>>(),
+        "async_only": def.requires_async(),
+        "created_at": ids::rfc3339(dep.created_at),
+        "updated_at": ids::rfc3339(dep.updated_at),
+    });
+    if with_secret {
+        body["signing_secret"] = json!(dep.signing_secret);
+    }
+    body
+}
+
+async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpResponse {
+    let admin = caller.role == Role::Admin;
+    let all: Vec<Value> = state
+        .deployments
+        .all()
+        .iter()
+        .map(|d| deployment_json(d, admin))
+        .collect();
+    HttpResponse::Ok().json(json!({ "deployments": all }))
+}
+
+async fn show(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let dep = state
+        .deployments
+        .get(&key)
+        .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
+    let key = dep.key.clone();
+    let versions = state
+        .store
+        .read(move |conn| store::deployments::versions(conn, &key))
+        .await?;
+    let mut body = deployment_json(&dep, caller.role == Role::Admin);
+    body["versions"] = versions
+        .iter()
+        .map(|v| json!({"version": v.version, "created_at": ids::rfc3339(v.created_at)}))
+        .collect();
+    body["definition"] = serde_json::to_value(&*dep.definition).unwrap_or(Value::Null);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+fn definition_error(err: DefinitionError) -> ApiError {
+    let field = match (&err.step, &err.field) {
+        (Some(step), Some(field)) => Some(format!("steps.{step}.{field}")),
+        (None, Some(field)) => Some(field.clone()),
+        (Some(step), None) => Some(format!("steps.{step}")),
+        (None, None) => None,
+    };
+    ApiError::Validation {
+        message: err.to_string(),
+        field,
+    }
+}
+
+async fn deploy(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    key: web::Path<String>,
+    body: DefinitionBody,
+) -> Result<HttpResponse, ApiError> {
+    let key = key.into_inner();
+    let source = format!("PUT /v1/deployments/{key}");
+    // The URL names the deployment; a body that names another one is a mistake.
+    let (text, is_toml) = match body {
+        DefinitionBody::Toml(text) => {
+            let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ApiError::field("definition", format!("{source}: {}", e.message()))
+            })?;
+            check_key(&key, table.get("key").and_then(|v| v.as_str()))?;
+            table.insert("key".into(), toml::Value::String(key.clone()));
+            (toml::to_string(&table).map_err(ApiError::internal)?, true)
+        }
+        DefinitionBody::Json(Value::Object(mut obj)) => {
+            check_key(&key, obj.get("key").and_then(Value::as_str))?;
+            obj.insert("key".into(), json!(key));
+            (Value::Object(obj).to_string(), false)
+        }
+        DefinitionBody::Json(_) => {
+            return Err(ApiError::BadRequest(
+                "A definition must be a JSON object.".into(),
+            ))
+        }
+    };
+    let def = parse_definition(&state.config, &text, is_toml, &source).map_err(definition_error)?;
+    let (dep, created) =
+        state
+            .deployments
+            .deploy(&state.store, def)
+            .await
+            .map_err(|e| match e {
+                DeployError::Invalid(err) => definition_error(err),
+                DeployError::Store(err) => err.into(),
+            })?;
+    tracing::info!(deployment = %dep.key, version = dep.version, "deployed");
+    let body = deployment_json(&dep, true);
+    Ok(if created {
+        HttpResponse::Created().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
+}
+
+fn check_key(url_key: &str, body_key: Option<&str>) -> Result<(), ApiError> {
+    match body_key {
+        Some(k) if k != url_key => Err(ApiError::field(
+            "key",
+            format!(
+                "The definition's key \"{k}\" does not match the URL's deployment \"{url_key}\"."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn delete(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if state.deployments.delete(&state.store, &key).await? {
+        tracing::info!(deployment = %key, "deleted");
+        Ok(HttpResponse::Ok().json(json!({"key": key.into_inner(), "deleted": true})))
+    } else {
+        Err(ApiError::NotFound("Deployment not found.".into()))
+    }
+}

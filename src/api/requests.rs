@@ -1,0 +1,148 @@
+//! Looking up one run: the Fetch Hive SDK's `GET /v1/public/requests/{id}`, the legacy
+//! `GET /v1/workflow_runs/{id}`, and the full `GET /v1/runs/{id}` with its step trace.
+//! `invoke` keys see only the runs they started.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use super::extract::Authed;
+use super::{resource, AppState};
+use crate::error::ApiError;
+use crate::ids;
+use crate::keyring::Caller;
+use crate::store::{self, Role, RunRecord, StepRow};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/public/requests/{id}").route(web::get().to(public_request)));
+    cfg.service(resource("/v1/workflow_runs/{id}").route(web::get().to(legacy_run)));
+    cfg.service(resource("/v1/runs/{id}").route(web::get().to(run_detail)));
+}
+
+fn json_or_null(text: &Option<String>) -> Value {
+    text.as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn parse_obj(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| json!({}))
+}
+
+/// Loads a run the caller may see, or the given not-found message.
+async fn load_run(
+    state: &AppState,
+    caller: &Caller,
+    id: String,
+    not_found: &str,
+) -> Result<(RunRecord, Vec<StepRow>), ApiError> {
+    let not_found = || ApiError::NotFound(not_found.to_string());
+    if !ids::is_request_id(&id) {
+        return Err(not_found());
+    }
+    let found = state
+        .store
+        .read(move |conn| {
+            let Some(run) = store::runs::get_run(conn, &id)? else {
+                return Ok(None);
+            };
+            let steps = store::runs::get_steps(conn, &id)?;
+            Ok(Some((run, steps)))
+        })
+        .await?
+        .ok_or_else(not_found)?;
+    if caller.role != Role::Admin && found.0.api_key_id.as_deref() != Some(caller.key_id.as_str()) {
+        return Err(not_found());
+    }
+    Ok(found)
+}
+
+/// The run's fields common to every shape.
+fn run_json(run: &RunRecord) -> Value {
+    json!({
+        "request_id": run.request_id,
+        "run_status": run.status.as_str(),
+        "deployment": run.deployment_key,
+        "variant": run.variant,
+        "version": run.version,
+        "source": run.source,
+        "delivery": run.delivery,
+        "inputs": parse_obj(&run.inputs_json),
+        "metadata": parse_obj(&run.metadata_json),
+        "user": run.user,
+        "output": json_or_null(&run.output_json),
+        "error": json_or_null(&run.error_json),
+        "created_at": ids::rfc3339(run.created_at),
+        "started_at": run.started_at.map(ids::rfc3339),
+        "ended_at": run.ended_at.map(ids::rfc3339),
+        "duration_ms": run.duration_ms,
+    })
+}
+
+fn step_json(step: &StepRow) -> Value {
+    json!({
+        "id": step.step_id,
+        "index": step.step_index,
+        "type": step.step_type,
+        "status": step.status,
+        "started_at": ids::rfc3339(step.started_at),
+        "duration_ms": step.duration_ms,
+        "output": json_or_null(&step.output_json),
+        "error": step.error,
+        "attempts": step.attempts,
+        "usage": json_or_null(&step.usage_json),
+    })
+}
+
+async fn public_request(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (run, _) = load_run(&state, &caller, id.into_inner(), "Request not found").await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": run.request_id,
+        "request_id": run.request_id,
+        "status": run.status.as_str(),
+        "request_type": "workflow",
+        "started_at": run.started_at.map(ids::rfc3339),
+        "ended_at": run.ended_at.map(ids::rfc3339),
+        "metadata": {
+            "deployment": run.deployment_key,
+            "variant": run.variant,
+            "version": run.version,
+            "source": run.source,
+            "duration_ms": run.duration_ms,
+        },
+        "user_metadata": parse_obj(&run.metadata_json),
+        "data": {
+            "run_status": run.status.as_str(),
+            "output": json_or_null(&run.output_json),
+            "error": json_or_null(&run.error_json),
+        },
+    })))
+}
+
+async fn legacy_run(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (run, steps) = load_run(&state, &caller, id.into_inner(), "Workflow run not found").await?;
+    let mut body = run_json(&run);
+    body["steps"] = steps.iter().map(step_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "workflow_run": body })))
+}
+
+async fn run_detail(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (run, steps) = load_run(&state, &caller, id.into_inner(), "Run not found.").await?;
+    let mut body = run_json(&run);
+    body["steps"] = steps.iter().map(step_json).collect();
+    if let Some(url) = &run.callback_url {
+        body["async"] = json!({"callback_url": url});
+    }
+    Ok(HttpResponse::Ok().json(body))
+}

@@ -1,0 +1,151 @@
+//! hivelet: run workflow deployments locally, answer like Fetch Hive's workflow API, and
+//! deliver results as signed webhooks that are never lost.
+//!
+//! [`run`] builds the actors and the HTTP server on a listener it is given, so the binary
+//! and the tests start the daemon the same way.
+
+pub mod actors;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod deployments;
+pub mod error;
+pub mod ids;
+pub mod keyring;
+pub mod signing;
+pub mod store;
+pub mod workflow;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::InvokeActor;
+use crate::api::AppState;
+use crate::config::Config;
+use crate::deployments::Deployments;
+use crate::keyring::KeyRing;
+use crate::store::{Role, Store};
+
+/// Start-up choices that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Skip the `hello` example on a fresh install.
+    pub no_examples: bool,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains.
+pub async fn run(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let keys = Arc::new(KeyRing::load(&store)?);
+    let first_start = keys.is_empty();
+    if first_start {
+        create_admin_key(&config, &store, &keys).await?;
+    }
+    let deployments = Arc::new(Deployments::load(&store)?);
+    deployments::deploy_at_start(
+        &config,
+        &store,
+        &deployments,
+        first_start,
+        options.no_examples,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    let invoker = InvokeActor::new(store.clone(), config.clone()).start();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let state = web::Data::new(AppState {
+        config: config.clone(),
+        store: store.clone(),
+        deployments,
+        keys,
+        invoker,
+        stopping: stopping.clone(),
+    });
+
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(api::configure)
+            .default_service(web::to(api::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(config.file.runs.shutdown_grace.0.as_secs().max(1))
+    .listen(listener)?
+    .run();
+
+    let url = format!("http://{addr}");
+    write_private_file(&config.paths.addr_file(), &url)?;
+    println!("hivelet listening on {url}");
+    tracing::info!(%url, paths = %config.paths, "hivelet started");
+
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        shutdown.await;
+        tracing::info!("stopping: no new work is accepted; running requests may finish");
+        stopping.store(true, Ordering::SeqCst);
+        handle.stop(true).await;
+    });
+    server.await?;
+    store.close();
+    let _ = std::fs::remove_file(config.paths.addr_file());
+    tracing::info!("hivelet stopped");
+    Ok(())
+}
+
+/// The first start's admin key: printed once, kept in `<data dir>/admin.key` for the CLI.
+async fn create_admin_key(config: &Config, store: &Store, keys: &KeyRing) -> anyhow::Result<()> {
+    let issued = keys.create(store, "admin", Role::Admin).await?;
+    let path = config.paths.admin_key();
+    write_private_file(&path, &issued.key)?;
+    println!(
+        "Created an admin API key (shown once; saved to {}):\n  {}",
+        path.display(),
+        issued.key
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read (0600).
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Creates the data dir (0700) if needed.
+pub fn prepare_data_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Schema versions. `schema.sql` is the whole schema of version 1; each later change appends
+//! one migration here. `PRAGMA user_version` records what a database has; all pending steps
+//! apply in one transaction, and a database newer than this binary is refused.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{StoreError, StoreResult};
+
+const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
+const MIGRATIONS: &[&str] = &[];
+
+/// The schema version this binary writes.
+pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > LATEST_VERSION {
+        return Err(StoreError::Refused(format!(
+            "the database {} has schema version {current}, newer than this hivelet {} understands \
+             (version {LATEST_VERSION}); run a newer hivelet, or restore a backup made by this version",
+            path.display(),
+            env!("CARGO_PKG_VERSION"),
+        )));
+    }
+    if current == LATEST_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if current == 0 {
+        tx.execute_batch(SCHEMA)?;
+    } else {
+        for step in &MIGRATIONS[(current - 1) as usize..] {
+            tx.execute_batch(step)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", LATEST_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}

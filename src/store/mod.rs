@@ -1,0 +1,193 @@
+//! The store: one SQLite file, one writer thread, a few reader connections.
+//!
+//! All writes go through [`Store::write`] as domain verbs ([`Write`]); the writer thread drains
+//! whatever is waiting into one transaction (group commit), so a burst of invokes costs one
+//! fsync. Reads run on pooled connections in blocking threads (WAL lets them run beside the
+//! writer). Nothing here knows about HTTP or actors.
+
+pub mod deployments;
+pub mod keys;
+mod migrate;
+pub mod runs;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use deployments::{DeploymentRecord, NewDeploymentVersion, VersionInfo};
+pub use keys::{KeyRecord, Role};
+pub use runs::{FinishedRun, NewRun, RunRecord, RunStatus, StepRow};
+pub use writer::{Write, Written};
+
+use crate::config::Synchronous;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database cannot take writes now (disk full, read-only); callers answer 503.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the store has shut down")]
+    Closed,
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Disk-full and read-only errors mean "try later", not "bug".
+    fn classify(err: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode;
+        match err.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::Unavailable(
+                "The database disk is full; the request was not stored.".into(),
+            ),
+            Some(ErrorCode::ReadOnly) | Some(ErrorCode::CannotOpen) => StoreError::Unavailable(
+                "The database is read-only; the request was not stored.".into(),
+            ),
+            _ => StoreError::Sqlite(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: writer::WriterHandle,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// Pragmas every connection gets.
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let sync = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the database, then starts the writer.
+    pub fn open(path: &Path, sync: Synchronous) -> StoreResult<Store> {
+        create_private_file(path)?;
+        let mut conn = Connection::open(path)?;
+        configure(&conn, sync)?;
+        migrate::migrate(&mut conn, path)?;
+        let writer = writer::spawn(conn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Queues a write and waits until the batch holding it is committed (durable).
+    pub async fn write(&self, cmd: Write) -> StoreResult<Written> {
+        self.inner.writer.submit(cmd).await
+    }
+
+    /// Queues a write without waiting. It still commits in order with every other write;
+    /// used for records whose loss on a crash is acceptable (step traces, last-used times).
+    pub fn write_detached(&self, cmd: Write) {
+        self.inner.writer.submit_detached(cmd);
+    }
+
+    /// Runs a read on a pooled connection in a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        actix_web::rt::task::spawn_blocking(move || inner.read_now(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on the calling thread (start-up, CLI).
+    pub fn read_blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
+    {
+        self.inner.read_now(f)
+    }
+
+    /// Waits for every queued write to commit, then stops the writer thread.
+    pub fn close(&self) {
+        self.inner.writer.close();
+    }
+}
+
+impl Inner {
+    fn read_now<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
+    {
+        let pooled = self.readers.lock().expect("reader pool").pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                conn
+            }
+        };
+        let result = f(&conn).map_err(StoreError::from);
+        let mut pool = self.readers.lock().expect("reader pool");
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite does (SQLite gives the WAL and
+/// shared-memory files the same mode).
+fn create_private_file(path: &Path) -> StoreResult<()> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}

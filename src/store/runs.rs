@@ -1,0 +1,272 @@
+//! Runs, their step traces, and idempotency records.
+
+use rusqlite::{named_params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+/// A run's lifecycle state (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        Some(match text {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "completed" => RunStatus::Completed,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A run as admitted. JSON columns are pre-serialized by the caller.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub request_id: String,
+    pub deployment_key: String,
+    pub variant: String,
+    pub version: i64,
+    pub status: RunStatus,
+    /// `api`, `webhook`, `cli` or `ui`.
+    pub source: &'static str,
+    pub callback_url: Option<String>,
+    pub api_key_id: Option<String>,
+    pub inputs_json: String,
+    pub metadata_json: String,
+    pub user: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+}
+
+/// The terminal state of a run.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub request_id: String,
+    pub status: RunStatus,
+    pub output_json: Option<String>,
+    pub error_json: Option<String>,
+    pub ended_at: i64,
+}
+
+/// One executed (or skipped) step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub request_id: String,
+    pub step_index: i64,
+    pub step_id: String,
+    pub step_type: String,
+    pub status: String,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub output_json: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub usage_json: Option<String>,
+}
+
+/// A stored run, as read back.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub request_id: String,
+    pub deployment_key: String,
+    pub variant: String,
+    pub version: i64,
+    pub status: RunStatus,
+    pub source: String,
+    pub delivery: String,
+    pub callback_url: Option<String>,
+    pub api_key_id: Option<String>,
+    pub inputs_json: String,
+    pub metadata_json: String,
+    pub user: Option<String>,
+    pub output_json: Option<String>,
+    pub error_json: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
+                           callback_url, api_key_id, inputs, metadata, user, created_at, started_at)
+         VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
+                 :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at)",
+    )?;
+    stmt.execute(named_params! {
+        ":request_id": run.request_id,
+        ":deployment_key": run.deployment_key,
+        ":variant": run.variant,
+        ":version": run.version,
+        ":status": run.status.as_str(),
+        ":source": run.source,
+        ":delivery": if run.callback_url.is_some() { "callback" } else { "direct" },
+        ":callback_url": run.callback_url,
+        ":api_key_id": run.api_key_id,
+        ":inputs": run.inputs_json,
+        ":metadata": run.metadata_json,
+        ":user": run.user,
+        ":created_at": run.created_at,
+        ":started_at": run.started_at,
+    })?;
+    Ok(())
+}
+
+pub(super) fn mark_running(
+    conn: &Connection,
+    request_id: &str,
+    started_at: i64,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?2)
+         WHERE request_id = ?1 AND status IN ('queued', 'running')",
+    )?;
+    Ok(stmt.execute((request_id, started_at))? == 1)
+}
+
+pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO run_steps (request_id, step_index, step_id, step_type, status,
+             started_at, duration_ms, output, error, attempts, usage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    stmt.execute(rusqlite::params![
+        step.request_id,
+        step.step_index,
+        step.step_id,
+        step.step_type,
+        step.status,
+        step.started_at,
+        step.duration_ms,
+        step.output_json,
+        step.error,
+        step.attempts,
+        step.usage_json,
+    ])?;
+    Ok(())
+}
+
+/// Writes the terminal state unless the run already ended (a cancel may have won the race).
+pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_at = ?5,
+             duration_ms = ?5 - COALESCE(started_at, created_at)
+         WHERE request_id = ?1 AND status IN ('queued', 'running')",
+    )?;
+    Ok(stmt.execute(rusqlite::params![
+        done.request_id,
+        done.status.as_str(),
+        done.output_json,
+        done.error_json,
+        done.ended_at
+    ])? == 1)
+}
+
+pub(super) fn save_idempotent(
+    conn: &Connection,
+    api_key_id: &str,
+    idempotency_key: &str,
+    request_id: &str,
+    response: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (api_key_id, idempotency_key, request_id, response, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    stmt.execute((api_key_id, idempotency_key, request_id, response, at))?;
+    Ok(())
+}
+
+const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
+    callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
+    ended_at, duration_ms";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let status: String = row.get(4)?;
+    Ok(RunRecord {
+        request_id: row.get(0)?,
+        deployment_key: row.get(1)?,
+        variant: row.get(2)?,
+        version: row.get(3)?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        source: row.get(5)?,
+        delivery: row.get(6)?,
+        callback_url: row.get(7)?,
+        api_key_id: row.get(8)?,
+        inputs_json: row.get(9)?,
+        metadata_json: row.get(10)?,
+        user: row.get(11)?,
+        output_json: row.get(12)?,
+        error_json: row.get(13)?,
+        created_at: row.get(14)?,
+        started_at: row.get(15)?,
+        ended_at: row.get(16)?,
+        duration_ms: row.get(17)?,
+    })
+}
+
+pub fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE request_id = ?1"
+    ))?;
+    stmt.query_row([request_id], run_from_row).optional()
+}
+
+pub fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT request_id, step_index, step_id, step_type, status, started_at, duration_ms,
+                output, error, attempts, usage
+         FROM run_steps WHERE request_id = ?1 ORDER BY step_index, started_at",
+    )?;
+    let rows = stmt.query_map([request_id], |row| {
+        Ok(StepRow {
+            request_id: row.get(0)?,
+            step_index: row.get(1)?,
+            step_id: row.get(2)?,
+            step_type: row.get(3)?,
+            status: row.get(4)?,
+            started_at: row.get(5)?,
+            duration_ms: row.get(6)?,
+            output_json: row.get(7)?,
+            error: row.get(8)?,
+            attempts: row.get(9)?,
+            usage_json: row.get(10)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The stored first response for an idempotency key, if it is younger than `since`.
+pub fn find_idempotent(
+    conn: &Connection,
+    api_key_id: &str,
+    idempotency_key: &str,
+    since: i64,
+) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT response FROM idempotency_keys
+         WHERE api_key_id = ?1 AND idempotency_key = ?2 AND created_at >= ?3",
+    )?;
+    stmt.query_row((api_key_id, idempotency_key, since), |row| row.get(0))
+        .optional()
+}

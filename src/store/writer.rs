@@ -1,0 +1,214 @@
+//! The single writer. It blocks for one command, then takes every other command already
+//! waiting (up to `MAX_BATCH`) and applies them all in one transaction: the batch grows with
+//! the load instead of with a timer, so an idle daemon commits at once and a busy one pays
+//! one fsync for many writes. Each command runs inside its own savepoint, so one bad command
+//! fails alone.
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::deployments::{self, NewDeploymentVersion};
+use super::keys::{self, KeyRecord};
+use super::runs::{self, FinishedRun, NewRun, StepRow};
+use super::{StoreError, StoreResult};
+
+/// Most commands committed in one transaction.
+const MAX_BATCH: usize = 2048;
+
+/// Every change the daemon makes to its database.
+#[derive(Debug)]
+pub enum Write {
+    InsertRun(Box<NewRun>),
+    MarkRunning {
+        request_id: String,
+        started_at: i64,
+    },
+    RecordStep(Box<StepRow>),
+    FinishRun(Box<FinishedRun>),
+    PutDeployment(Box<NewDeploymentVersion>),
+    DeleteDeployment {
+        key: String,
+    },
+    InsertKey(Box<KeyRecord>),
+    RotateKey {
+        id: String,
+        key_hash: String,
+        key_prefix: String,
+    },
+    RevokeKey {
+        id: String,
+        at: i64,
+    },
+    TouchKey {
+        id: String,
+        at: i64,
+    },
+    SaveIdempotent {
+        api_key_id: String,
+        idempotency_key: String,
+        request_id: String,
+        response: String,
+        at: i64,
+    },
+}
+
+/// What a write reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The version a deploy created, and the deployment's signing secret.
+    Deployed {
+        version: i64,
+        created: bool,
+    },
+    /// Whether the row the command named existed.
+    Found(bool),
+}
+
+type Reply = oneshot::Sender<StoreResult<Written>>;
+
+pub(super) struct WriterHandle {
+    tx: Mutex<Option<mpsc::Sender<(Write, Option<Reply>)>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub(super) fn spawn(conn: Connection) -> StoreResult<WriterHandle> {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_loop(conn, rx))
+        .map_err(|source| StoreError::Io {
+            path: "store-writer thread".into(),
+            source,
+        })?;
+    Ok(WriterHandle {
+        tx: Mutex::new(Some(tx)),
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+impl WriterHandle {
+    pub(super) async fn submit(&self, cmd: Write) -> StoreResult<Written> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.send(cmd, Some(reply_tx))?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) fn submit_detached(&self, cmd: Write) {
+        if let Err(err) = self.send(cmd, None) {
+            tracing::warn!(%err, "write dropped");
+        }
+    }
+
+    fn send(&self, cmd: Write, reply: Option<Reply>) -> StoreResult<()> {
+        let guard = self.tx.lock().expect("writer sender");
+        let tx = guard.as_ref().ok_or(StoreError::Closed)?;
+        tx.send((cmd, reply)).map_err(|_| StoreError::Closed)
+    }
+
+    /// Drops the sender so the thread finishes its queue and exits, then joins it.
+    pub(super) fn close(&self) {
+        self.tx.lock().expect("writer sender").take();
+        if let Some(thread) = self.thread.lock().expect("writer thread").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Write, Option<Reply>)>) {
+    let mut batch = Vec::with_capacity(64);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch);
+        for ((_, reply), result) in batch.drain(..).zip(results) {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            } else if let Err(err) = result {
+                tracing::warn!(%err, "detached write failed");
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction; every command gets its own result.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[(Write, Option<Reply>)],
+) -> Vec<StoreResult<Written>> {
+    let failed_all = |err: rusqlite::Error| {
+        let err = StoreError::classify(err);
+        let msg = err.to_string();
+        let unavailable = matches!(err, StoreError::Unavailable(_));
+        (0..batch.len())
+            .map(|_| {
+                Err(if unavailable {
+                    StoreError::Unavailable(msg.clone())
+                } else {
+                    StoreError::Refused(msg.clone())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(err) => return failed_all(err),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (cmd, _) in batch {
+        let result = match tx.savepoint() {
+            Ok(mut sp) => match apply(&sp, cmd) {
+                Ok(written) => sp.commit().map(|_| written).map_err(StoreError::classify),
+                Err(err) => {
+                    let _ = sp.rollback();
+                    Err(StoreError::classify(err))
+                }
+            },
+            Err(err) => Err(StoreError::classify(err)),
+        };
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(err) => failed_all(err),
+    }
+}
+
+fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
+    match cmd {
+        Write::InsertRun(run) => runs::insert(conn, run).map(|_| Written::Done),
+        Write::MarkRunning {
+            request_id,
+            started_at,
+        } => runs::mark_running(conn, request_id, *started_at).map(Written::Found),
+        Write::RecordStep(step) => runs::record_step(conn, step).map(|_| Written::Done),
+        Write::FinishRun(done) => runs::finish(conn, done).map(Written::Found),
+        Write::PutDeployment(dep) => deployments::put(conn, dep),
+        Write::DeleteDeployment { key } => deployments::delete(conn, key).map(Written::Found),
+        Write::InsertKey(key) => keys::insert(conn, key).map(|_| Written::Done),
+        Write::RotateKey {
+            id,
+            key_hash,
+            key_prefix,
+        } => keys::rotate(conn, id, key_hash, key_prefix).map(Written::Found),
+        Write::RevokeKey { id, at } => keys::revoke(conn, id, *at).map(Written::Found),
+        Write::TouchKey { id, at } => keys::touch(conn, id, *at).map(|_| Written::Done),
+        Write::SaveIdempotent {
+            api_key_id,
+            idempotency_key,
+            request_id,
+            response,
+            at,
+        } => runs::save_idempotent(conn, api_key_id, idempotency_key, request_id, response, *at)
+            .map(|_| Written::Done),
+    }
+}

@@ -1,0 +1,171 @@
+//! Jinja-style templates (minijinja) for step fields, `when` conditions and the output.
+//!
+//! One shared environment, configured to be forgiving the way Fetch Hive users expect:
+//! missing values render as nothing (also through chains like `{{ a.b.c }}`), `null`
+//! renders as nothing, and nothing is HTML-escaped (templates build prompts, URLs and JSON).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue};
+use serde_json::Value;
+
+/// A template that failed to compile or to render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    pub message: String,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+impl From<minijinja::Error> for TemplateError {
+    fn from(e: minijinja::Error) -> Self {
+        TemplateError {
+            message: e.to_string(),
+        }
+    }
+}
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_formatter(|out, state, value| {
+            // `null` step outputs and unset variables render as empty text, not "none".
+            if value.is_none() || value.is_undefined() {
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        env
+    })
+}
+
+/// Converts a JSON scope once so several templates can render against it.
+pub(crate) fn to_context(ctx: &Value) -> JinjaValue {
+    JinjaValue::from_serialize(ctx)
+}
+
+/// Renders `src` with `ctx` (a JSON object) as the scope.
+pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
+    render_with(src, &to_context(ctx))
+}
+
+pub(crate) fn render_with(src: &str, ctx: &JinjaValue) -> Result<String, TemplateError> {
+    Ok(env().render_str(src, ctx)?)
+}
+
+/// Evaluates a `when` condition. Accepts a bare expression (`x == 1`), one wrapped in
+/// `{{ … }}`, or any template, whose rendered text is then read as a boolean.
+pub fn eval_bool(expr: &str, ctx: &Value) -> Result<bool, TemplateError> {
+    eval_bool_with(expr, &to_context(ctx))
+}
+
+pub(crate) fn eval_bool_with(expr: &str, ctx: &JinjaValue) -> Result<bool, TemplateError> {
+    match condition_expression(expr) {
+        Some(e) => {
+            let compiled = env().compile_expression_owned(e.to_owned())?;
+            Ok(compiled.eval(ctx)?.is_true())
+        }
+        None => {
+            let text = render_with(expr, ctx)?;
+            let text = text.trim().to_ascii_lowercase();
+            Ok(!matches!(
+                text.as_str(),
+                "" | "false" | "0" | "none" | "null" | "no" | "off"
+            ))
+        }
+    }
+}
+
+/// Checks that a template compiles.
+pub fn check_syntax(src: &str) -> Result<(), String> {
+    env()
+        .template_from_str(src)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks that a `when` condition compiles (see [`eval_bool`] for the accepted forms).
+pub fn check_condition_syntax(expr: &str) -> Result<(), String> {
+    if expr.trim().is_empty() {
+        return Err("the condition is empty".to_owned());
+    }
+    match condition_expression(expr) {
+        Some(e) => env()
+            .compile_expression_owned(e.to_owned())
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => check_syntax(expr),
+    }
+}
+
+/// The expression inside a condition, when it is a bare expression or exactly one
+/// `{{ … }}` block; `None` when it is some other template.
+fn condition_expression(expr: &str) -> Option<&str> {
+    let t = expr.trim();
+    let is_template =
+        |s: &str| s.contains("{{") || s.contains("}}") || s.contains("{%") || s.contains("{#");
+    if !is_template(t) {
+        return Some(t);
+    }
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    (!is_template(inner) && !inner.trim().is_empty()).then(|| inner.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_lenient_and_unescaped() {
+        let ctx = json!({"name": "Ada", "vars": {}, "x": null, "html": "<b>&</b>"});
+        assert_eq!(
+            render("Hi {{ name }}{{ vars.suffix }}", &ctx).unwrap(),
+            "Hi Ada"
+        );
+        assert_eq!(render("{{ a.b.c }}|{{ x }}", &ctx).unwrap(), "|");
+        assert_eq!(render("{{ html }}", &ctx).unwrap(), "<b>&</b>");
+        assert_eq!(
+            render("{{ obj | tojson }}", &json!({"obj": {"a": [1, 2]}})).unwrap(),
+            r#"{"a":[1,2]}"#
+        );
+    }
+
+    #[test]
+    fn conditions() {
+        let ctx = json!({"x": 1, "s": "", "list": [], "flag": true});
+        assert!(eval_bool("x == 1", &ctx).unwrap());
+        assert!(eval_bool("{{ x == 1 }}", &ctx).unwrap());
+        assert!(!eval_bool("{{- x == 2 -}}", &ctx).unwrap());
+        assert!(!eval_bool("missing.deep == 1", &ctx).unwrap());
+        assert!(!eval_bool("list", &ctx).unwrap());
+        assert!(eval_bool("flag and x > 0", &ctx).unwrap());
+        assert!(!eval_bool("{% if x == 2 %}yes{% endif %}", &ctx).unwrap());
+        assert!(eval_bool("{% if x == 1 %}yes{% endif %}", &ctx).unwrap());
+        assert!(!eval_bool("{{ s }}{{ s }}", &ctx).unwrap());
+    }
+
+    #[test]
+    fn syntax_checks() {
+        assert!(check_syntax("{{ a }}").is_ok());
+        assert!(check_syntax("{{ a ").is_err());
+        assert!(check_syntax("{% if %}").is_err());
+        assert!(check_condition_syntax("a == 1").is_ok());
+        assert!(check_condition_syntax("{{ a == 1 }}").is_ok());
+        assert!(check_condition_syntax("a ==").is_err());
+        assert!(check_condition_syntax("  ").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests: each test starts the real `hivelet` binary on a loopback port with its
+//! own temporary config and data directories, and checks what a user would check over HTTP
+//! and on the command line. See `support` for the harness.
+
+mod support;
+
+mod config;
+mod deployments;
+mod errors;
+mod invoke;
+mod keys;
+mod sdk;
+mod steps;
+mod webhooks;

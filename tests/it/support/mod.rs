@@ -1,0 +1,863 @@
+//! Test harness: runs the real `hivelet` binary on an ephemeral loopback port with its own
+//! temporary config and data directories, talks to it over HTTP, and stands in for the
+//! outside services a workflow calls with small local HTTP servers.
+//!
+//! Nothing here uses the crate's library API: tests see the daemon the way a user does.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The daemon binary Cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hivelet");
+
+/// How long any "eventually" condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long one client command or HTTP request may take (the `slow` variant sleeps 2 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Environment variables of the daemon that must not leak from the test's environment.
+const DAEMON_ENV: &[&str] = &["HIVELET_CONFIG", "HIVELET_DATA_DIR", "HIVELET_BIND", "RUST_LOG"];
+
+/// Polls `probe` until it returns `Some`, for at most [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Path of a file under the repository root (for `tests/python/...`).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+// ------------------------------------------------------------------------------------------
+// HTTP responses
+// ------------------------------------------------------------------------------------------
+
+/// One HTTP response, whatever its status.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Resp {
+    /// The body as JSON; panics with the raw response if it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!("response is not JSON ({e}): HTTP {} {:?}", self.status, self.text)
+        })
+    }
+
+    /// A header's value, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Asserts the status, showing the whole response when it differs.
+    #[track_caller]
+    pub fn expect_status(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "unexpected status; response: {} {}", self.status, self.text);
+        self
+    }
+
+    /// Asserts a 2xx status.
+    #[track_caller]
+    pub fn expect_success(&self) -> &Self {
+        assert!(self.is_success(), "expected 2xx; response: {} {}", self.status, self.text);
+        self
+    }
+
+    /// Asserts the contract's error envelope: status, `error_code`, `error` == `message`,
+    /// and the exact message when one is given. Returns the body.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, error_code: &str, message: Option<&str>) -> Value {
+        self.expect_status(status);
+        let body = self.json();
+        assert_eq!(body["error_code"], error_code, "error_code; body: {body}");
+        assert!(body["message"].is_string(), "`message` must be a string; body: {body}");
+        assert_eq!(body["error"], body["message"], "`error` is an alias of `message`; body: {body}");
+        if let Some(message) = message {
+            assert_eq!(body["message"], message, "message; body: {body}");
+        }
+        body
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.text)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).redirects(0).build()
+}
+
+/// Sends one request; a 4xx/5xx is a response like any other, a transport error panics.
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    try_send(method, url, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {url}: transport error: {e}"))
+}
+
+/// Like [`send`] but returns a transport error (connection refused, reset, …) as `Err`.
+pub fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Resp, String> {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(bytes) => req.send_bytes(bytes),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.header(&name)?.to_string();
+            Some((name, value))
+        })
+        .collect();
+    let text = response.into_string().map_err(|e| format!("reading body: {e}"))?;
+    Ok(Resp { status, headers, text })
+}
+
+fn auth_headers(key: Option<&str>) -> Vec<(&'static str, String)> {
+    match key {
+        Some(k) => vec![("Authorization", format!("Bearer {k}"))],
+        None => vec![],
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The daemon under test
+// ------------------------------------------------------------------------------------------
+
+/// How the daemon is told where its config and data live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathsVia {
+    /// `hivelet --config C --data-dir D serve …`
+    FlagsBefore,
+    /// `hivelet serve --config C --data-dir D …`
+    FlagsAfter,
+    /// `HIVELET_CONFIG=C HIVELET_DATA_DIR=D hivelet serve …`
+    Env,
+}
+
+/// Describes a daemon to start; see [`TestApp::builder`].
+pub struct AppBuilder {
+    config: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+    examples: bool,
+    paths_via: PathsVia,
+}
+
+impl AppBuilder {
+    /// The contents of `hivelet.toml` (written even when empty).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_string();
+        self
+    }
+
+    /// An extra argument appended to `serve …`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A file written before start, relative to the config directory (e.g.
+    /// `workflows/greeter.toml`).
+    pub fn file(mut self, rel: &str, contents: &str) -> Self {
+        self.files.push((rel.to_string(), contents.to_string()));
+        self
+    }
+
+    /// Starts without the example `hello` deployment (`--no-examples`).
+    pub fn no_examples(mut self) -> Self {
+        self.examples = false;
+        self
+    }
+
+    pub fn paths_via(mut self, via: PathsVia) -> Self {
+        self.paths_via = via;
+        self
+    }
+
+    /// Lays out the temp dir without starting anything.
+    pub fn prepare(self) -> TestApp {
+        let tmp = tempfile::Builder::new().prefix("hivelet-it-").tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let config_path = dir.join("hivelet.toml");
+        let data_dir = dir.join("data");
+        fs::write(&config_path, &self.config).expect("write hivelet.toml");
+        for (rel, contents) in &self.files {
+            let path = dir.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, contents).unwrap();
+        }
+        let mut args = self.args;
+        if !self.examples {
+            args.push("--no-examples".into());
+        }
+        TestApp {
+            _tmp: tmp,
+            dir,
+            config_path,
+            data_dir,
+            base_url: String::new(),
+            admin_key: String::new(),
+            child: None,
+            generation: 0,
+            args,
+            env: self.env,
+            paths_via: self.paths_via,
+        }
+    }
+
+    /// Starts the daemon and waits until it listens.
+    pub fn start(self) -> TestApp {
+        let mut app = self.prepare();
+        app.spawn();
+        app
+    }
+}
+
+/// A running `hivelet serve` with its own temp dir; dropping it kills the daemon.
+pub struct TestApp {
+    _tmp: tempfile::TempDir,
+    /// The temp dir; it holds `hivelet.toml` (so it is the config dir) and `data/`.
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    /// e.g. `http://127.0.0.1:41234`, read from `<data dir>/hivelet.addr`.
+    pub base_url: String,
+    /// From `<data dir>/admin.key`.
+    pub admin_key: String,
+    child: Option<Child>,
+    /// Counts starts, so each start logs to its own files.
+    generation: usize,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    paths_via: PathsVia,
+}
+
+impl TestApp {
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            config: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            files: Vec::new(),
+            examples: true,
+            paths_via: PathsVia::FlagsBefore,
+        }
+    }
+
+    /// A daemon with an empty config and the example deployment.
+    pub fn start() -> TestApp {
+        Self::builder().start()
+    }
+
+    /// A daemon with the given `hivelet.toml`, extra `serve` arguments and environment.
+    pub fn start_with(config_toml: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> TestApp {
+        let mut b = Self::builder().config(config_toml);
+        for a in extra_args {
+            b = b.arg(a);
+        }
+        for (k, v) in extra_env {
+            b = b.env(k, v);
+        }
+        b.start()
+    }
+
+    fn serve_command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for var in DAEMON_ENV {
+            cmd.env_remove(var);
+        }
+        let config = self.config_path.to_str().unwrap();
+        let data = self.data_dir.to_str().unwrap();
+        match self.paths_via {
+            PathsVia::FlagsBefore => {
+                cmd.args(["--config", config, "--data-dir", data, "serve"]);
+            }
+            PathsVia::FlagsAfter => {
+                cmd.args(["serve", "--config", config, "--data-dir", data]);
+            }
+            PathsVia::Env => {
+                cmd.env("HIVELET_CONFIG", config).env("HIVELET_DATA_DIR", data).arg("serve");
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1:0"]).args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Path of the stdout log of start number `generation` (1-based).
+    pub fn stdout_path(&self, generation: usize) -> PathBuf {
+        self.dir.join(format!("serve-{generation}.stdout.log"))
+    }
+
+    pub fn stderr_path(&self, generation: usize) -> PathBuf {
+        self.dir.join(format!("serve-{generation}.stderr.log"))
+    }
+
+    /// What the current (latest) daemon printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.stdout_path(self.generation)).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.stderr_path(self.generation)).unwrap_or_default()
+    }
+
+    fn spawn_child(&mut self) -> Child {
+        self.generation += 1;
+        // A stale address from an earlier start must not be mistaken for the new one.
+        let _ = fs::remove_file(self.data_dir.join("hivelet.addr"));
+        let out = fs::File::create(self.stdout_path(self.generation)).unwrap();
+        let err = fs::File::create(self.stderr_path(self.generation)).unwrap();
+        let mut cmd = self.serve_command();
+        cmd.stdout(out).stderr(err);
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+    }
+
+    /// Starts the daemon and waits for `hivelet.addr` and `admin.key`.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let child = self.spawn_child();
+        self.child = Some(child);
+        let addr_file = self.data_dir.join("hivelet.addr");
+        let base_url = wait_for("the daemon to write hivelet.addr", || {
+            self.check_alive();
+            let text = fs::read_to_string(&addr_file).ok()?;
+            let url = text.trim();
+            let port = url.strip_prefix("http://")?.rsplit(':').next()?;
+            port.parse::<u16>().ok().filter(|p| *p != 0)?;
+            Some(url.to_string())
+        });
+        self.base_url = base_url;
+        let key_file = self.data_dir.join("admin.key");
+        self.admin_key = wait_for("admin.key", || {
+            let key = fs::read_to_string(&key_file).ok()?.trim().to_string();
+            (!key.is_empty()).then_some(key)
+        });
+    }
+
+    /// Panics with the logs if the daemon has exited.
+    fn check_alive(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "hivelet serve exited early with {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (SIGKILL if it does not stop within the deadline).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Stops and starts the daemon again on the same config and data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs `serve` with this app's settings when it is expected to refuse to start: waits
+    /// for it to exit (killing it after the deadline) and returns what it printed.
+    pub fn serve_expecting_exit(&mut self) -> Output {
+        assert!(self.child.is_none(), "stop the running daemon first");
+        let mut child = self.spawn_child();
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hivelet serve was expected to exit but kept running\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        Output {
+            status,
+            stdout: fs::read(self.stdout_path(self.generation)).unwrap_or_default(),
+            stderr: fs::read(self.stderr_path(self.generation)).unwrap_or_default(),
+        }
+    }
+
+    /// Runs the binary as a client (`hivelet --config C --data-dir D ARGS…`).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_env(args, &[])
+    }
+
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        for var in DAEMON_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_command(cmd, &self.dir)
+    }
+
+    // --- HTTP -----------------------------------------------------------------------------
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let auth = auth_headers(key);
+        let mut all: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(headers);
+        send(method, &self.url(path), &all, body)
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> Resp {
+        self.request("GET", path, key, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.request("POST", path, key, &[("Content-Type", "application/json")], Some(&bytes))
+    }
+
+    pub fn put(&self, path: &str, key: Option<&str>, content_type: &str, body: &str) -> Resp {
+        self.request("PUT", path, key, &[("Content-Type", content_type)], Some(body.as_bytes()))
+    }
+
+    pub fn delete(&self, path: &str, key: Option<&str>) -> Resp {
+        self.request("DELETE", path, key, &[], None)
+    }
+
+    /// `GET` with the admin key.
+    pub fn admin_get(&self, path: &str) -> Resp {
+        self.get(path, Some(&self.admin_key))
+    }
+
+    /// `POST /v1/workflow/invoke` with the admin key.
+    pub fn invoke(&self, body: &Value) -> Resp {
+        self.post_json("/v1/workflow/invoke", Some(&self.admin_key), body)
+    }
+
+    pub fn invoke_with_key(&self, key: &str, body: &Value) -> Resp {
+        self.post_json("/v1/workflow/invoke", Some(key), body)
+    }
+
+    /// Deploys a TOML definition under `key` with the admin key.
+    pub fn deploy_toml(&self, key: &str, toml: &str) -> Resp {
+        self.put(&format!("/v1/deployments/{key}"), Some(&self.admin_key), "application/toml", toml)
+    }
+
+    /// Deploys a JSON definition under `key` with the admin key.
+    pub fn deploy_json(&self, key: &str, definition: &Value) -> Resp {
+        self.put(
+            &format!("/v1/deployments/{key}"),
+            Some(&self.admin_key),
+            "application/json",
+            &definition.to_string(),
+        )
+    }
+
+    /// Deploys a TOML definition and asserts it was accepted.
+    #[track_caller]
+    pub fn deploy_ok(&self, key: &str, toml: &str) -> Value {
+        let r = self.deploy_toml(key, toml);
+        assert!(r.is_success(), "deploying {key} failed: {r}\n--- stderr ---\n{}", self.stderr());
+        r.json()
+    }
+
+    /// Creates an API key through the API and returns the create response.
+    #[track_caller]
+    pub fn create_key(&self, name: &str, role: &str) -> Value {
+        let r = self.post_json(
+            "/v1/keys",
+            Some(&self.admin_key),
+            &serde_json::json!({"name": name, "role": role}),
+        );
+        r.expect_status(201);
+        r.json()
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() && self.generation > 0 {
+            for g in 1..=self.generation {
+                eprintln!(
+                    "--- hivelet serve #{g} stdout ---\n{}\n--- hivelet serve #{g} stderr ---\n{}",
+                    fs::read_to_string(self.stdout_path(g)).unwrap_or_default(),
+                    fs::read_to_string(self.stderr_path(g)).unwrap_or_default(),
+                );
+            }
+        }
+    }
+}
+
+/// Runs a command to completion (killed after [`REQUEST_TIMEOUT`]), its output captured via
+/// files in `scratch` so a chatty child can never block on a full pipe.
+pub fn run_command(mut cmd: Command, scratch: &Path) -> Output {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let out_path = scratch.join(format!("cmd-{n}.stdout"));
+    let err_path = scratch.join(format!("cmd-{n}.stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > REQUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {REQUEST_TIMEOUT:?}\nstdout: {}\nstderr: {}",
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: fs::read(&out_path).unwrap_or_default(),
+        stderr: fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+/// stdout and stderr of a finished command, for assertions and failure messages.
+pub fn out_text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Renders a command's result for an assertion message.
+pub fn describe(out: &Output) -> String {
+    let (stdout, stderr) = out_text(out);
+    format!("exit {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}", out.status)
+}
+
+// ------------------------------------------------------------------------------------------
+// Stand-ins for outside services
+// ------------------------------------------------------------------------------------------
+
+/// One request a [`StubServer`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path with query string, e.g. `/v1/chat/completions`.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("stub received a non-JSON body ({e}): {}", self.body_text()))
+    }
+}
+
+/// What a [`StubServer`] answers.
+#[derive(Debug, Clone)]
+pub struct StubReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl StubReply {
+    pub fn json(status: u16, body: &Value) -> StubReply {
+        StubReply {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn text(status: u16, body: &str) -> StubReply {
+        StubReply {
+            status,
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            body: body.to_string(),
+        }
+    }
+}
+
+type Responder = dyn Fn(&Recorded, usize) -> StubReply + Send + Sync;
+
+/// A tiny HTTP server on `127.0.0.1:0` that records every request and answers from a closure
+/// (given the request and its 0-based sequence number). Each request is handled on its own
+/// thread so a slow reply never holds up another.
+pub struct StubServer {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StubServer {
+    pub fn start(responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static) -> StubServer {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("stub server bind");
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let responder: Arc<Responder> = Arc::new(responder);
+        let thread = {
+            let received = received.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut request = match server.recv_timeout(Duration::from_millis(50)) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => continue,
+                        Err(_) => break,
+                    };
+                    let mut body = Vec::new();
+                    let _ = request.as_reader().read_to_end(&mut body);
+                    let recorded = Recorded {
+                        method: request.method().to_string(),
+                        path: request.url().to_string(),
+                        headers: request
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                            .collect(),
+                        body,
+                    };
+                    let seq = {
+                        let mut list = received.lock().unwrap();
+                        list.push(recorded.clone());
+                        list.len() - 1
+                    };
+                    let responder = responder.clone();
+                    std::thread::spawn(move || {
+                        let reply = responder(&recorded, seq);
+                        let mut response = tiny_http::Response::from_string(reply.body)
+                            .with_status_code(reply.status);
+                        for (k, v) in &reply.headers {
+                            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                                response.add_header(h);
+                            }
+                        }
+                        let _ = request.respond(response);
+                    });
+                }
+            })
+        };
+        StubServer { port, received, stop, thread: Some(thread) }
+    }
+
+    /// Always answers `200` with this JSON.
+    pub fn json(body: Value) -> StubServer {
+        Self::start(move |_, _| StubReply::json(200, &body))
+    }
+
+    /// An OpenAI-compatible `/v1/chat/completions` that always replies `content`.
+    pub fn openai(content: &str) -> StubServer {
+        let content = content.to_string();
+        Self::start(move |req, _| {
+            if req.method == "POST" && req.path.starts_with("/v1/chat/completions") {
+                StubReply::json(200, &chat_completion(&content))
+            } else {
+                StubReply::json(404, &serde_json::json!({"error": {"message": "no such route"}}))
+            }
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived and returns them all.
+    pub fn wait_for_requests(&self, n: usize) -> Vec<Recorded> {
+        wait_for(&format!("{n} request(s) at the stub server"), || {
+            let list = self.requests();
+            (list.len() >= n).then_some(list)
+        })
+    }
+}
+
+impl Drop for StubServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A chat completion the way OpenAI-compatible servers answer.
+pub fn chat_completion(content: &str) -> Value {
+    serde_json::json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "stub-model",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Small assertions
+// ------------------------------------------------------------------------------------------
+
+/// `req_` + 32 lower-case hex.
+pub fn is_request_id(s: &str) -> bool {
+    is_prefixed_hex(s, "req_")
+}
+
+/// `prefix` + 32 lower-case hex.
+pub fn is_prefixed_hex(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == 32 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
+}
+
+/// True if `needle` occurs as a string anywhere inside `v` (keys excluded).
+pub fn json_contains_str(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s == needle,
+        Value::Array(a) => a.iter().any(|x| json_contains_str(x, needle)),
+        Value::Object(o) => o.values().any(|x| json_contains_str(x, needle)),
+        _ => false,
+    }
+}
+
+/// True if the whole-word number `n` appears in `text` (e.g. "version 2", "v2", "(2)").
+pub fn mentions_number(text: &str, n: u64) -> bool {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .any(|t| t.parse::<u64>() == Ok(n))
+}
+
+/// Invoke body for the example deployment.
+pub fn hello(name: &str) -> Value {
+    serde_json::json!({"deployment": "hello", "inputs": {"name": name}})
+}
