@@ -79,3 +79,44 @@ CREATE TABLE idempotency_keys (
     created_at      INTEGER NOT NULL,
     PRIMARY KEY (api_key_id, idempotency_key)
 ) WITHOUT ROWID;
+
+-- The completion event of a callback run (transactional outbox: written with the run's end).
+CREATE TABLE events (
+    event_id        TEXT PRIMARY KEY,                   -- evt_…: the webhook-id, stable across retries
+    request_id      TEXT NOT NULL UNIQUE REFERENCES runs(request_id) ON DELETE CASCADE,
+    deployment_key  TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    callback_url    TEXT NOT NULL,
+    body            BLOB NOT NULL,                      -- the exact bytes sent on every attempt
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'retrying', 'delivered', 'failed')),
+    series          INTEGER NOT NULL DEFAULT 1,         -- 1 + redeliveries
+    attempts        INTEGER NOT NULL DEFAULT 0,         -- attempts in the current series
+    total_attempts  INTEGER NOT NULL DEFAULT 0,         -- attempts ever made
+    next_attempt_at INTEGER,                            -- due time while pending/retrying
+    failure_reason  TEXT,                               -- e.g. 'gone', 'exhausted'
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'sending', 'retrying');
+
+-- One HTTP POST of an event. Request headers never include a secret.
+CREATE TABLE attempts (
+    attempt_id       TEXT PRIMARY KEY,                  -- att_…
+    event_id         TEXT NOT NULL REFERENCES events(event_id) ON DELETE CASCADE,
+    request_id       TEXT NOT NULL,
+    attempt_number   INTEGER NOT NULL,                  -- 1-based over the event's whole life
+    series           INTEGER NOT NULL,                  -- 1 + redeliveries
+    url              TEXT NOT NULL,
+    request_headers  TEXT NOT NULL,                     -- JSON object
+    status_code      INTEGER,
+    error_kind       TEXT CHECK (error_kind IN ('timeout', 'connect', 'dns', 'tls', 'too_large', 'redirect', 'http_status', 'denied', 'gone')),
+    error_message    TEXT,
+    response_headers TEXT,                              -- JSON object
+    response_body    TEXT,                              -- first 4 KiB
+    started_at       INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    outcome          TEXT NOT NULL CHECK (outcome IN ('delivered', 'retrying', 'failed')),
+    next_attempt_at  INTEGER
+) WITHOUT ROWID;
+CREATE INDEX attempts_by_event ON attempts (event_id, attempt_number);
+CREATE INDEX attempts_by_request ON attempts (request_id, attempt_number);

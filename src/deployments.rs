@@ -102,6 +102,35 @@ impl Deployments {
             .cloned()
     }
 
+    /// The deployment as it was at `version` (the live one when that is current).
+    pub fn at_version(
+        &self,
+        store: &Store,
+        key: &str,
+        version: i64,
+    ) -> Option<Arc<LiveDeployment>> {
+        let live = self.get(key)?;
+        if live.version == version {
+            return Some(live);
+        }
+        let text = store
+            .read_blocking(|conn| store::deployments::definition_at(conn, key, version))
+            .ok()
+            .flatten()?;
+        let definition = Definition::from_json_str(&text).ok()?;
+        Some(Arc::new(LiveDeployment {
+            key: live.key.clone(),
+            id: live.id.clone(),
+            version,
+            definition: Arc::new(definition),
+            signing_secret: live.signing_secret.clone(),
+            previous_secret: live.previous_secret.clone(),
+            previous_secret_until: live.previous_secret_until,
+            created_at: live.created_at,
+            updated_at: live.updated_at,
+        }))
+    }
+
     /// All live deployments, sorted by key.
     pub fn all(&self) -> Vec<Arc<LiveDeployment>> {
         let mut all: Vec<_> = self
@@ -179,7 +208,7 @@ impl Deployments {
             })
             .await?;
         self.live.write().expect("deployments lock").remove(key);
-        Ok(found == Written::Found(true))
+        Ok(found.found())
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::ids;
-use crate::store::{self, KeyRecord, Role, Store, StoreError, Write, Written};
+use crate::store::{self, KeyRecord, Role, Store, StoreError, Write};
 
 /// How often a key's `last_used_at` is written at most.
 const TOUCH_INTERVAL_MS: i64 = 60_000;
@@ -128,7 +128,7 @@ impl KeyRing {
             key_hash: hash_key(&key),
             key_prefix: masked_prefix(&key),
         };
-        if store.write(cmd).await? != Written::Found(true) {
+        if !store.write(cmd).await?.found() {
             return Ok(None);
         }
         let record = store
@@ -152,6 +152,6 @@ impl KeyRing {
             })
             .await?;
         self.remove_id(id);
-        Ok(found == Written::Found(true))
+        Ok(found.found())
     }
 }

@@ -8,6 +8,7 @@ pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod deployments;
 pub mod error;
 pub mod ids;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::InvokeActor;
+use crate::actors::{InvokeActor, RetrySupervisor};
 use crate::api::AppState;
 use crate::config::Config;
 use crate::deployments::Deployments;
@@ -64,14 +65,30 @@ pub async fn run(
     .await
     .map_err(anyhow::Error::msg)?;
 
-    let invoker = InvokeActor::new(store.clone(), config.clone()).start();
+    let pending_events = store.read_blocking(store::events::load_due)?;
+    let supervisor = RetrySupervisor::new(
+        store.clone(),
+        config.clone(),
+        deployments.clone(),
+        pending_events,
+    )
+    .start();
+    let recovered = actors::invoke::recover(&store, &deployments)?;
+    let invoker = InvokeActor::new(
+        store.clone(),
+        config.clone(),
+        supervisor.clone().recipient(),
+        recovered,
+    )
+    .start();
     let stopping = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         config: config.clone(),
         store: store.clone(),
         deployments,
         keys,
-        invoker,
+        invoker: invoker.clone(),
+        supervisor,
         stopping: stopping.clone(),
     });
 
@@ -100,6 +117,15 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
+    // Requests are done; give running runs the rest of the grace period. Whatever does not
+    // finish stays `running` in the store and resumes at the next start.
+    let grace = config.file.runs.shutdown_grace.0;
+    if actix_rt::time::timeout(grace, invoker.send(actors::invoke::Drain))
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "runs still running after the grace period; they resume at the next start");
+    }
     store.close();
     let _ = std::fs::remove_file(config.paths.addr_file());
     tracing::info!("hivelet stopped");

@@ -10,7 +10,8 @@ use actix::prelude::*;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::run::{RunActor, RunOutcome};
+use super::retry::Enqueue;
+use super::run::{self, CancelRun, Ending, Reporting, RunActor, RunOutcome};
 use crate::config::Config;
 use crate::deployments::LiveDeployment;
 use crate::error::ApiError;
@@ -39,11 +40,13 @@ pub struct PreparedRun {
     pub api_key_id: Option<String>,
 }
 
-/// A run admitted and waiting for its slot or running.
-pub(super) struct AdmittedRun {
+/// A run admitted and waiting for its slot, or running.
+pub struct AdmittedRun {
     pub request_id: String,
     pub prepared: PreparedRun,
     pub completion: Option<oneshot::Sender<RunOutcome>>,
+    /// When the run (last) started, Unix ms.
+    pub started_at: i64,
 }
 
 #[derive(Message)]
@@ -60,6 +63,23 @@ pub struct Admitted {
     pub completion: Option<oneshot::Receiver<RunOutcome>>,
 }
 
+/// Ends a queued or running run as `cancelled`. Answers false when it is not live.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Cancel {
+    pub request_id: String,
+}
+
+/// Stops starting queued runs; resolves when no run is running.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Slots in use and queue length.
+#[derive(Message)]
+#[rtype(result = "(usize, usize)")]
+pub struct Load;
+
 /// Sent by a RunActor when its run has ended (and its terminal state is stored).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -70,6 +90,7 @@ pub(super) struct RunEnded {
 pub struct InvokeActor {
     store: Store,
     config: Arc<Config>,
+    supervisor: Recipient<Enqueue>,
     /// Built in `started`: awc clients belong to the thread that made them.
     env: Option<Rc<workflow::Environment>>,
     /// Runs holding a slot.
@@ -77,17 +98,29 @@ pub struct InvokeActor {
     /// Slots promised to runs whose row is still being written.
     starting: usize,
     queue: VecDeque<AdmittedRun>,
+    draining: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl InvokeActor {
-    pub fn new(store: Store, config: Arc<Config>) -> InvokeActor {
+    /// `recovered`: runs found `queued` or `running` at start, oldest first; they are queued
+    /// again and start as slots allow.
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        supervisor: Recipient<Enqueue>,
+        recovered: Vec<AdmittedRun>,
+    ) -> Self {
         InvokeActor {
             store,
             config,
+            supervisor,
             env: None,
             running: HashMap::new(),
             starting: 0,
-            queue: VecDeque::new(),
+            queue: recovered.into(),
+            draining: false,
+            drain_waiters: Vec::new(),
         }
     }
 
@@ -95,22 +128,30 @@ impl InvokeActor {
         self.running.len() + self.starting
     }
 
+    fn reporting(&self) -> Reporting {
+        Reporting {
+            store: self.store.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+
     fn start_run(&mut self, run: AdmittedRun, ctx: &mut Context<Self>) {
         let env = self.env.clone().expect("environment built in started()");
         let request_id = run.request_id.clone();
-        let actor = RunActor::new(run, env, self.store.clone(), ctx.address().recipient()).start();
+        let actor = RunActor::new(run, env, self.reporting(), ctx.address().recipient()).start();
         self.running.insert(request_id, actor);
     }
 
     /// Fills free slots from the queue, oldest first.
     fn start_queued(&mut self, ctx: &mut Context<Self>) {
-        while self.slots_in_use() < self.config.file.runs.max_concurrent {
-            let Some(run) = self.queue.pop_front() else {
+        while !self.draining && self.slots_in_use() < self.config.file.runs.max_concurrent {
+            let Some(mut run) = self.queue.pop_front() else {
                 break;
             };
+            run.started_at = ids::now_ms();
             self.store.write_detached(Write::MarkRunning {
                 request_id: run.request_id.clone(),
-                started_at: ids::now_ms(),
+                started_at: run.started_at,
             });
             self.start_run(run, ctx);
         }
@@ -120,8 +161,15 @@ impl InvokeActor {
 impl Actor for InvokeActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.env = Some(Rc::new(workflow_environment(&self.config)));
+        if !self.queue.is_empty() {
+            tracing::info!(
+                runs = self.queue.len(),
+                "resuming runs left queued or running"
+            );
+        }
+        self.start_queued(ctx);
     }
 }
 
@@ -158,7 +206,7 @@ impl Handler<Admit> for InvokeActor {
 
     fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
         let limits = &self.config.file.runs;
-        let slot_free = self.slots_in_use() < limits.max_concurrent;
+        let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
         let status = match (msg.mode, slot_free) {
             (_, true) => RunStatus::Running,
             (Mode::Sync, false) => return Box::pin(fut::ready(Err(ApiError::ConcurrencyLimit))),
@@ -199,6 +247,7 @@ impl Handler<Admit> for InvokeActor {
             request_id: request_id.clone(),
             prepared: msg.run,
             completion: completion_tx,
+            started_at: now,
         };
         if status == RunStatus::Running {
             self.starting += 1;
@@ -236,5 +285,119 @@ impl Handler<RunEnded> for InvokeActor {
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
         self.start_queued(ctx);
+        if self.running.is_empty() && self.starting == 0 {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
+}
+
+impl Handler<Cancel> for InvokeActor {
+    type Result = ResponseActFuture<Self, bool>;
+
+    fn handle(&mut self, msg: Cancel, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(actor) = self.running.get(&msg.request_id) {
+            actor.do_send(CancelRun);
+            return Box::pin(fut::ready(true));
+        }
+        let Some(pos) = self
+            .queue
+            .iter()
+            .position(|r| r.request_id == msg.request_id)
+        else {
+            return Box::pin(fut::ready(false));
+        };
+        let run = self.queue.remove(pos).expect("position is in range");
+        let reporting = self.reporting();
+        Box::pin(
+            async move {
+                run::finish(&reporting, run, Ending::Cancelled).await;
+                true
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Drain> for InvokeActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        if self.running.is_empty() && self.starting == 0 {
+            return Box::pin(fut::ready(()));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        Box::pin(
+            async move {
+                let _ = rx.await;
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Load> for InvokeActor {
+    type Result = MessageResult<Load>;
+
+    fn handle(&mut self, _: Load, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.slots_in_use(), self.queue.len()))
+    }
+}
+
+/// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
+/// the deployment version it was admitted with. Their earlier step records stay in the trace.
+pub fn recover(
+    store: &Store,
+    deployments: &crate::deployments::Deployments,
+) -> Result<Vec<AdmittedRun>, crate::store::StoreError> {
+    use crate::store::{self, FinishedRun};
+    let unfinished = store.read_blocking(store::runs::load_unfinished)?;
+    let mut recovered = Vec::with_capacity(unfinished.len());
+    for run in unfinished {
+        let deployment = match deployments.at_version(store, &run.deployment_key, run.version) {
+            Some(dep) => dep,
+            None => {
+                tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
+                let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
+                store.write_detached(Write::FinishRun(Box::new(FinishedRun {
+                    request_id: run.request_id,
+                    status: RunStatus::Failed,
+                    output_json: None,
+                    error_json: Some(error.to_string()),
+                    ended_at: ids::now_ms(),
+                    event: None,
+                })));
+                continue;
+            }
+        };
+        let as_map = |text: &str| match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let source = match run.source.as_str() {
+            "webhook" => "webhook",
+            "cli" => "cli",
+            "ui" => "ui",
+            _ => "api",
+        };
+        recovered.push(AdmittedRun {
+            request_id: run.request_id,
+            prepared: PreparedRun {
+                deployment,
+                variant: run.variant,
+                inputs: as_map(&run.inputs_json),
+                metadata: as_map(&run.metadata_json),
+                user: run.user,
+                callback_url: run.callback_url,
+                source,
+                api_key_id: run.api_key_id,
+            },
+            completion: None,
+            started_at: run.started_at.unwrap_or(run.created_at),
+        });
+    }
+    Ok(recovered)
 }

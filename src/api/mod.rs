@@ -14,7 +14,7 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, Resource};
 
-use crate::actors::InvokeActor;
+use crate::actors::{InvokeActor, RetrySupervisor};
 use crate::config::Config;
 use crate::deployments::Deployments;
 use crate::error::ApiError;
@@ -28,6 +28,7 @@ pub struct AppState {
     pub deployments: Arc<Deployments>,
     pub keys: Arc<KeyRing>,
     pub invoker: Addr<InvokeActor>,
+    pub supervisor: Addr<RetrySupervisor>,
     /// Set when a stop was asked for: new work gets 503.
     pub stopping: Arc<AtomicBool>,
 }

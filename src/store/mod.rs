@@ -6,6 +6,7 @@
 //! writer). Nothing here knows about HTTP or actors.
 
 pub mod deployments;
+pub mod events;
 pub mod keys;
 mod migrate;
 pub mod runs;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 
 pub use deployments::{DeploymentRecord, NewDeploymentVersion, VersionInfo};
+pub use events::{AttemptRow, DueEvent, EventUpdate, NewEvent};
 pub use keys::{KeyRecord, Role};
 pub use runs::{FinishedRun, NewRun, RunRecord, RunStatus, StepRow};
 pub use writer::{Write, Written};

@@ -64,6 +64,8 @@ pub struct FinishedRun {
     pub output_json: Option<String>,
     pub error_json: Option<String>,
     pub ended_at: i64,
+    /// The completion event of a callback run, stored in the same transaction.
+    pub event: Option<super::events::NewEvent>,
 }
 
 /// One executed (or skipped) step.
@@ -172,13 +174,19 @@ pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<
              duration_ms = ?5 - COALESCE(started_at, created_at)
          WHERE request_id = ?1 AND status IN ('queued', 'running')",
     )?;
-    Ok(stmt.execute(rusqlite::params![
+    let ended = stmt.execute(rusqlite::params![
         done.request_id,
         done.status.as_str(),
         done.output_json,
         done.error_json,
         done.ended_at
-    ])? == 1)
+    ])? == 1;
+    if ended {
+        if let Some(event) = &done.event {
+            super::events::insert(conn, &done.request_id, event, done.ended_at)?;
+        }
+    }
+    Ok(ended)
 }
 
 pub(super) fn save_idempotent(
@@ -269,4 +277,13 @@ pub fn find_idempotent(
     )?;
     stmt.query_row((api_key_id, idempotency_key, since), |row| row.get(0))
         .optional()
+}
+
+/// Runs left `queued` or `running` (by a crash or a stop), oldest first.
+pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at, request_id"
+    ))?;
+    let rows = stmt.query_map([], run_from_row)?;
+    rows.collect()
 }

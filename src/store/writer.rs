@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::deployments::{self, NewDeploymentVersion};
+use super::events::{self, AttemptRow, DueEvent, EventUpdate};
 use super::keys::{self, KeyRecord};
 use super::runs::{self, FinishedRun, NewRun, StepRow};
 use super::{StoreError, StoreResult};
@@ -47,6 +48,12 @@ pub enum Write {
         id: String,
         at: i64,
     },
+    RecordAttempt(Box<AttemptRow>, EventUpdate),
+    /// A new attempt series for the run's event; answers `Redelivered`.
+    Redeliver {
+        request_id: String,
+        at: i64,
+    },
     SaveIdempotent {
         api_key_id: String,
         idempotency_key: String,
@@ -57,7 +64,7 @@ pub enum Write {
 }
 
 /// What a write reports back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Written {
     Done,
     /// The version a deploy created, and the deployment's signing secret.
@@ -67,6 +74,14 @@ pub enum Written {
     },
     /// Whether the row the command named existed.
     Found(bool),
+    /// The event due again after a redelivery, if the run had one.
+    Redelivered(Option<DueEvent>),
+}
+
+impl Written {
+    pub fn found(&self) -> bool {
+        matches!(self, Written::Found(true))
+    }
 }
 
 type Reply = oneshot::Sender<StoreResult<Written>>;
@@ -202,6 +217,12 @@ fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
         } => keys::rotate(conn, id, key_hash, key_prefix).map(Written::Found),
         Write::RevokeKey { id, at } => keys::revoke(conn, id, *at).map(Written::Found),
         Write::TouchKey { id, at } => keys::touch(conn, id, *at).map(|_| Written::Done),
+        Write::RecordAttempt(attempt, update) => {
+            events::record_attempt(conn, attempt, update).map(|_| Written::Done)
+        }
+        Write::Redeliver { request_id, at } => {
+            events::redeliver(conn, request_id, *at).map(Written::Redelivered)
+        }
         Write::SaveIdempotent {
             api_key_id,
             idempotency_key,

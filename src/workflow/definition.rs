@@ -500,10 +500,10 @@ fn toml_error(src: &str, e: &toml::de::Error) -> DefinitionError {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!(
                 "TOML syntax error at line {line}, column {column}: {}",
-                e.message().trim()
+                one_line(e.message())
             )
         }
-        None => format!("TOML syntax error: {}", e.message().trim()),
+        None => format!("TOML syntax error: {}", one_line(e.message())),
     };
     DefinitionError {
         source_name: None,
@@ -511,6 +511,15 @@ fn toml_error(src: &str, e: &toml::de::Error) -> DefinitionError {
         field: None,
         message,
     }
+}
+
+/// Error messages end up in logs and JSON replies, so keep them on one line.
+fn one_line(s: &str) -> String {
+    s.trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 // ---------------------------------------------------------------------------------------

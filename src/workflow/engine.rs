@@ -453,3 +453,506 @@ fn unix_ms() -> i64 {
 fn elapsed_ms(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::definition::ValidateOptions;
+    use std::sync::mpsc;
+
+    fn environment(providers: HashMap<String, ProviderConfig>) -> Environment {
+        Environment {
+            http: awc::Client::default(),
+            providers,
+            allow_command_steps: true,
+        }
+    }
+
+    fn definition(src: &str) -> Definition {
+        let mut def = Definition::from_toml_str(src).unwrap();
+        let providers = vec!["local".to_owned()];
+        def.validate(&ValidateOptions {
+            allow_command_steps: true,
+            providers: &providers,
+        })
+        .unwrap();
+        def
+    }
+
+    async fn run_with(
+        def: &Definition,
+        inputs: Value,
+        vars: Value,
+        env: &Environment,
+    ) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        let ctx = RunContext {
+            request_id: "req_0123".into(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            vars: vars.as_object().cloned().unwrap_or_default(),
+        };
+        let mut records = Vec::new();
+        let result = execute(def, ctx, env, &mut |r| records.push(r.clone())).await;
+        (result, records)
+    }
+
+    async fn run(src: &str, inputs: Value) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        let def = definition(src);
+        let vars = def.variants["default"].vars.clone();
+        run_with(
+            &def,
+            inputs,
+            Value::Object(vars),
+            &environment(HashMap::new()),
+        )
+        .await
+    }
+
+    const HELLO: &str = r#"
+key = "hello"
+[[inputs]]
+name = "name"
+type = "text"
+required = true
+[[steps]]
+id = "greet"
+type = "template"
+template = "Hello, {{ name }}{{ vars.suffix }}"
+[output]
+template = "{{ greet.output }}"
+[variants.default]
+vars = { suffix = "." }
+[variants.loud]
+vars = { suffix = "!!!" }
+"#;
+
+    #[actix_rt::test]
+    async fn hello_example_with_variants() {
+        let def = definition(HELLO);
+        let env = environment(HashMap::new());
+        for (variant, expected) in [("default", "Hello, Ada."), ("loud", "Hello, Ada!!!")] {
+            let vars = Value::Object(def.variants[variant].vars.clone());
+            let (out, records) = run_with(&def, json!({"name": "Ada"}), vars, &env).await;
+            assert_eq!(out.unwrap(), json!(expected));
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].status, StepStatus::Completed);
+            assert_eq!(records[0].step_type, "template");
+            assert_eq!(records[0].attempts, 1);
+            assert_eq!(records[0].output, Some(json!(expected)));
+        }
+    }
+
+    #[actix_rt::test]
+    async fn template_scope() {
+        let src = r#"
+key = "scope"
+[[inputs]]
+name = "name"
+type = "text"
+[[steps]]
+id = "greet"
+type = "template"
+template = "{{ name }}|{{ inputs.name }}|{{ vars.suffix }}|{{ run.request_id }}|{{ vars.unset }}{{ nothing.at.all }}"
+[[steps]]
+id = "second"
+type = "template"
+template = "{{ step_1.output }} / {{ greet.output }} / {{ greet.status }}"
+[variants.default]
+vars = { suffix = "!" }
+"#;
+        let (out, records) = run(src, json!({"name": "Ada"})).await;
+        assert_eq!(records[0].output, Some(json!("Ada|Ada|!|req_0123|")));
+        assert_eq!(
+            out.unwrap(),
+            json!("Ada|Ada|!|req_0123| / Ada|Ada|!|req_0123| / completed")
+        );
+    }
+
+    #[actix_rt::test]
+    async fn when_skips_and_output_defaults_to_last_run_step() {
+        let src = r#"
+key = "when"
+[[inputs]]
+name = "n"
+type = "number"
+[[steps]]
+id = "first"
+type = "template"
+template = "one"
+when = "n == 1"
+[[steps]]
+id = "second"
+type = "template"
+template = "[{{ first.output }}][{{ first.output.deep }}]"
+when = "{{ n > 0 }}"
+[[steps]]
+id = "third"
+type = "template"
+template = "three"
+when = "n > 5"
+"#;
+        let (out, records) = run(src, json!({"n": 2})).await;
+        let statuses: Vec<_> = records.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                StepStatus::Skipped,
+                StepStatus::Completed,
+                StepStatus::Skipped
+            ]
+        );
+        assert_eq!(records[0].attempts, 0);
+        assert_eq!(records[0].output, None);
+        assert_eq!(records[2].index, 2);
+        assert_eq!(out.unwrap(), json!("[][]"));
+
+        let (out, _) = run(src, json!({"n": 1})).await;
+        assert_eq!(out.unwrap(), json!("[one][]"));
+    }
+
+    #[actix_rt::test]
+    async fn json_template_step() {
+        let src = r#"
+key = "json"
+[[steps]]
+id = "data"
+type = "template"
+template = '{"a": {{ 40 + 2 }}, "b": [1, 2]}'
+json = true
+[[steps]]
+id = "use"
+type = "template"
+template = "{{ data.output.a }}-{{ data.output.b | length }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(records[0].output, Some(json!({"a": 42, "b": [1, 2]})));
+        assert_eq!(out.unwrap(), json!("42-2"));
+    }
+
+    #[actix_rt::test]
+    async fn output_without_template_keeps_json() {
+        let src = "key = \"k\"\n[[steps]]\nid = \"d\"\ntype = \"template\"\ntemplate = '{\"x\": 1}'\njson = true\n";
+        let (out, _) = run(src, json!({})).await;
+        assert_eq!(out.unwrap(), json!({"x": 1}));
+
+        // An output template always gives a string, even when it renders JSON.
+        let src = format!("{src}[output]\ntemplate = \"{{{{ d.output | tojson }}}}\"\n");
+        let (out, _) = run(&src, json!({})).await;
+        assert_eq!(out.unwrap(), json!("{\"x\":1}"));
+    }
+
+    #[actix_rt::test]
+    async fn on_error_continue_and_terminate() {
+        let src = r#"
+key = "errors"
+[[steps]]
+id = "bad"
+type = "template"
+template = "not json"
+json = true
+on_error = "continue"
+[[steps]]
+id = "after"
+type = "template"
+template = "bad={{ bad.output }} status={{ bad.status }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(records[0].status, StepStatus::Failed);
+        assert!(records[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not valid JSON"));
+        assert_eq!(out.unwrap(), json!("bad= status=failed"));
+
+        let src = src.replace("on_error = \"continue\"", "");
+        let (out, records) = run(&src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "step_failed");
+        assert_eq!(failure.step.as_deref(), Some("bad"));
+        assert!(
+            failure.message.starts_with("step bad failed: "),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn retries_count_attempts() {
+        let marker = std::env::temp_dir().join(format!(
+            "hivelet-wf-retry-{}-{}",
+            std::process::id(),
+            unix_ms()
+        ));
+        let src = format!(
+            r#"
+key = "retry"
+[[steps]]
+id = "flaky"
+type = "command"
+program = "/bin/sh"
+args = ["-c", "if [ -f \"$0\" ]; then echo '{{\"ok\": true}}'; else touch \"$0\"; echo boom >&2; exit 3; fi", "{}"]
+retries = 2
+"#,
+            marker.display()
+        );
+        let (out, records) = run(&src, json!({})).await;
+        let _ = std::fs::remove_file(&marker);
+        assert_eq!(out.unwrap(), json!({"ok": true}));
+        assert_eq!(records[0].attempts, 2);
+
+        let src = "key = \"k\"\n[[steps]]\nid = \"fail\"\ntype = \"command\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"echo oops >&2; exit 3\"]\nretries = 2\n";
+        let (out, records) = run(src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(records[0].attempts, 3);
+        assert_eq!(records[0].status, StepStatus::Failed);
+        assert!(failure.message.contains("oops"), "{failure}");
+        assert!(failure.message.contains('3'), "{failure}");
+    }
+
+    #[actix_rt::test]
+    async fn command_gets_scope_on_stdin() {
+        let src = r#"
+key = "cmd"
+[[inputs]]
+name = "name"
+type = "text"
+[[steps]]
+id = "echo"
+type = "command"
+program = "/bin/cat"
+[[steps]]
+id = "templated"
+type = "command"
+program = "/bin/sh"
+args = ["-c", "tr a-z A-Z; echo \" $0\"", "{{ name }}"]
+stdin = "hi {{ name }}"
+"#;
+        let (out, records) = run(src, json!({"name": "ada"})).await;
+        let scope = records[0].output.clone().unwrap();
+        assert_eq!(scope["name"], "ada");
+        assert_eq!(scope["inputs"]["name"], "ada");
+        assert_eq!(scope["run"]["request_id"], "req_0123");
+        assert_eq!(out.unwrap(), json!("HI ADA\n ada".replace('\n', "")));
+    }
+
+    #[actix_rt::test]
+    async fn command_timeout_and_disabled() {
+        let src = "key = \"k\"\n[[steps]]\nid = \"slow\"\ntype = \"command\"\nprogram = \"/bin/sleep\"\nargs = [\"5\"]\ntimeout_ms = 200\n";
+        let started = Instant::now();
+        let (out, _) = run(src, json!({})).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let failure = out.unwrap_err();
+        assert!(
+            failure.message.contains("timed out after 200 ms"),
+            "{failure}"
+        );
+
+        let def = definition(src);
+        let mut env = environment(HashMap::new());
+        env.allow_command_steps = false;
+        let (out, _) = run_with(&def, json!({}), json!({}), &env).await;
+        assert!(out.unwrap_err().message.contains("disabled"));
+    }
+
+    #[actix_rt::test]
+    async fn workflow_timeout_names_running_step() {
+        let src = "key = \"k\"\ntimeout_ms = 100\n[[steps]]\nid = \"quick\"\ntype = \"delay\"\nms = 1\n[[steps]]\nid = \"wait\"\ntype = \"delay\"\nms = 5000\n";
+        let started = Instant::now();
+        let (out, records) = run(src, json!({})).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "timeout");
+        assert_eq!(failure.step.as_deref(), Some("wait"));
+        assert_eq!(failure.message, "workflow timed out after 100 ms");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].output, Some(Value::Null));
+        assert_eq!(records[1].status, StepStatus::Failed);
+        assert_eq!(records[1].step_id, "wait");
+    }
+
+    #[actix_rt::test]
+    async fn approval_needs_async_and_output_errors() {
+        let src = "key = \"k\"\n[[steps]]\nid = \"ok\"\ntype = \"approval\"\n";
+        let (out, _) = run(src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "approval_requires_async");
+        assert_eq!(failure.step.as_deref(), Some("ok"));
+
+        let mut def = definition("key = \"k\"\n[[steps]]\nid = \"d\"\ntype = \"delay\"\nms = 1\n");
+        def.output = Some(crate::workflow::definition::OutputDef {
+            template: "{% include 'missing' %}".into(),
+        });
+        let (out, _) = run_with(&def, json!({}), json!({}), &environment(HashMap::new())).await;
+        assert_eq!(out.unwrap_err().error_code, "template_error");
+    }
+
+    /// A request as the test server saw it.
+    #[derive(Debug)]
+    struct Seen {
+        method: String,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    /// Serves `responses` (status, body) in order, then stops; reports each request.
+    fn serve(responses: Vec<(u16, &'static str)>) -> (String, mpsc::Receiver<Seen>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (status, body) in responses {
+                let Ok(mut req) = server.recv() else { return };
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(req.as_reader(), &mut text);
+                let _ = tx.send(Seen {
+                    method: req.method().to_string(),
+                    url: req.url().to_owned(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.to_string().to_ascii_lowercase(),
+                                h.value.to_string(),
+                            )
+                        })
+                        .collect(),
+                    body: text,
+                });
+                let _ =
+                    req.respond(tiny_http::Response::from_string(body).with_status_code(status));
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), rx)
+    }
+
+    fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
+        seen.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[actix_rt::test]
+    async fn http_step() {
+        let (base, rx) = serve(vec![
+            (200, r#"{"id": 7}"#),
+            (200, "plain text"),
+            (500, "kaputt"),
+        ]);
+        let src = format!(
+            r#"
+key = "http"
+[[inputs]]
+name = "q"
+type = "text"
+[[steps]]
+id = "post"
+type = "http"
+method = "post"
+url = "{base}/items?q={{{{ q }}}}"
+headers = {{ "X-Token" = "t-{{{{ vars.token }}}}" }}
+body = '{{"q": "{{{{ q }}}}"}}'
+[[steps]]
+id = "text"
+type = "http"
+url = "{base}/text/{{{{ post.output.id }}}}"
+[[steps]]
+id = "broken"
+type = "http"
+url = "{base}/broken"
+"#
+        );
+        let def = definition(&src);
+        let env = environment(HashMap::new());
+        let (out, records) =
+            run_with(&def, json!({"q": "abc"}), json!({"token": "s3"}), &env).await;
+
+        let first = rx.recv().unwrap();
+        assert_eq!(first.method, "POST");
+        assert_eq!(first.url, "/items?q=abc");
+        assert_eq!(header(&first, "x-token"), Some("t-s3"));
+        assert_eq!(header(&first, "content-type"), Some("application/json"));
+        assert_eq!(first.body, r#"{"q": "abc"}"#);
+        assert_eq!(records[0].output, Some(json!({"id": 7})));
+
+        let second = rx.recv().unwrap();
+        assert_eq!(
+            (second.method.as_str(), second.url.as_str()),
+            ("GET", "/text/7")
+        );
+        assert_eq!(records[1].output, Some(json!("plain text")));
+
+        let failure = out.unwrap_err();
+        assert_eq!(failure.step.as_deref(), Some("broken"));
+        assert!(
+            failure.message.contains("HTTP 500 from http://"),
+            "{failure}"
+        );
+        assert!(failure.message.contains("kaputt"), "{failure}");
+    }
+
+    #[actix_rt::test]
+    async fn prompt_step() {
+        let reply = r#"{"choices": [{"message": {"role": "assistant", "content": "Hi Ada"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}"#;
+        let (base, rx) = serve(vec![
+            (200, reply),
+            (401, "no key"),
+            (200, "{\"choices\": []}"),
+        ]);
+        let src = r#"
+key = "prompt"
+[[inputs]]
+name = "name"
+type = "text"
+[[steps]]
+id = "ask"
+type = "prompt"
+provider = "local"
+model = "llama3"
+system = "Be brief."
+prompt = "Greet {{ name }}"
+temperature = 0.2
+max_tokens = 20
+"#;
+        let def = definition(src);
+        let providers = HashMap::from([(
+            "local".to_owned(),
+            ProviderConfig {
+                base_url: format!("{base}/v1/"),
+                api_key: Some("sk-test".into()),
+            },
+        )]);
+        let env = environment(providers);
+        let (out, records) = run_with(&def, json!({"name": "Ada"}), json!({}), &env).await;
+        assert_eq!(out.unwrap(), json!("Hi Ada"));
+        assert_eq!(records[0].usage.as_ref().unwrap()["total_tokens"], 7);
+
+        let seen = rx.recv().unwrap();
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.url, "/v1/chat/completions");
+        assert_eq!(header(&seen, "authorization"), Some("Bearer sk-test"));
+        let body: Value = serde_json::from_str(&seen.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "llama3",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Greet Ada"}
+                ],
+                "temperature": 0.2,
+                "max_tokens": 20
+            })
+        );
+
+        let (out, _) = run_with(&def, json!({"name": "Ada"}), json!({}), &env).await;
+        let failure = out.unwrap_err();
+        assert!(failure.message.contains("provider \"local\""), "{failure}");
+        assert!(failure.message.contains("401"), "{failure}");
+
+        let (out, _) = run_with(&def, json!({"name": "Ada"}), json!({}), &env).await;
+        assert!(out.unwrap_err().message.contains("choices[0]"));
+    }
+}

@@ -27,9 +27,22 @@ impl std::error::Error for TemplateError {}
 impl From<minijinja::Error> for TemplateError {
     fn from(e: minijinja::Error) -> Self {
         TemplateError {
-            message: e.to_string(),
+            message: describe(&e),
         }
     }
+}
+
+/// `unknown filter: filter nosuch is unknown (line 2)`, without minijinja's template name.
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        s.push_str(": ");
+        s.push_str(detail);
+    }
+    if let Some(line) = e.line() {
+        s.push_str(&format!(" (line {line})"));
+    }
+    s
 }
 
 fn env() -> &'static Environment<'static> {
@@ -92,7 +105,16 @@ pub fn check_syntax(src: &str) -> Result<(), String> {
     env()
         .template_from_str(src)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| syntax_message(&e))
+}
+
+/// Syntax errors without the repeated "syntax error:" the callers already say.
+fn syntax_message(e: &minijinja::Error) -> String {
+    let full = describe(e);
+    match full.strip_prefix("syntax error: ") {
+        Some(rest) => rest.to_owned(),
+        None => full,
+    }
 }
 
 /// Checks that a `when` condition compiles (see [`eval_bool`] for the accepted forms).
@@ -104,7 +126,7 @@ pub fn check_condition_syntax(expr: &str) -> Result<(), String> {
         Some(e) => env()
             .compile_expression_owned(e.to_owned())
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| syntax_message(&e)),
         None => check_syntax(expr),
     }
 }

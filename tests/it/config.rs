@@ -7,47 +7,88 @@ use std::os::unix::fs::PermissionsExt;
 use crate::support::*;
 
 fn mode(path: &std::path::Path) -> u32 {
-    fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[test]
 fn serve_refuses_an_unknown_key_and_names_it() {
-    let mut app = TestApp::builder().config("[runs]\nmax_concurent = 5\n").prepare();
+    let mut app = TestApp::builder()
+        .config("[runs]\nmax_concurent = 5\n")
+        .prepare();
     let out = app.serve_expecting_exit();
     assert!(!out.status.success(), "{}", describe(&out));
     let (_, stderr) = out_text(&out);
-    assert!(stderr.contains("runs.max_concurent"), "stderr should name the key: {}", describe(&out));
-    assert!(stderr.contains("max_concurrent"), "stderr should say what is expected: {}", describe(&out));
+    assert!(
+        stderr.contains("runs.max_concurent"),
+        "stderr should name the key: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("max_concurrent"),
+        "stderr should say what is expected: {}",
+        describe(&out)
+    );
 }
+
+/// Bad values, each with the key the message must name and a hint of what is expected.
+const BAD_VALUES: &[(&str, &str, &str)] = &[
+    ("[runs]\nshutdown_grace = \"soon\"\n", "runs.shutdown_grace", "5s"),
+    ("[runs]\nmax_concurrent = \"many\"\n", "runs.max_concurrent", ""),
+    ("[runs]\nmax_concurrent = 0\n", "runs.max_concurrent", "1"),
+    ("[limits]\ninvoke_body = \"huge\"\n", "limits.invoke_body", "MiB"),
+    ("[security]\nallow_command_steps = \"yes\"\n", "security.allow_command_steps", ""),
+    ("[providers.x]\nbase_url = \"nope\"\n", "providers.x.base_url", "http"),
+    ("[delivery]\nretry_schedule = [\"5s\", \"later\"]\n", "delivery.retry_schedule", "5s"),
+];
 
 #[test]
 fn serve_refuses_bad_values_and_says_what_is_expected() {
-    let cases = [
-        ("[runs]\nshutdown_grace = \"soon\"\n", "runs.shutdown_grace", "5s"),
-        ("[runs]\nmax_concurrent = \"many\"\n", "runs.max_concurrent", ""),
-        ("[runs]\nmax_concurrent = 0\n", "runs.max_concurrent", "1"),
-        ("bind = \"not-an-address\"\n", "bind", "127.0.0.1"),
-        ("[limits]\ninvoke_body = \"huge\"\n", "limits.invoke_body", "MiB"),
-        ("[security]\nallow_command_steps = \"yes\"\n", "security.allow_command_steps", ""),
-        ("[providers.x]\nbase_url = \"nope\"\n", "providers.x.base_url", "http"),
-    ];
-    for (config, key, hint) in cases {
+    for (config, key, hint) in BAD_VALUES {
         let mut app = TestApp::builder().config(config).prepare();
         let out = app.serve_expecting_exit();
-        assert!(!out.status.success(), "{config:?}: {}", describe(&out));
+        let context = format!("config {config:?}: {}", describe(&out));
+        assert!(!out.status.success(), "{context}");
         let (_, stderr) = out_text(&out);
-        assert!(stderr.contains(key), "{config:?}: stderr should name {key}: {}", describe(&out));
-        assert!(stderr.contains(hint), "{config:?}: stderr should mention {hint:?}: {}", describe(&out));
+        assert!(stderr.contains(key), "stderr should name {key}: {context}");
+        assert!(stderr.contains(hint), "stderr should mention {hint:?}: {context}");
+    }
+}
+
+#[test]
+fn config_check_refuses_bad_values_including_bind() {
+    // `serve` in these tests always gets `--bind`, which wins over the file, so `bind` is
+    // checked here.
+    let mut cases = BAD_VALUES.to_vec();
+    cases.push(("bind = \"not-an-address\"\n", "bind", "127.0.0.1"));
+    for (config, key, hint) in cases {
+        let app = TestApp::builder().config(config).prepare();
+        let out = app.cli(&["config", "check"]);
+        let context = format!("config {config:?}: {}", describe(&out));
+        assert!(!out.status.success(), "{context}");
+        let (stdout, stderr) = out_text(&out);
+        let all = format!("{stdout}{stderr}");
+        assert!(all.contains(key), "should name {key}: {context}");
+        assert!(all.contains(hint), "should mention {hint:?}: {context}");
     }
 }
 
 #[test]
 fn serve_refuses_a_config_that_is_not_toml() {
-    let mut app = TestApp::builder().config("[runs\nmax_concurrent = 5\n").prepare();
+    let mut app = TestApp::builder()
+        .config("[runs\nmax_concurrent = 5\n")
+        .prepare();
     let out = app.serve_expecting_exit();
     assert!(!out.status.success(), "{}", describe(&out));
     let (_, stderr) = out_text(&out);
-    assert!(stderr.contains("hivelet.toml"), "stderr should name the file: {}", describe(&out));
+    assert!(
+        stderr.contains("hivelet.toml"),
+        "stderr should name the file: {}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -59,13 +100,21 @@ fn config_check_accepts_a_valid_file_and_rejects_a_bad_one() {
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, stderr) = out_text(&out);
     let all = format!("{stdout}{stderr}").to_lowercase();
-    assert!(all.contains("ok") || all.contains("valid"), "{}", describe(&out));
+    assert!(
+        all.contains("ok") || all.contains("valid"),
+        "{}",
+        describe(&out)
+    );
 
     fs::write(&app.config_path, "[runs]\nmax_concurent = 5\n").unwrap();
     let out = app.cli(&["config", "check"]);
     assert!(!out.status.success(), "{}", describe(&out));
     let (stdout, stderr) = out_text(&out);
-    assert!(format!("{stdout}{stderr}").contains("runs.max_concurent"), "{}", describe(&out));
+    assert!(
+        format!("{stdout}{stderr}").contains("runs.max_concurent"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -78,25 +127,59 @@ fn config_dump_prints_the_effective_config_without_secrets() {
     let out = app.cli_with_env(&["config", "dump"], &[("STUB_KEY", "sk-very-secret-value")]);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    assert!(!stdout.contains("sk-very-secret-value"), "dump printed a provider key: {stdout}");
-    let dumped: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
-    assert_eq!(dumped["runs"]["max_concurrent"].as_integer(), Some(7), "{stdout}");
+    assert!(
+        !stdout.contains("sk-very-secret-value"),
+        "dump printed a provider key: {stdout}"
+    );
+    let dumped: toml::Value =
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
+    assert_eq!(
+        dumped["runs"]["max_concurrent"].as_integer(),
+        Some(7),
+        "{stdout}"
+    );
     // Defaults are filled in.
-    assert_eq!(dumped["runs"]["max_queued"].as_integer(), Some(100_000), "{stdout}");
-    assert_eq!(dumped["delivery"]["attempt_timeout"].as_str(), Some("15s"), "{stdout}");
-    assert_eq!(dumped["delivery"]["per_host_concurrency"].as_integer(), Some(16), "{stdout}");
-    assert_eq!(dumped["security"]["allow_command_steps"].as_bool(), Some(false), "{stdout}");
-    assert_eq!(dumped["providers"]["stub"]["api_key_env"].as_str(), Some("STUB_KEY"), "{stdout}");
+    assert_eq!(
+        dumped["runs"]["max_queued"].as_integer(),
+        Some(100_000),
+        "{stdout}"
+    );
+    assert_eq!(
+        dumped["delivery"]["attempt_timeout"].as_str(),
+        Some("15s"),
+        "{stdout}"
+    );
+    assert_eq!(
+        dumped["delivery"]["per_host_concurrency"].as_integer(),
+        Some(16),
+        "{stdout}"
+    );
+    assert_eq!(
+        dumped["security"]["allow_command_steps"].as_bool(),
+        Some(false),
+        "{stdout}"
+    );
+    assert_eq!(
+        dumped["providers"]["stub"]["api_key_env"].as_str(),
+        Some("STUB_KEY"),
+        "{stdout}"
+    );
 
     // The dump is itself a valid config.
     fs::write(&app.config_path, &stdout).unwrap();
     let out = app.cli(&["config", "check"]);
-    assert!(out.status.success(), "a dumped config must check: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "a dumped config must check: {}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn env_bind_beats_the_file_and_env_config_is_honoured() {
-    let app = TestApp::builder().config("bind = \"127.0.0.1:8888\"\n").prepare();
+    let app = TestApp::builder()
+        .config("bind = \"127.0.0.1:8888\"\n")
+        .prepare();
     let mut cmd = std::process::Command::new(BIN);
     cmd.env("HIVELET_CONFIG", &app.config_path)
         .env("HIVELET_DATA_DIR", &app.data_dir)
@@ -105,13 +188,16 @@ fn env_bind_beats_the_file_and_env_config_is_honoured() {
     let out = run_command(cmd, &app.dir);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    let dumped: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
+    let dumped: toml::Value =
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
     assert_eq!(dumped["bind"].as_str(), Some("127.0.0.1:9999"), "{stdout}");
 }
 
 #[test]
 fn flag_config_beats_env_config() {
-    let app = TestApp::builder().config("[runs]\nmax_concurrent = 3\n").prepare();
+    let app = TestApp::builder()
+        .config("[runs]\nmax_concurrent = 3\n")
+        .prepare();
     let decoy = app.dir.join("decoy.toml");
     fs::write(&decoy, "[runs]\nmax_concurrent = 99\n").unwrap();
     let mut cmd = std::process::Command::new(BIN);
@@ -124,8 +210,13 @@ fn flag_config_beats_env_config() {
     let out = run_command(cmd, &app.dir);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    let dumped: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
-    assert_eq!(dumped["runs"]["max_concurrent"].as_integer(), Some(3), "{stdout}");
+    let dumped: toml::Value =
+        toml::from_str(&stdout).unwrap_or_else(|e| panic!("not TOML ({e}): {stdout}"));
+    assert_eq!(
+        dumped["runs"]["max_concurrent"].as_integer(),
+        Some(3),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -134,7 +225,10 @@ fn serve_accepts_paths_from_the_environment() {
         .config("[security]\nallow_command_steps = true\n")
         .paths_via(PathsVia::Env)
         .start();
-    assert!(app.data_dir.join("hivelet.db").exists(), "database not in HIVELET_DATA_DIR");
+    assert!(
+        app.data_dir.join("hivelet.db").exists(),
+        "database not in HIVELET_DATA_DIR"
+    );
     app.invoke(&hello("Ada")).expect_status(200);
     // The config named by HIVELET_CONFIG is in force: command steps are allowed.
     let r = app.deploy_toml(
@@ -147,7 +241,10 @@ fn serve_accepts_paths_from_the_environment() {
 #[test]
 fn serve_accepts_global_flags_after_the_subcommand() {
     let app = TestApp::builder().paths_via(PathsVia::FlagsAfter).start();
-    assert!(app.data_dir.join("hivelet.db").exists(), "database not in --data-dir");
+    assert!(
+        app.data_dir.join("hivelet.db").exists(),
+        "database not in --data-dir"
+    );
     app.invoke(&hello("Ada")).expect_status(200);
 }
 
@@ -157,14 +254,24 @@ fn flag_data_dir_beats_env_data_dir() {
     let decoy = app.dir.join("decoy-data");
     app.set_env("HIVELET_DATA_DIR", decoy.to_str().unwrap());
     app.spawn();
-    assert!(app.data_dir.join("hivelet.db").exists(), "database not in --data-dir");
-    assert!(!decoy.exists(), "HIVELET_DATA_DIR was used although --data-dir was given");
+    assert!(
+        app.data_dir.join("hivelet.db").exists(),
+        "database not in --data-dir"
+    );
+    assert!(
+        !decoy.exists(),
+        "HIVELET_DATA_DIR was used although --data-dir was given"
+    );
 }
 
 #[test]
 fn first_start_prints_and_stores_an_admin_key_once() {
     let mut app = TestApp::start();
-    assert!(app.admin_key.starts_with("hvk_"), "admin key: {}", app.admin_key);
+    assert!(
+        app.admin_key.starts_with("hvk_"),
+        "admin key: {}",
+        app.admin_key
+    );
     let key = app.admin_key.clone();
     let stdout = wait_for("the admin key on stdout", || {
         let s = app.stdout();
@@ -181,7 +288,10 @@ fn first_start_prints_and_stores_an_admin_key_once() {
     wait_for("the listening line after restart", || {
         app.stdout().contains("hivelet listening on").then_some(())
     });
-    assert!(!app.stdout().contains(&key), "the admin key is printed on first start only");
+    assert!(
+        !app.stdout().contains(&key),
+        "the admin key is printed on first start only"
+    );
     app.invoke(&hello("Ada")).expect_status(200);
 }
 
@@ -189,8 +299,16 @@ fn first_start_prints_and_stores_an_admin_key_once() {
 fn data_dir_and_files_are_private() {
     let app = TestApp::start();
     assert_eq!(mode(&app.data_dir), 0o700, "data dir mode");
-    assert_eq!(mode(&app.data_dir.join("hivelet.db")), 0o600, "database mode");
-    assert_eq!(mode(&app.data_dir.join("admin.key")), 0o600, "admin.key mode");
+    assert_eq!(
+        mode(&app.data_dir.join("hivelet.db")),
+        0o600,
+        "database mode"
+    );
+    assert_eq!(
+        mode(&app.data_dir.join("admin.key")),
+        0o600,
+        "admin.key mode"
+    );
 }
 
 #[test]
@@ -222,7 +340,11 @@ fn database_newer_than_the_binary_is_refused() {
     let out = app.serve_expecting_exit();
     assert!(!out.status.success(), "{}", describe(&out));
     let (_, stderr) = out_text(&out);
-    assert!(stderr.to_lowercase().contains("newer"), "stderr should say the database is newer: {}", describe(&out));
+    assert!(
+        stderr.to_lowercase().contains("newer"),
+        "stderr should say the database is newer: {}",
+        describe(&out)
+    );
 
     // The refused database is left as it was.
     let check = std::process::Command::new("python3")
@@ -230,5 +352,10 @@ fn database_newer_than_the_binary_is_refused() {
         .arg(&db)
         .output()
         .expect("python3");
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "9999", "{}", describe(&check));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "9999",
+        "{}",
+        describe(&check)
+    );
 }

@@ -42,7 +42,10 @@ fn wrong_keys_are_401() {
             "POST",
             "/v1/workflow/invoke",
             None,
-            &[("Authorization", &header), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &header),
+                ("Content-Type", "application/json"),
+            ],
             Some(body.as_bytes()),
         );
         assert_eq!(r.status, 401, "Authorization: {header:?} → {r}");
@@ -61,9 +64,17 @@ fn auth_is_checked_before_the_body() {
 #[test]
 fn missing_deployment_is_422_with_the_fetch_hive_message() {
     let app = TestApp::start();
-    for body in [json!({}), json!({"inputs": {"name": "Ada"}}), json!({"variant": "default"})] {
+    for body in [
+        json!({}),
+        json!({"inputs": {"name": "Ada"}}),
+        json!({"variant": "default"}),
+    ] {
         let r = app.invoke(&body);
-        r.expect_error(422, "validation_error", Some("Missing required field: deployment or variant"));
+        r.expect_error(
+            422,
+            "validation_error",
+            Some("Missing required field: deployment or variant"),
+        );
     }
     still_works(&app);
 }
@@ -73,7 +84,8 @@ fn unknown_deployment_and_variant_are_404() {
     let app = TestApp::start();
     let r = app.invoke(&json!({"deployment": "nope", "inputs": {"name": "Ada"}}));
     r.expect_error(404, "not_found", Some("Deployment not found."));
-    let r = app.invoke(&json!({"deployment": "hello", "variant": "whisper", "inputs": {"name": "Ada"}}));
+    let r = app
+        .invoke(&json!({"deployment": "hello", "variant": "whisper", "inputs": {"name": "Ada"}}));
     r.expect_error(404, "not_found", Some("Variant not found."));
     still_works(&app);
 }
@@ -81,22 +93,38 @@ fn unknown_deployment_and_variant_are_404() {
 #[test]
 fn async_without_callback_url_is_422() {
     let app = TestApp::start();
-    let r = app.invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "async": {"enabled": true}}));
-    r.expect_error(422, "validation_error", Some("callback_url is required when async is enabled"));
+    let r = app.invoke(
+        &json!({"deployment": "hello", "inputs": {"name": "Ada"}, "async": {"enabled": true}}),
+    );
+    r.expect_error(
+        422,
+        "validation_error",
+        Some("callback_url is required when async is enabled"),
+    );
     still_works(&app);
 }
 
 #[test]
 fn invalid_callback_urls_are_422() {
     let app = TestApp::start();
-    for url in ["not a url", "ftp://example.com/hook", "http://", "/relative/path", "example.com/hook"] {
+    for url in [
+        "not a url",
+        "ftp://example.com/hook",
+        "http://",
+        "/relative/path",
+        "example.com/hook",
+    ] {
         let r = app.invoke(&json!({
             "deployment": "hello",
             "inputs": {"name": "Ada"},
             "async": {"enabled": true, "callback_url": url}
         }));
         assert_eq!(r.status, 422, "callback_url {url:?} → {r}");
-        r.expect_error(422, "validation_error", Some("callback_url must be a valid URL"));
+        r.expect_error(
+            422,
+            "validation_error",
+            Some("callback_url must be a valid URL"),
+        );
     }
     still_works(&app);
 }
@@ -105,7 +133,10 @@ fn invalid_callback_urls_are_422() {
 fn expect_input_error(r: &Resp, input: &str, mentions: &[&str]) {
     let body = r.expect_error(422, "validation_error", None);
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains(input), "message should name input {input:?}: {body}");
+    assert!(
+        message.contains(input),
+        "message should name input {input:?}: {body}"
+    );
     for word in mentions {
         assert!(
             message.to_lowercase().contains(&word.to_lowercase()),
@@ -128,7 +159,12 @@ fn missing_required_input_is_422_naming_it_and_its_type() {
 #[test]
 fn wrongly_typed_input_is_422_naming_it_and_the_expected_type() {
     let app = TestApp::start();
-    for value in [json!(5), json!(true), json!(["Ada"]), json!({"first": "Ada"})] {
+    for value in [
+        json!(5),
+        json!(true),
+        json!(["Ada"]),
+        json!({"first": "Ada"}),
+    ] {
         let r = app.invoke(&json!({"deployment": "hello", "inputs": {"name": value}}));
         expect_input_error(&r, "name", &["text"]);
     }
@@ -166,7 +202,7 @@ required = false
 [[steps]]
 id = "s"
 type = "template"
-template = "{{ count }} {{ flag }} {{ tags | length }}"
+template = "{{ count }} {{ 'yes' if flag else 'no' }} {{ tags | length }}"
 
 [output]
 template = "{{ s.output }}"
@@ -175,7 +211,7 @@ template = "{{ s.output }}"
     let ok = json!({"count": 2, "flag": true, "tags": ["a", "b"]});
     let r = app.invoke(&json!({"deployment": "typed", "inputs": ok}));
     r.expect_status(200);
-    assert_eq!(r.json()["output"], "2 true 2");
+    assert_eq!(r.json()["output"], "2 yes 2");
 
     let cases: [(&str, Value, &str); 4] = [
         ("count", json!("two"), "number"),
@@ -206,13 +242,20 @@ fn nested_or_non_scalar_metadata_is_422_naming_the_key() {
         let mut metadata = serde_json::Map::new();
         metadata.insert("fine".into(), json!("ok"));
         metadata.insert(key.into(), value);
-        let r = app.invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": metadata}));
+        let r = app.invoke(
+            &json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": metadata}),
+        );
         let body = r.expect_error(422, "validation_error", None);
-        assert!(body["message"].as_str().unwrap().contains(key), "message should name {key:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(key),
+            "message should name {key:?}: {body}"
+        );
     }
-    let r = app.invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": {"": "x"}}));
+    let r = app
+        .invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": {"": "x"}}));
     r.expect_error(422, "validation_error", None);
-    let r = app.invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": "flat"}));
+    let r =
+        app.invoke(&json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": "flat"}));
     r.expect_error(422, "validation_error", None);
     still_works(&app);
 }
@@ -331,7 +374,11 @@ template = "{{ fetch.output }}"
     assert_eq!(body["step"], "fetch", "{body}");
     let id = body["request_id"].as_str().unwrap_or_default().to_string();
     assert!(is_request_id(&id), "{body}");
-    assert_eq!(api.requests().len(), 1, "the http step ran once (no retries configured)");
+    assert_eq!(
+        api.requests().len(),
+        1,
+        "the http step ran once (no retries configured)"
+    );
 
     let req = app.admin_get(&format!("/v1/public/requests/{id}"));
     req.expect_status(200);
@@ -340,7 +387,10 @@ template = "{{ fetch.output }}"
 
 /// The failing run's `error_code` is the daemon's to choose; it must be a non-empty string.
 fn body_code(r: &Resp) -> String {
-    let code = r.json()["error_code"].as_str().unwrap_or_default().to_string();
+    let code = r.json()["error_code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(!code.is_empty(), "error_code missing: {r}");
     code
 }

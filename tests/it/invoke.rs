@@ -16,9 +16,14 @@ fn hello_example_greets_synchronously() {
     assert_eq!(body["run_status"], "completed", "{body}");
     assert_eq!(body["output"], "Hello, Ada.", "{body}");
     let id = body["request_id"].as_str().unwrap_or_default();
-    assert!(is_request_id(id), "request_id must be req_ + 32 hex, got {body}");
     assert!(
-        r.header("content-type").unwrap_or_default().starts_with("application/json"),
+        is_request_id(id),
+        "request_id must be req_ + 32 hex, got {body}"
+    );
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/json"),
         "content type: {:?}",
         r.headers
     );
@@ -27,11 +32,13 @@ fn hello_example_greets_synchronously() {
 #[test]
 fn loud_variant_applies_its_vars() {
     let app = TestApp::start();
-    let r = app.invoke(&json!({"deployment": "hello", "variant": "loud", "inputs": {"name": "Ada"}}));
+    let r =
+        app.invoke(&json!({"deployment": "hello", "variant": "loud", "inputs": {"name": "Ada"}}));
     r.expect_status(200);
     assert_eq!(r.json()["output"], "Hello, Ada!!!");
     // The explicit default variant is the same as none.
-    let r = app.invoke(&json!({"deployment": "hello", "variant": "default", "inputs": {"name": "Ada"}}));
+    let r = app
+        .invoke(&json!({"deployment": "hello", "variant": "default", "inputs": {"name": "Ada"}}));
     r.expect_status(200);
     assert_eq!(r.json()["output"], "Hello, Ada.");
 }
@@ -39,11 +46,18 @@ fn loud_variant_applies_its_vars() {
 #[test]
 fn slow_variant_still_completes() {
     let app = TestApp::start();
-    let r = app.invoke(&json!({"deployment": "hello", "variant": "slow", "inputs": {"name": "Bo"}}));
+    let r =
+        app.invoke(&json!({"deployment": "hello", "variant": "slow", "inputs": {"name": "Bo"}}));
     r.expect_status(200);
     let body = r.json();
     assert_eq!(body["run_status"], "completed", "{body}");
-    assert!(body["output"].as_str().unwrap_or_default().starts_with("Hello, Bo"), "{body}");
+    assert!(
+        body["output"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Hello, Bo"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -54,7 +68,10 @@ fn bare_key_without_bearer_prefix_is_accepted() {
         "POST",
         "/v1/workflow/invoke",
         None,
-        &[("Authorization", &app.admin_key), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &app.admin_key),
+            ("Content-Type", "application/json"),
+        ],
         Some(body.as_bytes()),
     );
     r.expect_status(200);
@@ -93,7 +110,10 @@ fn public_request_lookup_shows_the_finished_run() {
     assert!(!req["started_at"].is_null(), "started_at: {req}");
     assert!(!req["ended_at"].is_null(), "ended_at: {req}");
     assert!(req.get("data").is_some(), "data: {req}");
-    assert!(json_contains_str(&req["data"], "Hello, Ada."), "data must hold the output: {req}");
+    assert!(
+        json_contains_str(&req["data"], "Hello, Ada."),
+        "data must hold the output: {req}"
+    );
     // The caller's metadata is returned (as `metadata` or `user_metadata`).
     let meta_seen = [&req["metadata"], &req["user_metadata"]]
         .iter()
@@ -113,7 +133,10 @@ fn public_request_lookup_of_unknown_id_is_404() {
 #[test]
 fn public_request_lookup_needs_a_key() {
     let app = TestApp::start();
-    let id = app.invoke(&hello("Ada")).json()["request_id"].as_str().unwrap().to_string();
+    let id = app.invoke(&hello("Ada")).json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = app.get(&format!("/v1/public/requests/{id}"), None);
     r.expect_error(401, "unauthorized", Some("Invalid access."));
 }
@@ -127,7 +150,10 @@ fn idempotency_key_replays_the_first_response() {
             "POST",
             "/v1/workflow/invoke",
             Some(key),
-            &[("Content-Type", "application/json"), ("Idempotency-Key", idem)],
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", idem),
+            ],
             Some(name_body.as_bytes()),
         )
     };
@@ -137,15 +163,25 @@ fn idempotency_key_replays_the_first_response() {
     let again = call(&app.admin_key, "order-1", &body);
     again.expect_status(200);
     let again = again.json();
-    assert_eq!(again["request_id"], first["request_id"], "a repeat must start nothing new");
+    assert_eq!(
+        again["request_id"], first["request_id"],
+        "a repeat must start nothing new"
+    );
     assert_eq!(again["output"], first["output"]);
 
     let other = call(&app.admin_key, "order-2", &body);
     other.expect_status(200);
-    assert_ne!(other.json()["request_id"], first["request_id"], "another key is another run");
+    assert_ne!(
+        other.json()["request_id"],
+        first["request_id"],
+        "another key is another run"
+    );
 
     // The same Idempotency-Key under another API key is a different request.
-    let key = app.create_key("second", "invoke")["key"].as_str().unwrap().to_string();
+    let key = app.create_key("second", "invoke")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let third = call(&key, "order-1", &body);
     third.expect_status(200);
     assert_ne!(third.json()["request_id"], first["request_id"]);
@@ -153,7 +189,11 @@ fn idempotency_key_replays_the_first_response() {
 
 #[test]
 fn sync_call_while_all_slots_are_busy_gets_429() {
-    let app = Arc::new(TestApp::start_with("[runs]\nmax_concurrent = 1\n", &[], &[]));
+    let app = Arc::new(TestApp::start_with(
+        "[runs]\nmax_concurrent = 1\n",
+        &[],
+        &[],
+    ));
     let slow_done = Arc::new(AtomicBool::new(false));
     let slow = {
         let app = app.clone();
@@ -203,24 +243,47 @@ fn cli_invoke_prints_the_output() {
     let out = app.cli(&["invoke", "hello", "--input", "name=Ada"]);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    assert!(stdout.lines().any(|l| l.trim() == "Hello, Ada."), "{}", describe(&out));
+    assert!(
+        stdout.lines().any(|l| l.trim() == "Hello, Ada."),
+        "{}",
+        describe(&out)
+    );
 
-    let out = app.cli(&["invoke", "hello", "--variant", "loud", "--input", "name=Ada"]);
+    let out = app.cli(&[
+        "invoke",
+        "hello",
+        "--variant",
+        "loud",
+        "--input",
+        "name=Ada",
+    ]);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    assert!(stdout.lines().any(|l| l.trim() == "Hello, Ada!!!"), "{}", describe(&out));
+    assert!(
+        stdout.lines().any(|l| l.trim() == "Hello, Ada!!!"),
+        "{}",
+        describe(&out)
+    );
 
     let out = app.cli(&["invoke", "hello", "--inputs-json", r#"{"name": "Grace"}"#]);
     assert!(out.status.success(), "{}", describe(&out));
     let (stdout, _) = out_text(&out);
-    assert!(stdout.lines().any(|l| l.trim() == "Hello, Grace."), "{}", describe(&out));
+    assert!(
+        stdout.lines().any(|l| l.trim() == "Hello, Grace."),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn cli_invoke_reports_a_bad_input_and_fails() {
     let app = TestApp::start();
     let out = app.cli(&["invoke", "hello"]);
-    assert!(!out.status.success(), "a missing required input must fail: {}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "a missing required input must fail: {}",
+        describe(&out)
+    );
     let (stdout, stderr) = out_text(&out);
     assert!(
         format!("{stdout}{stderr}").contains("name"),

@@ -167,13 +167,18 @@ template = "{{ create.output.id }}:{{ create.output.echo }}"
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].path, "/greetings");
-    assert_eq!(seen[0].header("X-Customer"), Some("c-Ada"), "{:?}", seen[0].headers);
+    assert_eq!(
+        seen[0].header("X-Customer"),
+        Some("c-Ada"),
+        "{:?}",
+        seen[0].headers
+    );
     assert_eq!(seen[0].json(), json!({"greeting": "hi Ada"}));
 }
 
 #[test]
 fn http_step_url_is_templated() {
-    let api = StubServer::json(json!({"ok": true}));
+    let api = StubServer::json(json!({"state": "shipped"}));
     let app = TestApp::start();
     let r = run(
         &app,
@@ -193,12 +198,12 @@ method = "GET"
 url = "STUB/orders/{{ id }}"
 
 [output]
-template = "{{ fetch.output.ok }}"
+template = "{{ fetch.output.state }}"
 "#
         .replace("STUB", &api.url()),
         json!({"id": 1234}),
     );
-    assert_eq!(output_of(&r), "true");
+    assert_eq!(output_of(&r), "shipped");
     assert_eq!(api.requests()[0].path, "/orders/1234");
 }
 
@@ -356,7 +361,11 @@ template = "{{ done.output }}"
     );
     let r = app.invoke(&json!({"deployment": "maybe", "inputs": {"flag": false}}));
     assert_eq!(output_of(&r), "done");
-    assert_eq!(api.requests().len(), 0, "a step whose `when` is false must not run");
+    assert_eq!(
+        api.requests().len(),
+        0,
+        "a step whose `when` is false must not run"
+    );
 
     let r = app.invoke(&json!({"deployment": "maybe", "inputs": {"flag": true}}));
     assert_eq!(output_of(&r), "done");
@@ -364,7 +373,10 @@ template = "{{ done.output }}"
 }
 
 fn prompt_config(stub: &StubServer) -> String {
-    format!("[providers.stub]\nbase_url = \"{}/v1\"\napi_key_env = \"STUB_KEY\"\n", stub.url())
+    format!(
+        "[providers.stub]\nbase_url = \"{}/v1\"\napi_key_env = \"STUB_KEY\"\n",
+        stub.url()
+    )
 }
 
 const PROMPT_WORKFLOW: &str = r#"
@@ -407,7 +419,9 @@ fn prompt_step_calls_an_openai_compatible_server() {
     assert_eq!(body["max_tokens"], 20, "{body}");
     let temperature = body["temperature"].as_f64().unwrap_or(-1.0);
     assert!((temperature - 0.2).abs() < 1e-6, "{body}");
-    let messages = body["messages"].as_array().unwrap_or_else(|| panic!("messages: {body}"));
+    let messages = body["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("messages: {body}"));
     assert!(
         messages.contains(&json!({"role": "system", "content": "You are terse."})),
         "system message missing: {body}"
@@ -472,7 +486,10 @@ fn command_steps_are_refused_unless_the_config_allows_them() {
     let r = app.deploy_toml("cmd", &def);
     let body = r.expect_error(422, "validation_error", None);
     assert!(
-        body["message"].as_str().unwrap().contains("allow_command_steps"),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_command_steps"),
         "the refusal should say which setting allows it: {body}"
     );
     app.admin_get("/v1/deployments/cmd").expect_status(404);
@@ -579,7 +596,10 @@ template = "finished"
     let id = body["request_id"].as_str().unwrap_or_default();
     assert!(is_request_id(id), "{body}");
     let text = body.to_string().to_lowercase();
-    assert!(text.contains("time"), "the error should say the run timed out: {body}");
+    assert!(
+        text.contains("time"),
+        "the error should say the run timed out: {body}"
+    );
     let req = app.admin_get(&format!("/v1/public/requests/{id}"));
     assert_eq!(req.json()["status"], "failed", "{req}");
 }

@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +26,12 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment variables of the daemon that must not leak from the test's environment.
-const DAEMON_ENV: &[&str] = &["HIVELET_CONFIG", "HIVELET_DATA_DIR", "HIVELET_BIND", "RUST_LOG"];
+const DAEMON_ENV: &[&str] = &[
+    "HIVELET_CONFIG",
+    "HIVELET_DATA_DIR",
+    "HIVELET_BIND",
+    "RUST_LOG",
+];
 
 /// Polls `probe` until it returns `Some`, for at most [`DEADLINE`].
 pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -64,7 +68,10 @@ impl Resp {
     /// The body as JSON; panics with the raw response if it is not JSON.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| {
-            panic!("response is not JSON ({e}): HTTP {} {:?}", self.status, self.text)
+            panic!(
+                "response is not JSON ({e}): HTTP {} {:?}",
+                self.status, self.text
+            )
         })
     }
 
@@ -83,14 +90,23 @@ impl Resp {
     /// Asserts the status, showing the whole response when it differs.
     #[track_caller]
     pub fn expect_status(&self, status: u16) -> &Self {
-        assert_eq!(self.status, status, "unexpected status; response: {} {}", self.status, self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; response: {} {}",
+            self.status, self.text
+        );
         self
     }
 
     /// Asserts a 2xx status.
     #[track_caller]
     pub fn expect_success(&self) -> &Self {
-        assert!(self.is_success(), "expected 2xx; response: {} {}", self.status, self.text);
+        assert!(
+            self.is_success(),
+            "expected 2xx; response: {} {}",
+            self.status,
+            self.text
+        );
         self
     }
 
@@ -101,8 +117,14 @@ impl Resp {
         self.expect_status(status);
         let body = self.json();
         assert_eq!(body["error_code"], error_code, "error_code; body: {body}");
-        assert!(body["message"].is_string(), "`message` must be a string; body: {body}");
-        assert_eq!(body["error"], body["message"], "`error` is an alias of `message`; body: {body}");
+        assert!(
+            body["message"].is_string(),
+            "`message` must be a string; body: {body}"
+        );
+        assert_eq!(
+            body["error"], body["message"],
+            "`error` is an alias of `message`; body: {body}"
+        );
         if let Some(message) = message {
             assert_eq!(body["message"], message, "message; body: {body}");
         }
@@ -117,16 +139,14 @@ impl std::fmt::Display for Resp {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).redirects(0).build()
+    ureq::AgentBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .redirects(0)
+        .build()
 }
 
 /// Sends one request; a 4xx/5xx is a response like any other, a transport error panics.
-pub fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Resp {
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
     try_send(method, url, headers, body)
         .unwrap_or_else(|e| panic!("{method} {url}: transport error: {e}"))
 }
@@ -160,8 +180,14 @@ pub fn try_send(
             Some((name, value))
         })
         .collect();
-    let text = response.into_string().map_err(|e| format!("reading body: {e}"))?;
-    Ok(Resp { status, headers, text })
+    let text = response
+        .into_string()
+        .map_err(|e| format!("reading body: {e}"))?;
+    Ok(Resp {
+        status,
+        headers,
+        text,
+    })
 }
 
 fn auth_headers(key: Option<&str>) -> Vec<(&'static str, String)> {
@@ -234,7 +260,10 @@ impl AppBuilder {
 
     /// Lays out the temp dir without starting anything.
     pub fn prepare(self) -> TestApp {
-        let tmp = tempfile::Builder::new().prefix("hivelet-it-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("hivelet-it-")
+            .tempdir()
+            .expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let config_path = dir.join("hivelet.toml");
         let data_dir = dir.join("data");
@@ -308,7 +337,11 @@ impl TestApp {
     }
 
     /// A daemon with the given `hivelet.toml`, extra `serve` arguments and environment.
-    pub fn start_with(config_toml: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> TestApp {
+    pub fn start_with(
+        config_toml: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> TestApp {
         let mut b = Self::builder().config(config_toml);
         for a in extra_args {
             b = b.arg(a);
@@ -334,7 +367,9 @@ impl TestApp {
                 cmd.args(["serve", "--config", config, "--data-dir", data]);
             }
             PathsVia::Env => {
-                cmd.env("HIVELET_CONFIG", config).env("HIVELET_DATA_DIR", data).arg("serve");
+                cmd.env("HIVELET_CONFIG", config)
+                    .env("HIVELET_DATA_DIR", data)
+                    .arg("serve");
             }
         }
         cmd.args(["--bind", "127.0.0.1:0"]).args(&self.args);
@@ -371,7 +406,8 @@ impl TestApp {
         let err = fs::File::create(self.stderr_path(self.generation)).unwrap();
         let mut cmd = self.serve_command();
         cmd.stdout(out).stderr(err);
-        cmd.spawn().unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
     }
 
     /// Starts the daemon and waits for `hivelet.addr` and `admin.key`.
@@ -412,7 +448,9 @@ impl TestApp {
     /// Stops the daemon with SIGTERM (SIGKILL if it does not stop within the deadline).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
             if let Ok(Some(status)) = child.try_wait() {
@@ -422,6 +460,38 @@ impl TestApp {
         }
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    /// Kills the daemon at once (SIGKILL), as a crash or power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns at once; see [`TestApp::wait_exit`].
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("daemon running");
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -TERM {pid} failed");
+    }
+
+    /// Waits (up to the deadline) for the daemon to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > REQUEST_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not exit within {REQUEST_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Stops and starts the daemon again on the same config and data dir.
@@ -444,7 +514,8 @@ impl TestApp {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "hivelet serve was expected to exit but kept running\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    "hivelet serve was expected to exit but kept running (config {:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    fs::read_to_string(&self.config_path).unwrap_or_default(),
                     self.stdout(),
                     self.stderr()
                 );
@@ -505,11 +576,23 @@ impl TestApp {
 
     pub fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> Resp {
         let bytes = serde_json::to_vec(body).unwrap();
-        self.request("POST", path, key, &[("Content-Type", "application/json")], Some(&bytes))
+        self.request(
+            "POST",
+            path,
+            key,
+            &[("Content-Type", "application/json")],
+            Some(&bytes),
+        )
     }
 
     pub fn put(&self, path: &str, key: Option<&str>, content_type: &str, body: &str) -> Resp {
-        self.request("PUT", path, key, &[("Content-Type", content_type)], Some(body.as_bytes()))
+        self.request(
+            "PUT",
+            path,
+            key,
+            &[("Content-Type", content_type)],
+            Some(body.as_bytes()),
+        )
     }
 
     pub fn delete(&self, path: &str, key: Option<&str>) -> Resp {
@@ -532,7 +615,12 @@ impl TestApp {
 
     /// Deploys a TOML definition under `key` with the admin key.
     pub fn deploy_toml(&self, key: &str, toml: &str) -> Resp {
-        self.put(&format!("/v1/deployments/{key}"), Some(&self.admin_key), "application/toml", toml)
+        self.put(
+            &format!("/v1/deployments/{key}"),
+            Some(&self.admin_key),
+            "application/toml",
+            toml,
+        )
     }
 
     /// Deploys a JSON definition under `key` with the admin key.
@@ -549,7 +637,11 @@ impl TestApp {
     #[track_caller]
     pub fn deploy_ok(&self, key: &str, toml: &str) -> Value {
         let r = self.deploy_toml(key, toml);
-        assert!(r.is_success(), "deploying {key} failed: {r}\n--- stderr ---\n{}", self.stderr());
+        assert!(
+            r.is_success(),
+            "deploying {key} failed: {r}\n--- stderr ---\n{}",
+            self.stderr()
+        );
         r.json()
     }
 
@@ -603,7 +695,9 @@ pub fn run_command(mut cmd: Command, scratch: &Path) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -638,7 +732,10 @@ pub fn out_text(out: &Output) -> (String, String) {
 /// Renders a command's result for an assertion message.
 pub fn describe(out: &Output) -> String {
     let (stdout, stderr) = out_text(out);
-    format!("exit {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}", out.status)
+    format!(
+        "exit {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -712,7 +809,9 @@ pub struct StubServer {
 }
 
 impl StubServer {
-    pub fn start(responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static) -> StubServer {
+    pub fn start(
+        responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
+    ) -> StubServer {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("stub server bind");
         let port = server.server_addr().to_ip().expect("ip listener").port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -751,7 +850,8 @@ impl StubServer {
                         let mut response = tiny_http::Response::from_string(reply.body)
                             .with_status_code(reply.status);
                         for (k, v) in &reply.headers {
-                            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes())
+                            {
                                 response.add_header(h);
                             }
                         }
@@ -760,7 +860,12 @@ impl StubServer {
                 }
             })
         };
-        StubServer { port, received, stop, thread: Some(thread) }
+        StubServer {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Always answers `200` with this JSON.
@@ -775,7 +880,10 @@ impl StubServer {
             if req.method == "POST" && req.path.starts_with("/v1/chat/completions") {
                 StubReply::json(200, &chat_completion(&content))
             } else {
-                StubReply::json(404, &serde_json::json!({"error": {"message": "no such route"}}))
+                StubReply::json(
+                    404,
+                    &serde_json::json!({"error": {"message": "no such route"}}),
+                )
             }
         })
     }
@@ -808,6 +916,30 @@ impl Drop for StubServer {
     }
 }
 
+/// A latch a stub's responder can wait on, so a test holds a run inside a step for as long as
+/// it needs (no sleeps): `gate.wait()` in the responder, `gate.open()` in the test.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Blocks until the gate is opened (or 30 s passed, so a failed test never hangs).
+    pub fn wait(&self) {
+        let (lock, cvar) = &*self.0;
+        let open = lock.lock().unwrap();
+        let _ = cvar.wait_timeout_while(open, REQUEST_TIMEOUT, |open| !*open).unwrap();
+    }
+
+    pub fn open(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}
+
 /// A chat completion the way OpenAI-compatible servers answer.
 pub fn chat_completion(content: &str) -> Value {
     serde_json::json!({
@@ -836,7 +968,10 @@ pub fn is_request_id(s: &str) -> bool {
 /// `prefix` + 32 lower-case hex.
 pub fn is_prefixed_hex(s: &str, prefix: &str) -> bool {
     s.strip_prefix(prefix).is_some_and(|hex| {
-        hex.len() == 32 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        hex.len() == 32
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     })
 }
 

@@ -1,0 +1,245 @@
+//! The RetrySupervisor owns the schedule of events waiting for delivery. It keeps them in
+//! memory ordered by due time (rebuilt from SQLite at start), enforces per-destination
+//! concurrency and the circuit breaker, and hands due events to DeliveryActors. SQLite stays
+//! the record: an event leaves the store's due set only when an attempt says so.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::delivery::{AttemptFinished, Deliver, DeliveryActor};
+use crate::config::Config;
+use crate::delivery::policy::Breaker;
+use crate::deployments::Deployments;
+use crate::ids;
+use crate::store::{DueEvent, Store};
+
+/// An event to deliver now or at its `next_attempt_at`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enqueue(pub DueEvent);
+
+/// Counts for metrics and tests.
+#[derive(Message)]
+#[rtype(result = "SupervisorStats")]
+pub struct GetStats;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SupervisorStats {
+    pub waiting: usize,
+    pub in_flight: usize,
+    pub paused_destinations: usize,
+}
+
+#[derive(Default)]
+struct Destination {
+    in_flight: usize,
+    breaker: Breaker,
+}
+
+pub struct RetrySupervisor {
+    store: Store,
+    config: Arc<Config>,
+    deployments: Arc<Deployments>,
+    /// (due time, event id), earliest first.
+    due: BTreeSet<(i64, String)>,
+    events: HashMap<String, DueEvent>,
+    destinations: HashMap<String, Destination>,
+    deliverers: Vec<Addr<DeliveryActor>>,
+    next_deliverer: usize,
+    wakeup: Option<(i64, SpawnHandle)>,
+}
+
+/// `scheme://host:port` of a callback URL: the unit of concurrency and circuit breaking.
+pub fn destination_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+impl RetrySupervisor {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        deployments: Arc<Deployments>,
+        pending: Vec<DueEvent>,
+    ) -> Self {
+        let mut sup = RetrySupervisor {
+            store,
+            config,
+            deployments,
+            due: BTreeSet::new(),
+            events: HashMap::new(),
+            destinations: HashMap::new(),
+            deliverers: Vec::new(),
+            next_deliverer: 0,
+            wakeup: None,
+        };
+        for event in pending {
+            sup.insert(event);
+        }
+        sup
+    }
+
+    fn insert(&mut self, event: DueEvent) {
+        if let Some(old) = self.events.remove(&event.event_id) {
+            self.due.remove(&(old.next_attempt_at, old.event_id));
+        }
+        self.due
+            .insert((event.next_attempt_at, event.event_id.clone()));
+        self.events.insert(event.event_id.clone(), event);
+    }
+
+    /// The signing secrets for an event: the current one, then a rotated-out one still valid.
+    fn secrets(&self, deployment_key: &str, now_ms: i64) -> Result<Vec<String>, String> {
+        let dep = self.deployments.get(deployment_key).ok_or_else(|| {
+            format!("deployment {deployment_key} was deleted, so there is no secret to sign with")
+        })?;
+        let mut secrets = vec![dep.signing_secret.clone()];
+        if let (Some(prev), Some(until)) = (&dep.previous_secret, dep.previous_secret_until) {
+            if until > now_ms {
+                secrets.push(prev.clone());
+            }
+        }
+        Ok(secrets)
+    }
+
+    /// Sends every due event whose destination has room; schedules the next wake-up.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = ids::now_ms();
+        let per_host = self.config.file.delivery.per_host_concurrency;
+        let mut ready = Vec::new();
+        let mut next_wake: Option<i64> = None;
+        for (at, id) in self.due.iter() {
+            if *at > now {
+                next_wake = Some(next_wake.map_or(*at, |w| w.min(*at)));
+                break;
+            }
+            let event = &self.events[id];
+            let dest = self
+                .destinations
+                .entry(destination_key(&event.callback_url))
+                .or_default();
+            if let Some(until) = dest.breaker.paused_until(now) {
+                // Paused: the event waits without using up an attempt.
+                next_wake = Some(next_wake.map_or(until, |w| w.min(until)));
+                continue;
+            }
+            if dest.in_flight >= per_host {
+                continue; // an AttemptFinished for this destination pumps again
+            }
+            dest.in_flight += 1;
+            ready.push((*at, id.clone()));
+        }
+        for key in ready {
+            self.due.remove(&key);
+            let event = self.events.remove(&key.1).expect("due events are indexed");
+            let secrets = self.secrets(&event.deployment_key, now);
+            let deliverer = &self.deliverers[self.next_deliverer % self.deliverers.len()];
+            self.next_deliverer = self.next_deliverer.wrapping_add(1);
+            deliverer.do_send(Deliver {
+                event,
+                secrets,
+                reply_to: ctx.address().recipient(),
+            });
+        }
+        self.schedule_wakeup(next_wake, ctx);
+    }
+
+    fn schedule_wakeup(&mut self, at: Option<i64>, ctx: &mut Context<Self>) {
+        let Some(at) = at else { return };
+        if let Some((current, handle)) = self.wakeup.take() {
+            if current <= at {
+                self.wakeup = Some((current, handle));
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = std::time::Duration::from_millis((at - ids::now_ms()).max(0) as u64);
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.wakeup = None;
+            act.pump(ctx);
+        });
+        self.wakeup = Some((at, handle));
+    }
+}
+
+impl Actor for RetrySupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Each DeliveryActor owns its HTTP client; one per worker thread spreads the signing.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        for _ in 0..workers {
+            let store = self.store.clone();
+            let config = self.config.clone();
+            let arbiter = Arbiter::new();
+            self.deliverers.push(DeliveryActor::start_in_arbiter(
+                &arbiter.handle(),
+                move |_| DeliveryActor::new(store, config),
+            ));
+        }
+        if !self.events.is_empty() {
+            tracing::info!(events = self.events.len(), "resuming deliveries");
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Enqueue> for RetrySupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        self.insert(msg.0);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<AttemptFinished> for RetrySupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttemptFinished, ctx: &mut Context<Self>) {
+        let now = ids::now_ms();
+        let dest = self
+            .destinations
+            .entry(destination_key(&msg.event.callback_url))
+            .or_default();
+        dest.in_flight = dest.in_flight.saturating_sub(1);
+        if let Some(success) = msg.counts_for_breaker {
+            dest.breaker.record(success, now);
+        }
+        if let Some(next_at) = msg.retry_at {
+            let mut event = msg.event;
+            event.next_attempt_at = next_at;
+            self.insert(event);
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<GetStats> for RetrySupervisor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let now = ids::now_ms();
+        MessageResult(SupervisorStats {
+            waiting: self.events.len(),
+            in_flight: self.destinations.values().map(|d| d.in_flight).sum(),
+            paused_destinations: self
+                .destinations
+                .values()
+                .filter(|d| d.breaker.paused_until(now).is_some())
+                .count(),
+        })
+    }
+}
