@@ -38,6 +38,18 @@ impl std::fmt::Debug for LiveDeployment {
 }
 
 impl LiveDeployment {
+    /// The secrets that sign and authenticate now: the current one, then a rotated-out one
+    /// still inside its overlap.
+    pub fn valid_secrets(&self, now_ms: i64) -> Vec<&str> {
+        let mut secrets = vec![self.signing_secret.as_str()];
+        if let (Some(prev), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
+            if until > now_ms {
+                secrets.push(prev);
+            }
+        }
+        secrets
+    }
+
     /// The variables of a variant, if it exists.
     pub fn vars(&self, variant: &str) -> Option<&Map<String, Value>> {
         self.definition.variants.get(variant).map(|v| &v.vars)
@@ -198,6 +210,42 @@ impl Deployments {
         let dep = Arc::new(dep);
         live.insert(dep.key.clone(), dep.clone());
         Ok((dep, created))
+    }
+
+    /// Gives a deployment a new signing secret; the old one stays valid for `overlap`.
+    pub async fn rotate_secret(
+        &self,
+        store: &Store,
+        key: &str,
+        overlap: std::time::Duration,
+    ) -> Result<Option<Arc<LiveDeployment>>, StoreError> {
+        let new_secret = ids::signing_secret();
+        let previous_until = ids::now_ms() + overlap.as_millis() as i64;
+        let cmd = Write::RotateSecret {
+            key: key.to_string(),
+            new_secret: new_secret.clone(),
+            previous_until,
+        };
+        if !store.write(cmd).await?.found() {
+            return Ok(None);
+        }
+        let mut live = self.live.write().expect("deployments lock");
+        let Some(old) = live.get(key).cloned() else {
+            return Ok(None);
+        };
+        let dep = Arc::new(LiveDeployment {
+            key: old.key.clone(),
+            id: old.id.clone(),
+            version: old.version,
+            definition: old.definition.clone(),
+            signing_secret: new_secret,
+            previous_secret: Some(old.signing_secret.clone()),
+            previous_secret_until: Some(previous_until),
+            created_at: old.created_at,
+            updated_at: ids::now_ms(),
+        });
+        live.insert(key.to_string(), dep.clone());
+        Ok(Some(dep))
     }
 
     /// Removes a deployment and its versions. Runs already stored keep their rows.

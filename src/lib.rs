@@ -89,6 +89,7 @@ pub async fn run(
         keys,
         invoker: invoker.clone(),
         supervisor,
+        idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
     });
 

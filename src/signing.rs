@@ -92,6 +92,17 @@ pub fn verify(
     body: &[u8],
     now_secs: i64,
 ) -> Result<(), VerifyError> {
+    verify_with_tolerance(secret, headers, body, now_secs, TIMESTAMP_TOLERANCE_SECS)
+}
+
+/// [`verify`] with a chosen timestamp tolerance in seconds (`hivelet verify --tolerance`).
+pub fn verify_with_tolerance(
+    secret: &str,
+    headers: &ReceivedHeaders<'_>,
+    body: &[u8],
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
     use subtle::ConstantTimeEq;
     let mut checked_any = false;
     if let Some(sig) = headers.webhook_signature {
@@ -106,10 +117,10 @@ pub fn verify(
             .parse()
             .map_err(|_| VerifyError::BadTimestamp)?;
         let age = now_secs - ts;
-        if age.abs() > TIMESTAMP_TOLERANCE_SECS {
+        if age.abs() > tolerance_secs {
             return Err(VerifyError::StaleTimestamp {
                 age_secs: age,
-                tolerance_secs: TIMESTAMP_TOLERANCE_SECS,
+                tolerance_secs,
             });
         }
         let expected = standard_signature(secret, id, ts, body)?;

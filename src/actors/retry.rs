@@ -102,13 +102,11 @@ impl RetrySupervisor {
         let dep = self.deployments.get(deployment_key).ok_or_else(|| {
             format!("deployment {deployment_key} was deleted, so there is no secret to sign with")
         })?;
-        let mut secrets = vec![dep.signing_secret.clone()];
-        if let (Some(prev), Some(until)) = (&dep.previous_secret, dep.previous_secret_until) {
-            if until > now_ms {
-                secrets.push(prev.clone());
-            }
-        }
-        Ok(secrets)
+        Ok(dep
+            .valid_secrets(now_ms)
+            .into_iter()
+            .map(str::to_string)
+            .collect())
     }
 
     /// Sends every due event whose destination has room; schedules the next wake-up.

@@ -19,6 +19,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(deploy))
             .route(web::delete().to(delete)),
     );
+    cfg.service(
+        resource("/v1/deployments/{key}/rotate-secret").route(web::post().to(rotate_secret)),
+    );
 }
 
 /// The public view of a deployment; the signing secret only for admins.
@@ -160,4 +163,23 @@ async fn delete(
     } else {
         Err(ApiError::NotFound("Deployment not found.".into()))
     }
+}
+
+async fn rotate_secret(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let overlap = state.config.file.delivery.secret_overlap.0;
+    let dep = state
+        .deployments
+        .rotate_secret(&state.store, &key, overlap)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
+    tracing::info!(deployment = %dep.key, "signing secret rotated");
+    Ok(HttpResponse::Ok().json(json!({
+        "key": dep.key,
+        "signing_secret": dep.signing_secret,
+        "previous_secret_valid_until": dep.previous_secret_until.map(ids::rfc3339),
+    })))
 }

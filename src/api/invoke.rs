@@ -3,14 +3,16 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
 use super::extract::{Authed, JsonBody};
 use super::{resource, AppState};
 use crate::actors::{Admit, Mode, PreparedRun};
 use crate::error::ApiError;
-use crate::store::RunStatus;
+use crate::ids;
+use crate::store::{self, RunStatus, Write};
 use crate::workflow::inputs::check_inputs;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -197,8 +199,26 @@ pub fn prepare(
     })
 }
 
+/// What an invoke answers: status and JSON body (kept for idempotent replays).
+pub struct InvokeReply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl InvokeReply {
+    fn into_response(self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.body)
+    }
+}
+
 /// Admits a prepared run and shapes the answer: 202 for async, the output for sync.
 pub async fn admit(state: &AppState, run: PreparedRun) -> Result<HttpResponse, ApiError> {
+    admit_reply(state, run)
+        .await
+        .map(InvokeReply::into_response)
+}
+
+async fn admit_reply(state: &AppState, run: PreparedRun) -> Result<InvokeReply, ApiError> {
     if state.stopping.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable(
             "hivelet is shutting down; try again shortly.".into(),
@@ -215,44 +235,147 @@ pub async fn admit(state: &AppState, run: PreparedRun) -> Result<HttpResponse, A
         .await
         .map_err(|e| ApiError::internal(format!("invoke actor unavailable: {e}")))??;
     let Some(completion) = admitted.completion else {
-        return Ok(HttpResponse::Accepted().json(
-            json!({"request_id": admitted.request_id, "run_status": admitted.status.as_str()}),
-        ));
+        return Ok(InvokeReply {
+            status: StatusCode::ACCEPTED,
+            body: json!({"request_id": admitted.request_id, "run_status": admitted.status.as_str()}),
+        });
     };
     let outcome = completion
         .await
         .map_err(|_| ApiError::internal("the run ended without reporting its outcome"))?;
     match (outcome.status, outcome.failure) {
-        (RunStatus::Completed, _) => Ok(HttpResponse::Ok().json(json!({
-            "request_id": outcome.request_id,
-            "run_status": "completed",
-            "output": outcome.output,
-        }))),
+        (RunStatus::Completed, _) => Ok(InvokeReply {
+            status: StatusCode::OK,
+            body: json!({
+                "request_id": outcome.request_id,
+                "run_status": "completed",
+                "output": outcome.output,
+            }),
+        }),
         (status, failure) => {
             let failure = failure.unwrap_or_else(|| crate::workflow::RunFailure {
                 message: "The run was cancelled.".into(),
                 error_code: "cancelled".into(),
                 step: None,
             });
-            Err(ApiError::RunFailed {
+            let err = ApiError::RunFailed {
                 request_id: outcome.request_id,
                 message: failure.message,
                 error_code: failure.error_code,
                 step: failure.step,
                 run_status: status.as_str(),
+            };
+            Ok(InvokeReply {
+                status: err.status_code(),
+                body: err.body(),
             })
         }
     }
 }
 
+/// How long an `Idempotency-Key` is remembered.
+const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// The `Idempotency-Key` header, at most 255 characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Releases an in-flight idempotency claim however the request ends.
+struct Claim<'a> {
+    state: &'a AppState,
+    key: (String, String),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.state
+            .idempotency_in_flight
+            .lock()
+            .expect("idempotency set")
+            .remove(&self.key);
+    }
+}
+
 async fn invoke(
     state: web::Data<AppState>,
+    http: HttpRequest,
     Authed(caller): Authed,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
+    let idempotency = idempotency_key(&http)?;
     let req = parse_invoke(&body.0)?;
-    let run = prepare(&state, req, "api", Some(caller.key_id))?;
-    admit(&state, run).await
+    let run = prepare(&state, req, "api", Some(caller.key_id.clone()))?;
+    let Some(key) = idempotency else {
+        return admit(&state, run).await;
+    };
+    // A repeat within 24 h gets the first answer and starts nothing.
+    let since = ids::now_ms() - IDEMPOTENCY_WINDOW_MS;
+    let lookup = (caller.key_id.clone(), key.clone());
+    let saved = state
+        .store
+        .read(move |conn| store::runs::find_idempotent(conn, &lookup.0, &lookup.1, since))
+        .await?;
+    if let Some(saved) = saved {
+        return Ok(replay(&saved));
+    }
+    let claim_key = (caller.key_id.clone(), key.clone());
+    if !state
+        .idempotency_in_flight
+        .lock()
+        .expect("idempotency set")
+        .insert(claim_key.clone())
+    {
+        return Err(ApiError::Conflict(
+            "A request with this Idempotency-Key is still in progress.".into(),
+        ));
+    }
+    let _claim = Claim {
+        state: &state,
+        key: claim_key,
+    };
+    let reply = admit_reply(&state, run).await?;
+    let request_id = reply.body["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let saved = json!({"status": reply.status.as_u16(), "body": reply.body}).to_string();
+    state
+        .store
+        .write(Write::SaveIdempotent {
+            api_key_id: caller.key_id,
+            idempotency_key: key,
+            request_id,
+            response: saved,
+            at: ids::now_ms(),
+        })
+        .await?;
+    Ok(reply.into_response())
+}
+
+/// The stored first response, marked as a replay.
+fn replay(saved: &str) -> HttpResponse {
+    let saved: Value = serde_json::from_str(saved).unwrap_or(Value::Null);
+    let status = saved["status"]
+        .as_u64()
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::OK);
+    HttpResponse::build(status)
+        .insert_header(("Idempotent-Replayed", "true"))
+        .json(&saved["body"])
 }
 
 #[cfg(test)]

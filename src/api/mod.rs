@@ -7,6 +7,8 @@ pub mod health;
 pub mod invoke;
 pub mod keys;
 pub mod requests;
+pub mod runs;
+pub mod triggers;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub invoker: Addr<InvokeActor>,
     pub supervisor: Addr<RetrySupervisor>,
+    /// (API key id, Idempotency-Key) of invokes still being answered.
+    pub idempotency_in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Set when a stop was asked for: new work gets 503.
     pub stopping: Arc<AtomicBool>,
 }
@@ -40,6 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     deployments::configure(cfg);
     keys::configure(cfg);
     requests::configure(cfg);
+    runs::configure(cfg);
+    triggers::configure(cfg);
 }
 
 /// A resource whose wrong methods answer 405 in the envelope.

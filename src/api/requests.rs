@@ -24,12 +24,12 @@ fn json_or_null(text: &Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn parse_obj(text: &str) -> Value {
+pub(super) fn parse_obj(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!({}))
 }
 
 /// Loads a run the caller may see, or the given not-found message.
-async fn load_run(
+pub(super) async fn load_run(
     state: &AppState,
     caller: &Caller,
     id: String,
@@ -141,8 +141,30 @@ async fn run_detail(
     let (run, steps) = load_run(&state, &caller, id.into_inner(), "Run not found.").await?;
     let mut body = run_json(&run);
     body["steps"] = steps.iter().map(step_json).collect();
-    if let Some(url) = &run.callback_url {
-        body["async"] = json!({"callback_url": url});
+    if let Some(url) = run.callback_url.clone() {
+        let request_id = run.request_id.clone();
+        let (event, attempts) = state
+            .store
+            .read(move |conn| {
+                Ok((
+                    store::events::event_for_run(conn, &request_id)?,
+                    store::events::attempts_for_run(conn, &request_id)?,
+                ))
+            })
+            .await?;
+        body["async"] = json!({
+            "enabled": true,
+            "callback_url": url,
+            "event_id": event.as_ref().map(|e| e.event_id.clone()),
+            "event_type": event.as_ref().map(|e| e.event_type.clone()),
+            // No event yet means the run has not ended; delivery starts when it does.
+            "delivery_state": event.as_ref().map(|e| e.state.clone()).unwrap_or_else(|| "not_started".into()),
+            "attempt_count": event.as_ref().map(|e| e.total_attempts),
+            "series": event.as_ref().map(|e| e.series),
+            "next_attempt_at": event.as_ref().and_then(|e| e.next_attempt_at).map(ids::rfc3339),
+            "failure_reason": event.as_ref().and_then(|e| e.failure_reason.clone()),
+            "attempts": attempts.iter().map(super::runs::attempt_json).collect::<Vec<_>>(),
+        });
     }
     Ok(HttpResponse::Ok().json(body))
 }

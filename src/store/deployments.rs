@@ -79,6 +79,22 @@ pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Re
     Ok(Written::Deployed { version, created })
 }
 
+pub(super) fn rotate_secret(
+    conn: &Connection,
+    key: &str,
+    new_secret: &str,
+    previous_until: i64,
+) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deployments SET previous_secret = signing_secret, previous_secret_until = ?3,
+                 signing_secret = ?2, updated_at = ?4
+             WHERE key = ?1",
+        )?
+        .execute((key, new_secret, previous_until, crate::ids::now_ms()))?
+        == 1)
+}
+
 pub(super) fn delete(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
     Ok(conn
         .prepare_cached("DELETE FROM deployments WHERE key = ?1")?

@@ -34,6 +34,12 @@ pub enum Write {
     DeleteDeployment {
         key: String,
     },
+    /// The current secret becomes the previous one (valid until `previous_until`).
+    RotateSecret {
+        key: String,
+        new_secret: String,
+        previous_until: i64,
+    },
     InsertKey(Box<KeyRecord>),
     RotateKey {
         id: String,
@@ -209,6 +215,11 @@ fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
         Write::FinishRun(done) => runs::finish(conn, done).map(Written::Found),
         Write::PutDeployment(dep) => deployments::put(conn, dep),
         Write::DeleteDeployment { key } => deployments::delete(conn, key).map(Written::Found),
+        Write::RotateSecret {
+            key,
+            new_secret,
+            previous_until,
+        } => deployments::rotate_secret(conn, key, new_secret, *previous_until).map(Written::Found),
         Write::InsertKey(key) => keys::insert(conn, key).map(|_| Written::Done),
         Write::RotateKey {
             id,

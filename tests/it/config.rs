@@ -36,13 +36,37 @@ fn serve_refuses_an_unknown_key_and_names_it() {
 
 /// Bad values, each with the key the message must name and a hint of what is expected.
 const BAD_VALUES: &[(&str, &str, &str)] = &[
-    ("[runs]\nshutdown_grace = \"soon\"\n", "runs.shutdown_grace", "5s"),
-    ("[runs]\nmax_concurrent = \"many\"\n", "runs.max_concurrent", ""),
+    (
+        "[runs]\nshutdown_grace = \"soon\"\n",
+        "runs.shutdown_grace",
+        "5s",
+    ),
+    (
+        "[runs]\nmax_concurrent = \"many\"\n",
+        "runs.max_concurrent",
+        "",
+    ),
     ("[runs]\nmax_concurrent = 0\n", "runs.max_concurrent", "1"),
-    ("[limits]\ninvoke_body = \"huge\"\n", "limits.invoke_body", "MiB"),
-    ("[security]\nallow_command_steps = \"yes\"\n", "security.allow_command_steps", ""),
-    ("[providers.x]\nbase_url = \"nope\"\n", "providers.x.base_url", "http"),
-    ("[delivery]\nretry_schedule = [\"5s\", \"later\"]\n", "delivery.retry_schedule", "5s"),
+    (
+        "[limits]\ninvoke_body = \"huge\"\n",
+        "limits.invoke_body",
+        "MiB",
+    ),
+    (
+        "[security]\nallow_command_steps = \"yes\"\n",
+        "security.allow_command_steps",
+        "",
+    ),
+    (
+        "[providers.x]\nbase_url = \"nope\"\n",
+        "providers.x.base_url",
+        "http",
+    ),
+    (
+        "[delivery]\nretry_schedule = [\"5s\", \"later\"]\n",
+        "delivery.retry_schedule",
+        "5s",
+    ),
 ];
 
 #[test]
@@ -54,7 +78,10 @@ fn serve_refuses_bad_values_and_says_what_is_expected() {
         assert!(!out.status.success(), "{context}");
         let (_, stderr) = out_text(&out);
         assert!(stderr.contains(key), "stderr should name {key}: {context}");
-        assert!(stderr.contains(hint), "stderr should mention {hint:?}: {context}");
+        assert!(
+            stderr.contains(hint),
+            "stderr should mention {hint:?}: {context}"
+        );
     }
 }
 

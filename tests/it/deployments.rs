@@ -483,3 +483,61 @@ fn deleted_example_stays_deleted_after_restart() {
     let r = app.invoke(&hello("Ada"));
     r.expect_error(404, "not_found", Some("Deployment not found."));
 }
+
+#[test]
+fn snippet_gives_a_ready_curl_command() {
+    let app = TestApp::start();
+    let r = app.admin_get("/v1/deployments/hello/snippet?variant=loud");
+    r.expect_status(200);
+    assert!(r.text.contains("curl"), "{r}");
+    assert!(r.text.contains("/v1/workflow/invoke"), "{r}");
+    assert!(r.text.contains("loud"), "{r}");
+    assert!(
+        !r.text.contains("whsec_"),
+        "a sync snippet needs no signing secret: {r}"
+    );
+
+    let secret = app.admin_get("/v1/deployments/hello").json()["signing_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = app.admin_get(
+        "/v1/deployments/hello/snippet?async=true&callback_url=https%3A%2F%2Fexample.com%2Fhook",
+    );
+    r.expect_status(200);
+    assert!(r.text.contains("https://example.com/hook"), "{r}");
+    assert!(r.text.contains("callback_url"), "{r}");
+    assert!(
+        !secret.is_empty() && r.text.contains(&secret),
+        "async snippets carry the secret: {r}"
+    );
+}
+
+#[test]
+fn rotating_the_secret_changes_it_and_needs_an_admin() {
+    let app = TestApp::start();
+    let before = app.admin_get("/v1/deployments/hello").json()["signing_secret"].clone();
+    let invoke_key = app.create_key("app", "invoke")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.post_json(
+        "/v1/deployments/hello/rotate-secret",
+        Some(&invoke_key),
+        &json!({}),
+    );
+    r.expect_error(403, "forbidden", None);
+
+    let r = app.post_json(
+        "/v1/deployments/hello/rotate-secret",
+        Some(&app.admin_key),
+        &json!({}),
+    );
+    r.expect_success();
+    let after = app.admin_get("/v1/deployments/hello").json()["signing_secret"].clone();
+    assert!(
+        after.as_str().unwrap_or_default().starts_with("whsec_"),
+        "{after}"
+    );
+    assert_ne!(before, after, "rotation must produce a new secret");
+}

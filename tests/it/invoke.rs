@@ -291,3 +291,70 @@ fn cli_invoke_reports_a_bad_input_and_fails() {
         describe(&out)
     );
 }
+
+#[test]
+fn legacy_workflow_runs_route_wraps_the_run() {
+    let app = TestApp::start();
+    let id = app.invoke(&hello("Ada")).json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.admin_get(&format!("/v1/workflow_runs/{id}"));
+    r.expect_status(200);
+    let body = r.json();
+    let run = body
+        .get("workflow_run")
+        .unwrap_or_else(|| panic!("workflow_run: {body}"));
+    assert!(
+        json_contains_str(run, &id),
+        "the run's id is missing: {body}"
+    );
+    assert!(
+        json_contains_str(run, "Hello, Ada."),
+        "the output is missing: {body}"
+    );
+}
+
+#[test]
+fn openapi_document_describes_the_invoke_route() {
+    let app = TestApp::start();
+    let r = app.admin_get("/openapi.json");
+    r.expect_status(200);
+    let doc = r.json();
+    assert!(
+        doc["openapi"].as_str().unwrap_or_default().starts_with('3'),
+        "openapi version: {doc}"
+    );
+    assert!(
+        doc["paths"].get("/v1/workflow/invoke").is_some(),
+        "invoke path missing: {doc}"
+    );
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let app = TestApp::start();
+    app.invoke(&hello("Ada")).expect_status(200);
+    let r = app.admin_get("/metrics");
+    r.expect_status(200);
+    assert!(
+        r.text.contains("# TYPE"),
+        "not Prometheus exposition text: {r}"
+    );
+    assert!(r.text.contains("hivelet_"), "no hivelet metrics: {r}");
+}
+
+#[test]
+fn web_page_is_served_at_the_root() {
+    let app = TestApp::start();
+    let r = app.get("/", None);
+    r.expect_status(200);
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/html"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.text.to_lowercase().contains("<html"), "{}", r.text);
+}

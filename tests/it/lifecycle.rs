@@ -49,7 +49,10 @@ fn sigterm_lets_a_running_sync_run_finish_and_refuses_new_work() {
         try_send(
             "POST",
             &url,
-            &[("Authorization", &format!("Bearer {key}")), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/json"),
+            ],
             Some(body.as_bytes()),
         )
     });
@@ -59,25 +62,35 @@ fn sigterm_lets_a_running_sync_run_finish_and_refuses_new_work() {
     // New work is refused while the daemon drains (503, or the listener is already closed).
     let hello_body = hello("Ada").to_string();
     let auth = format!("Bearer {}", app.admin_key);
-    wait_for("new invokes to be refused after SIGTERM", || {
-        match try_send(
+    wait_for(
+        "new invokes to be refused after SIGTERM",
+        || match try_send(
             "POST",
             &app.url("/v1/workflow/invoke"),
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             Some(hello_body.as_bytes()),
         ) {
             Err(_) => Some(()),
             Ok(r) if r.status == 503 => Some(()),
             Ok(_) => None,
-        }
-    });
+        },
+    );
 
     gate.open();
-    let r = in_flight.join().unwrap().expect("the in-flight sync call lost its connection");
+    let r = in_flight
+        .join()
+        .unwrap()
+        .expect("the in-flight sync call lost its connection");
     r.expect_status(200);
     assert_eq!(r.json()["output"], "done", "{r}");
     let status = app.wait_exit();
-    assert!(status.success(), "a graceful stop should exit 0, got {status}");
+    assert!(
+        status.success(),
+        "a graceful stop should exit 0, got {status}"
+    );
 }
 
 #[test]
@@ -110,7 +123,10 @@ fn accepted_async_run_survives_a_crash_and_completes_after_restart() {
     assert_eq!(event["request_id"], id.as_str(), "{event}");
     assert_eq!(event["event_type"], "workflow.completed", "{event}");
     assert_eq!(event["data"]["output"], "done", "{event}");
-    assert!(api.requests().len() >= 2, "the interrupted step must run again after restart");
+    assert!(
+        api.requests().len() >= 2,
+        "the interrupted step must run again after restart"
+    );
     let req = app.admin_get(&format!("/v1/public/requests/{id}"));
     assert_eq!(req.json()["status"], "completed", "{req}");
 }
@@ -126,7 +142,11 @@ fn async_runs_queue_when_slots_are_busy_and_the_queue_has_a_limit() {
 
     let first = app.invoke(&async_body("held", &callback));
     first.expect_status(202);
-    assert_eq!(first.json()["run_status"], "running", "a free slot runs at once: {first}");
+    assert_eq!(
+        first.json()["run_status"],
+        "running",
+        "a free slot runs at once: {first}"
+    );
     api.wait_for_requests(1);
 
     let second = app.invoke(&async_body("held", &callback));
@@ -140,7 +160,11 @@ fn async_runs_queue_when_slots_are_busy_and_the_queue_has_a_limit() {
     let third = app.invoke(&async_body("held", &callback));
     third.expect_error(429, "queue_full", None);
     let retry_after = third.header("Retry-After").unwrap_or_default();
-    assert!(retry_after.parse::<u64>().is_ok(), "Retry-After must be set: {:?}", third.headers);
+    assert!(
+        retry_after.parse::<u64>().is_ok(),
+        "Retry-After must be set: {:?}",
+        third.headers
+    );
 
     let sync = app.invoke(&hello("Ada"));
     sync.expect_error(
@@ -151,8 +175,14 @@ fn async_runs_queue_when_slots_are_busy_and_the_queue_has_a_limit() {
 
     gate.open();
     let seen = receiver.wait_for_requests(2);
-    let ids: Vec<String> = seen.iter().map(|d| d.json()["request_id"].as_str().unwrap_or("").to_string()).collect();
-    assert!(ids.contains(&second_id), "the queued run must run and call back: {ids:?}");
+    let ids: Vec<String> = seen
+        .iter()
+        .map(|d| d.json()["request_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        ids.contains(&second_id),
+        "the queued run must run and call back: {ids:?}"
+    );
     for d in &seen {
         assert_eq!(d.json()["event_type"], "workflow.completed");
     }

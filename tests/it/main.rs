@@ -9,6 +9,8 @@ mod deployments;
 mod errors;
 mod invoke;
 mod keys;
+mod lifecycle;
+mod runs;
 mod sdk;
 mod steps;
 mod webhooks;

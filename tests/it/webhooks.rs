@@ -55,6 +55,12 @@ fn hex_hmac(secret: &str, body: &[u8]) -> String {
 /// Verifies a delivery with the official libraries (and the X-Fetch-Hive-Signature header).
 #[track_caller]
 fn verify_with_libraries(app: &TestApp, secret: &str, delivery: &Recorded) {
+    verify_with(app, secret, delivery, true);
+}
+
+/// Like [`verify_with_libraries`]; `fh_header` false checks only the Standard Webhooks header.
+#[track_caller]
+fn verify_with(app: &TestApp, secret: &str, delivery: &Recorded, fh_header: bool) {
     let body_file = app.dir.join("webhook-body.bin");
     let headers_file = app.dir.join("webhook-headers.json");
     std::fs::write(&body_file, &delivery.body).unwrap();
@@ -69,7 +75,8 @@ fn verify_with_libraries(app: &TestApp, secret: &str, delivery: &Recorded) {
         .env("SECRET", secret)
         .env("BODY_FILE", &body_file)
         .env("HEADERS_FILE", &headers_file)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SKIP_FH_SIGNATURE", if fh_header { "0" } else { "1" });
     let out = run_command(cmd, &app.dir);
     assert!(
         out.status.success(),
@@ -377,4 +384,48 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[test]
+fn after_rotation_deliveries_verify_with_old_and_new_secret() {
+    let receiver = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start();
+    let old = signing_secret(&app, "hello");
+    app.post_json(
+        "/v1/deployments/hello/rotate-secret",
+        Some(&app.admin_key),
+        &json!({}),
+    )
+    .expect_success();
+    let new = signing_secret(&app, "hello");
+    assert_ne!(old, new);
+
+    async_invoke(&app, &format!("{}/hook", receiver.url()), json!({}));
+    let seen = receiver.wait_for_requests(1);
+    let d = &seen[0];
+    let sigs = d.header("webhook-signature").unwrap_or_default();
+    assert_eq!(
+        sigs.split(' ').count(),
+        2,
+        "both secrets sign during the overlap: {sigs:?}"
+    );
+    // Receivers holding either secret accept the delivery; X-Fetch-Hive-Signature uses the
+    // current one.
+    verify_with_libraries(&app, &new, d);
+    verify_with(&app, &old, d, false);
+
+    // Triggers still accept the old secret during the overlap.
+    let body = json!({"inputs": {"name": "Old"}, "async": {"callback_url": format!("{}/hook", receiver.url())}})
+        .to_string();
+    let r = app.request(
+        "POST",
+        "/v1/workflow/webhooks/hello/variants/default",
+        None,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Fetch-Hive-Webhook-Secret", &old),
+        ],
+        Some(body.as_bytes()),
+    );
+    r.expect_status(202);
 }

@@ -473,8 +473,13 @@ impl TestApp {
     /// Sends SIGTERM and returns at once; see [`TestApp::wait_exit`].
     pub fn terminate(&self) {
         let pid = self.pid().expect("daemon running");
-        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -TERM {pid} failed");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "kill -TERM {pid} failed"
+        );
     }
 
     /// Waits (up to the deadline) for the daemon to exit by itself.
@@ -930,7 +935,9 @@ impl Gate {
     pub fn wait(&self) {
         let (lock, cvar) = &*self.0;
         let open = lock.lock().unwrap();
-        let _ = cvar.wait_timeout_while(open, REQUEST_TIMEOUT, |open| !*open).unwrap();
+        let _ = cvar
+            .wait_timeout_while(open, REQUEST_TIMEOUT, |open| !*open)
+            .unwrap();
     }
 
     pub fn open(&self) {

@@ -1,0 +1,120 @@
+//! Inbound webhook triggers (SPEC §4): services that can only send a webhook start an async
+//! run, authenticated by the deployment's signing secret instead of an API key.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{Map, Value};
+
+use super::extract::JsonBody;
+use super::invoke::{admit, parse_async, parse_metadata, prepare, InvokeRequest};
+use super::{resource, AppState};
+use crate::error::ApiError;
+use crate::ids;
+use crate::signing::secrets_equal;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/v1/workflow/webhooks/{deployment}/variants/{variant}")
+            .route(web::post().to(trigger)),
+    );
+}
+
+/// The secret from `X-Fetch-Hive-Webhook-Secret`, else from `?secret=`.
+fn presented_secret(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req
+        .headers()
+        .get("x-fetch-hive-webhook-secret")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(value.trim().to_string());
+    }
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "secret")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Splits a trigger body: `{"inputs", "async", "metadata", "user"}`, or an object without
+/// `inputs` that is itself the inputs (minus those other keys).
+fn trigger_request(
+    deployment: String,
+    variant: String,
+    body: &Value,
+) -> Result<InvokeRequest, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("Request body must be a JSON object.".into()))?;
+    let inputs = match obj.get("inputs") {
+        Some(Value::Object(inputs)) => inputs.clone(),
+        Some(Value::Null) | None => obj
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "async" | "metadata" | "user" | "inputs"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Map<_, _>>(),
+        Some(_) => return Err(ApiError::field("inputs", "inputs must be an object")),
+    };
+    let callback_url = parse_async(obj.get("async"))?.ok_or_else(|| {
+        ApiError::field(
+            "async.callback_url",
+            "callback_url is required when async is enabled",
+        )
+    })?;
+    let user = obj.get("user").and_then(Value::as_str).map(str::to_string);
+    Ok(InvokeRequest {
+        deployment,
+        variant,
+        inputs,
+        callback_url: Some(callback_url),
+        metadata: parse_metadata(obj.get("metadata"))?,
+        user,
+    })
+}
+
+async fn trigger(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let (deployment, variant) = path.into_inner();
+    // An unknown deployment answers like a wrong secret, so the route reveals nothing.
+    let dep = state
+        .deployments
+        .get(&deployment)
+        .ok_or(ApiError::Unauthorized)?;
+    let presented = presented_secret(&req).ok_or(ApiError::Unauthorized)?;
+    // Check every valid secret (no early exit) so timing says nothing about which matched.
+    let matched = dep
+        .valid_secrets(ids::now_ms())
+        .iter()
+        .fold(false, |ok, secret| secrets_equal(secret, &presented) | ok);
+    if !matched {
+        return Err(ApiError::Unauthorized);
+    }
+    let request = trigger_request(deployment, variant, &body.0)?;
+    let run = prepare(&state, request, "webhook", None)?;
+    admit(&state, run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_body_without_inputs_is_the_inputs() {
+        let r = trigger_request("d".into(), "v".into(), &json!({"name": "Ada", "async": {"callback_url": "http://127.0.0.1:1/x"}, "metadata": {"a": 1}})).unwrap();
+        assert_eq!(
+            r.inputs,
+            json!({"name": "Ada"}).as_object().unwrap().clone()
+        );
+        assert_eq!(r.metadata["a"], 1);
+    }
+
+    #[test]
+    fn callback_url_is_required() {
+        let err = trigger_request("d".into(), "v".into(), &json!({"inputs": {}})).unwrap_err();
+        assert_eq!(
+            err.body()["message"],
+            "callback_url is required when async is enabled"
+        );
+    }
+}
