@@ -7,6 +7,12 @@ use super::{Client, Command, ConfigCommand, GlobalArgs, InvokeArgs, KeysCommand}
 use crate::config::{Config, Overrides};
 
 pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyhow::Result<u8> {
+    // These work on their own: no daemon, no configuration.
+    let command = match command {
+        Command::Verify(args) => return super::verify::run(&args),
+        Command::Listen(args) => return super::listen::run(&args),
+        other => other,
+    };
     let config = Config::load(overrides);
     if let Command::Config(cmd) = &command {
         return config_command(cmd, config);
@@ -17,7 +23,10 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         Command::Deploy { file } => deploy(&client, &file, global.json),
         Command::Invoke(args) => invoke(&client, args, global.json),
         Command::Keys(cmd) => keys(&client, cmd, global.json),
-        Command::Serve(_) | Command::Config(_) => unreachable!("handled by the caller"),
+        Command::Secret(cmd) => super::secret::run(&client, cmd, global.json),
+        Command::Serve(_) | Command::Config(_) | Command::Verify(_) | Command::Listen(_) => {
+            unreachable!("handled by the caller")
+        }
     }
 }
 
@@ -48,7 +57,7 @@ fn config_command(
 }
 
 /// Prints a successful reply, or the error envelope's message with exit code 1.
-fn finish(
+pub(super) fn finish(
     reply: super::client::Reply,
     json_out: bool,
     print: impl FnOnce(&Value),

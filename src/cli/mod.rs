@@ -4,6 +4,9 @@
 
 mod client;
 mod commands;
+mod listen;
+mod secret;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -72,6 +75,18 @@ pub enum Command {
     /// Manage API keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage deployments' webhook signing secrets
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Check a saved webhook's headers and body against a signing secret and say why it fails
+    ///
+    /// Exit status: 0 valid, 1 invalid, 2 the files or the secret could not be read.
+    Verify(VerifyArgs),
+    /// Receive webhooks locally and print each event, verified against the signing secret
+    ///
+    /// A callback endpoint for development: accepts POST on any path, answers --status for a
+    /// verified delivery and 400 for an invalid one. Ctrl-C stops it.
+    Listen(ListenArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +152,93 @@ pub enum KeysCommand {
     Rotate { id: String },
     /// Revoke a key
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Replace a deployment's signing secret; the previous one keeps signing for a while
+    Rotate {
+        /// Deployment key
+        deployment: String,
+    },
+}
+
+/// Where the signing secret comes from: `--secret` or `--secret-env`.
+#[derive(Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretArgs {
+    /// The deployment's signing secret (whsec_…)
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// Read the signing secret from this environment variable instead
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
+}
+
+impl std::fmt::Debug for SecretArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretArgs")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_env", &self.secret_env)
+            .finish()
+    }
+}
+
+impl SecretArgs {
+    /// The secret, trimmed (a secret never contains whitespace; a newline often sneaks in).
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        let secret = match (&self.secret, &self.secret_env) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|e| match e {
+                std::env::VarError::NotPresent => {
+                    anyhow::anyhow!("--secret-env: the environment variable {var} is not set")
+                }
+                std::env::VarError::NotUnicode(_) => {
+                    anyhow::anyhow!("--secret-env: {var} is not valid UTF-8")
+                }
+            })?,
+            (None, None) => anyhow::bail!("give the signing secret with --secret or --secret-env"),
+        };
+        let secret = secret.trim().to_string();
+        if secret.is_empty() {
+            anyhow::bail!("the signing secret is empty");
+        }
+        Ok(secret)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The delivery's headers: `Name: value` lines (as `curl -D` writes them) or a JSON object
+    #[arg(long, value_name = "FILE")]
+    pub headers: PathBuf,
+    /// The delivery's body, byte for byte as received
+    #[arg(long, value_name = "FILE")]
+    pub body: PathBuf,
+    /// Check as if the time were this (Unix seconds; default: now), e.g. for an old delivery
+    #[arg(long, value_name = "UNIX_SECS")]
+    pub now: Option<i64>,
+    /// How far webhook-timestamp may be from now, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = crate::signing::TIMESTAMP_TOLERANCE_SECS,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub tolerance: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Port to listen on (0 picks a free one; the address is printed)
+    #[arg(long)]
+    pub port: u16,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// HTTP status to answer a verified delivery with (e.g. 500 or 410 to try retries)
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+    pub status: u16,
 }
 
 /// Sets up `tracing` on stderr; `HIVELET_LOG` (or `RUST_LOG`) picks the level.
