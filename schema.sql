@@ -61,7 +61,7 @@ CREATE TABLE run_steps (
     step_index   INTEGER NOT NULL,
     step_id      TEXT NOT NULL,
     step_type    TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'interrupted')),
+    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted')),
     started_at   INTEGER NOT NULL,
     duration_ms  INTEGER NOT NULL,
     output       TEXT,
@@ -69,6 +69,16 @@ CREATE TABLE run_steps (
     attempts     INTEGER NOT NULL,
     usage        TEXT,
     PRIMARY KEY (request_id, step_index, started_at)
+) WITHOUT ROWID;
+
+-- The answer to an approval step (SPEC §7), written before the run resumes so a restart
+-- continues with it. At most one per step: a second answer is refused.
+CREATE TABLE approval_responses (
+    request_id   TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    step_id      TEXT NOT NULL,
+    response     TEXT NOT NULL,                         -- JSON: the step's output, {"choice"} or {"text"}
+    responded_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, step_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE idempotency_keys (

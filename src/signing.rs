@@ -116,8 +116,8 @@ pub fn verify_with_tolerance(
             .trim()
             .parse()
             .map_err(|_| VerifyError::BadTimestamp)?;
-        let age = now_secs - ts;
-        if age.abs() > tolerance_secs {
+        let age = now_secs.saturating_sub(ts);
+        if age.saturating_abs() > tolerance_secs {
             return Err(VerifyError::StaleTimestamp {
                 age_secs: age,
                 tolerance_secs,

@@ -1,23 +1,29 @@
 //! Admission. The InvokeActor assigns request ids, counts run slots, keeps the queue of
 //! async runs waiting for a slot, and answers only after the run row is durable. Runs it
 //! starts report back with `RunEnded`, which frees the slot for the next queued run.
+//!
+//! It also keeps the runs paused at an approval step (`RunPaused`): they hold no slot, stay
+//! `running` in the store, and go back to the front of the queue when their step is answered
+//! (`Respond`) or times out.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::retry::Enqueue;
-use super::run::{self, CancelRun, Ending, Reporting, RunActor, RunOutcome};
+use super::run::{self, CancelRun, Ending, Reporting, RunActor, RunOutcome, Waiting};
 use crate::config::Config;
 use crate::deployments::LiveDeployment;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{NewRun, RunStatus, Store, Write};
+use crate::store::{NewRun, RunStatus, StepRow, Store, Write, Written};
 use crate::workflow;
+use crate::workflow::engine::{Approval, ApprovalAnswer, Resume};
 
 /// How the caller waits for the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,10 @@ pub struct AdmittedRun {
     pub completion: Option<oneshot::Sender<RunOutcome>>,
     /// When the run (last) started, Unix ms.
     pub started_at: i64,
+    /// `None` for a run that never started. Otherwise what its earlier executions did (it
+    /// ran before a restart, or waited at an approval step): it continues from there and
+    /// keeps its first `started_at`.
+    pub resume: Option<Resume>,
 }
 
 #[derive(Message)]
@@ -87,6 +97,45 @@ pub(super) struct RunEnded {
     pub request_id: String,
 }
 
+/// Sent by a RunActor when its run waits at an approval step (the `waiting` trace line is
+/// stored). The run, with its `resume` filled in, comes back to the InvokeActor, which frees
+/// its slot and arms the step's timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct RunPaused {
+    pub run: AdmittedRun,
+    pub waiting: Waiting,
+}
+
+/// Answers the approval step a run waits at, with the step's output (already checked
+/// against the step's choices, see `workflow::engine::approval_output`). The answer is
+/// stored durably, then the run continues. Errors: `Conflict` when the run does not wait at
+/// that step (any more), or the store's error.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Respond {
+    pub request_id: String,
+    pub step_id: String,
+    pub output: Value,
+}
+
+/// A run waiting at an approval step.
+pub struct PausedRun {
+    pub run: AdmittedRun,
+    pub waiting: Waiting,
+    /// An answer is being stored: a second answer and the timeout give way to it.
+    answering: bool,
+    timer: Option<SpawnHandle>,
+}
+
+/// What a previous process left unfinished, found at start.
+pub struct Recovered {
+    /// Runs to queue again, oldest first.
+    pub runs: Vec<AdmittedRun>,
+    /// Runs waiting at an approval step without an answer.
+    pub paused: Vec<PausedRun>,
+}
+
 pub struct InvokeActor {
     store: Store,
     config: Arc<Config>,
@@ -98,18 +147,20 @@ pub struct InvokeActor {
     /// Slots promised to runs whose row is still being written.
     starting: usize,
     queue: VecDeque<AdmittedRun>,
+    /// Runs waiting at an approval step, by request id; they hold no slot.
+    paused: HashMap<String, PausedRun>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl InvokeActor {
-    /// `recovered`: runs found `queued` or `running` at start, oldest first; they are queued
-    /// again and start as slots allow.
+    /// `recovered`: runs found `queued` or `running` at start (see [`recover`]); they are
+    /// queued again and start as slots allow, or wait again at their approval step.
     pub fn new(
         store: Store,
         config: Arc<Config>,
         supervisor: Recipient<Enqueue>,
-        recovered: Vec<AdmittedRun>,
+        recovered: Recovered,
     ) -> Self {
         InvokeActor {
             store,
@@ -118,7 +169,12 @@ impl InvokeActor {
             env: None,
             running: HashMap::new(),
             starting: 0,
-            queue: recovered.into(),
+            queue: recovered.runs.into(),
+            paused: recovered
+                .paused
+                .into_iter()
+                .map(|p| (p.run.request_id.clone(), p))
+                .collect(),
             draining: false,
             drain_waiters: Vec::new(),
         }
@@ -138,7 +194,14 @@ impl InvokeActor {
     fn start_run(&mut self, run: AdmittedRun, ctx: &mut Context<Self>) {
         let env = self.env.clone().expect("environment built in started()");
         let request_id = run.request_id.clone();
-        let actor = RunActor::new(run, env, self.reporting(), ctx.address().recipient()).start();
+        let actor = RunActor::new(
+            run,
+            env,
+            self.reporting(),
+            ctx.address().recipient(),
+            ctx.address().recipient(),
+        )
+        .start();
         self.running.insert(request_id, actor);
     }
 
@@ -148,13 +211,72 @@ impl InvokeActor {
             let Some(mut run) = self.queue.pop_front() else {
                 break;
             };
-            run.started_at = ids::now_ms();
+            if run.resume.is_none() {
+                run.started_at = ids::now_ms();
+            }
             self.store.write_detached(Write::MarkRunning {
                 request_id: run.request_id.clone(),
                 started_at: run.started_at,
             });
             self.start_run(run, ctx);
         }
+    }
+
+    /// Answers waiters of a `Drain` once no run holds a slot.
+    fn notify_if_idle(&mut self) {
+        if self.running.is_empty() && self.starting == 0 {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Arms the timeout of a paused run's approval step (at once when it is already due).
+    fn arm_timeout(&mut self, request_id: &str, ctx: &mut Context<Self>) {
+        let Some(paused) = self.paused.get_mut(request_id) else {
+            return;
+        };
+        let Some(at) = paused.waiting.timeout_at_ms else {
+            return;
+        };
+        let delay = Duration::from_millis(u64::try_from(at - ids::now_ms()).unwrap_or(0));
+        let id = request_id.to_owned();
+        paused.timer = Some(ctx.run_later(delay, move |act, ctx| {
+            let timed_out = act.paused.get_mut(&id).is_some_and(|p| {
+                p.timer = None;
+                !p.answering
+            });
+            if timed_out {
+                tracing::info!(request_id = %id, "approval timed out");
+                act.resume_paused(&id, ApprovalAnswer::TimedOut, ctx);
+            }
+        }));
+    }
+
+    /// Puts a paused run back at the front of the queue with its step's answer.
+    fn resume_paused(&mut self, request_id: &str, answer: ApprovalAnswer, ctx: &mut Context<Self>) {
+        let Some(paused) = self.paused.remove(request_id) else {
+            return;
+        };
+        if let Some(timer) = paused.timer {
+            ctx.cancel_future(timer);
+        }
+        let PausedRun {
+            mut run, waiting, ..
+        } = paused;
+        run.resume
+            .get_or_insert_with(Resume::default)
+            .approvals
+            .insert(
+                waiting.step_id,
+                Approval {
+                    waiting_since_ms: waiting.since_ms,
+                    answer,
+                },
+            );
+        // It was admitted (and ran) before anything in the queue was.
+        self.queue.push_front(run);
+        self.start_queued(ctx);
     }
 }
 
@@ -168,6 +290,16 @@ impl Actor for InvokeActor {
                 runs = self.queue.len(),
                 "resuming runs left queued or running"
             );
+        }
+        if !self.paused.is_empty() {
+            tracing::info!(
+                runs = self.paused.len(),
+                "runs still wait at an approval step"
+            );
+        }
+        let paused: Vec<String> = self.paused.keys().cloned().collect();
+        for request_id in paused {
+            self.arm_timeout(&request_id, ctx);
         }
         self.start_queued(ctx);
     }
@@ -248,6 +380,7 @@ impl Handler<Admit> for InvokeActor {
             prepared: msg.run,
             completion: completion_tx,
             started_at: now,
+            resume: None,
         };
         if status == RunStatus::Running {
             self.starting += 1;
@@ -285,21 +418,129 @@ impl Handler<RunEnded> for InvokeActor {
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
         self.start_queued(ctx);
-        if self.running.is_empty() && self.starting == 0 {
-            for waiter in self.drain_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
+        self.notify_if_idle();
+    }
+}
+
+impl Handler<RunPaused> for InvokeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunPaused, ctx: &mut Context<Self>) {
+        let request_id = msg.run.request_id.clone();
+        self.running.remove(&request_id);
+        self.paused.insert(
+            request_id.clone(),
+            PausedRun {
+                run: msg.run,
+                waiting: msg.waiting,
+                answering: false,
+                timer: None,
+            },
+        );
+        self.arm_timeout(&request_id, ctx);
+        self.start_queued(ctx);
+        self.notify_if_idle();
+    }
+}
+
+impl Handler<Respond> for InvokeActor {
+    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+
+    fn handle(&mut self, msg: Respond, _ctx: &mut Context<Self>) -> Self::Result {
+        let step = msg.step_id.clone();
+        let not_waiting =
+            move || ApiError::Conflict(format!("Step {step} is not waiting for a response."));
+        let Some(paused) = self
+            .paused
+            .get_mut(&msg.request_id)
+            .filter(|p| p.waiting.step_id == msg.step_id)
+        else {
+            return Box::pin(fut::ready(Err(not_waiting())));
+        };
+        if paused.answering {
+            return Box::pin(fut::ready(Err(ApiError::Conflict(format!(
+                "Step {} is already being answered.",
+                msg.step_id
+            )))));
         }
+        paused.answering = true;
+        let store = self.store.clone();
+        let write = Write::AnswerApproval {
+            request_id: msg.request_id.clone(),
+            step_id: msg.step_id.clone(),
+            response_json: msg.output.to_string(),
+            at: ids::now_ms(),
+        };
+        Box::pin(async move { store.write(write).await }.into_actor(self).map(
+            move |written, act, ctx| {
+                let still_paused = act
+                    .paused
+                    .get_mut(&msg.request_id)
+                    .filter(|p| p.waiting.step_id == msg.step_id);
+                match (written, still_paused) {
+                    (Ok(Written::Found(true)), Some(_)) => {
+                        tracing::info!(request_id = %msg.request_id, step = %msg.step_id, "approval answered");
+                        act.resume_paused(&msg.request_id, ApprovalAnswer::Given(msg.output), ctx);
+                        Ok(())
+                    }
+                    // Cancelled while the answer was being stored.
+                    (Ok(_), None) => Err(ApiError::Conflict(
+                        "The run ended while the response was being saved.".into(),
+                    )),
+                    (Ok(_), Some(p)) => {
+                        p.answering = false;
+                        Err(not_waiting())
+                    }
+                    (Err(err), p) => {
+                        if let Some(p) = p {
+                            p.answering = false;
+                        }
+                        Err(err.into())
+                    }
+                }
+            },
+        ))
     }
 }
 
 impl Handler<Cancel> for InvokeActor {
     type Result = ResponseActFuture<Self, bool>;
 
-    fn handle(&mut self, msg: Cancel, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(actor) = self.running.get(&msg.request_id) {
             actor.do_send(CancelRun);
             return Box::pin(fut::ready(true));
+        }
+        if let Some(paused) = self.paused.remove(&msg.request_id) {
+            if let Some(timer) = paused.timer {
+                ctx.cancel_future(timer);
+            }
+            // The trace must not show the step still waiting.
+            let waiting = &paused.waiting;
+            self.store
+                .write_detached(Write::RecordStep(Box::new(StepRow {
+                    request_id: msg.request_id.clone(),
+                    step_index: waiting.step_index as i64,
+                    step_id: waiting.step_id.clone(),
+                    step_type: "approval".into(),
+                    status: "failed".into(),
+                    started_at: waiting.since_ms,
+                    duration_ms: (ids::now_ms() - waiting.since_ms).max(0),
+                    output_json: None,
+                    error: Some(
+                        "the run was cancelled while the step waited for a response".into(),
+                    ),
+                    attempts: 0,
+                    usage_json: None,
+                })));
+            let reporting = self.reporting();
+            return Box::pin(
+                async move {
+                    run::finish(&reporting, paused.run, Ending::Cancelled).await;
+                    true
+                }
+                .into_actor(self),
+            );
         }
         let Some(pos) = self
             .queue
@@ -343,19 +584,25 @@ impl Handler<Load> for InvokeActor {
     type Result = MessageResult<Load>;
 
     fn handle(&mut self, _: Load, _: &mut Context<Self>) -> Self::Result {
+        // Paused runs hold no slot and are not queued.
         MessageResult((self.slots_in_use(), self.queue.len()))
     }
 }
 
 /// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
 /// the deployment version it was admitted with. Their earlier step records stay in the trace.
+/// A run that was `running` continues after its last finished step (see
+/// `run::trace_point`); one waiting at an approval step without an answer waits again.
 pub fn recover(
     store: &Store,
     deployments: &crate::deployments::Deployments,
-) -> Result<Vec<AdmittedRun>, crate::store::StoreError> {
+) -> Result<Recovered, crate::store::StoreError> {
     use crate::store::{self, FinishedRun};
     let unfinished = store.read_blocking(store::runs::load_unfinished)?;
-    let mut recovered = Vec::with_capacity(unfinished.len());
+    let mut recovered = Recovered {
+        runs: Vec::with_capacity(unfinished.len()),
+        paused: Vec::new(),
+    };
     for run in unfinished {
         let deployment = match deployments.at_version(store, &run.deployment_key, run.version) {
             Some(dep) => dep,
@@ -383,7 +630,23 @@ pub fn recover(
             "ui" => "ui",
             _ => "api",
         };
-        recovered.push(AdmittedRun {
+        let point = if run.status == RunStatus::Running {
+            let request_id = run.request_id.clone();
+            let (rows, answers) = store.read_blocking(|conn| {
+                Ok((
+                    store::runs::get_steps(conn, &request_id)?,
+                    store::runs::approval_responses(conn, &request_id)?,
+                ))
+            })?;
+            Some(run::trace_point(&deployment.definition, &rows, &answers))
+        } else {
+            None
+        };
+        let (resume, waiting) = match point {
+            Some(p) => (Some(p.resume), p.waiting),
+            None => (None, None),
+        };
+        let admitted = AdmittedRun {
             request_id: run.request_id,
             prepared: PreparedRun {
                 deployment,
@@ -397,7 +660,17 @@ pub fn recover(
             },
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
-        });
+            resume,
+        };
+        match waiting {
+            Some(waiting) => recovered.paused.push(PausedRun {
+                run: admitted,
+                waiting,
+                answering: false,
+                timer: None,
+            }),
+            None => recovered.runs.push(admitted),
+        }
     }
     Ok(recovered)
 }

@@ -2,18 +2,26 @@
 //! writes the terminal state (with the completion event for callback runs, in the same
 //! transaction), hands the event to the RetrySupervisor, and tells the InvokeActor its slot
 //! is free. A `CancelRun` stops the steps where they are.
+//!
+//! When an approval step waits, the RunActor stores the step as `waiting` (durably), hands
+//! the run back to the InvokeActor with `RunPaused` (the run keeps no slot while it waits)
+//! and stops; the run continues in a new RunActor once the step has an answer.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use actix::prelude::*;
 use serde_json::{json, Value};
 
-use super::invoke::{AdmittedRun, RunEnded};
+use super::invoke::{AdmittedRun, RunEnded, RunPaused};
 use super::retry::Enqueue;
 use crate::delivery::event::{self, EventFacts};
 use crate::ids;
 use crate::store::{DueEvent, FinishedRun, NewEvent, RunStatus, StepRow, Store, Write};
-use crate::workflow::{self, RunContext, RunFailure, StepRecord};
+use crate::workflow::engine::{
+    Approval, ApprovalAnswer, DoneStep, Execution, Pause, Resume, StepStatus,
+};
+use crate::workflow::{self, Definition, OnError, RunContext, RunFailure, StepKind, StepRecord};
 
 /// How a run ended, for the caller waiting on it.
 #[derive(Debug, Clone)]
@@ -47,6 +55,7 @@ pub struct RunActor {
     env: Rc<workflow::Environment>,
     reporting: Reporting,
     ended: Recipient<RunEnded>,
+    paused: Recipient<RunPaused>,
     steps: Option<SpawnHandle>,
 }
 
@@ -56,14 +65,69 @@ impl RunActor {
         env: Rc<workflow::Environment>,
         reporting: Reporting,
         ended: Recipient<RunEnded>,
+        paused: Recipient<RunPaused>,
     ) -> Self {
         RunActor {
             run: Some(run),
             env,
             reporting,
             ended,
+            paused,
             steps: None,
         }
+    }
+
+    /// Stores the waiting step durably, then hands the run back to the InvokeActor and stops.
+    fn pause(&mut self, pause: Pause, ctx: &mut Context<Self>) {
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
+        let store = self.reporting.store.clone();
+        if run.completion.is_some() {
+            // A sync caller cannot wait for a person; the invoke API refuses such runs, so
+            // this only guards against a definition that changed under a pinned version.
+            let mut record = pause.record;
+            record.status = StepStatus::Failed;
+            record.output = None;
+            record.error = Some("approval steps need an async run".into());
+            store.write_detached(Write::RecordStep(Box::new(step_row(
+                &run.request_id,
+                &record,
+            ))));
+            let failure = RunFailure {
+                message: format!(
+                    "step {} is an approval step, which only runs asynchronously",
+                    record.step_id
+                ),
+                error_code: "approval_requires_async".into(),
+                step: Some(record.step_id),
+            };
+            self.run = Some(run);
+            self.end(Ending::Failed(failure), ctx);
+            return;
+        }
+        let paused = self.paused.clone();
+        let row = step_row(&run.request_id, &pause.record);
+        ctx.spawn(
+            async move {
+                if let Err(err) = store.write(Write::RecordStep(Box::new(row))).await {
+                    // The run still waits in memory; after a restart it runs up to this
+                    // step again and waits there.
+                    tracing::error!(request_id = %run.request_id, %err, "could not store the waiting approval step");
+                }
+                tracing::info!(request_id = %run.request_id, step = %pause.record.step_id, "run waits for an approval");
+                let waiting = Waiting {
+                    step_id: pause.record.step_id.clone(),
+                    step_index: pause.record.index,
+                    since_ms: pause.record.started_at_ms,
+                    timeout_at_ms: pause.timeout_at_ms,
+                };
+                run.resume = Some(pause.resume);
+                paused.do_send(RunPaused { run, waiting });
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
     }
 
     /// Records the end, then frees the slot and stops.
@@ -104,6 +168,7 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let run = self.run.as_ref().expect("a RunActor starts with its run");
+        let resume = run.resume.clone().unwrap_or_default();
         let env = self.env.clone();
         let store = self.reporting.store.clone();
         let request_id = run.request_id.clone();
@@ -118,6 +183,7 @@ impl Actor for RunActor {
             request_id: request_id.clone(),
             inputs: run.prepared.inputs.clone(),
             vars,
+            resume,
         };
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let steps = async move {
@@ -129,12 +195,10 @@ impl Actor for RunActor {
         let handle = ctx.spawn(
             tracing::Instrument::instrument(steps, span)
                 .into_actor(self)
-                .map(|result, act, ctx| {
-                    let ending = match result {
-                        Ok(output) => Ending::Completed(output),
-                        Err(failure) => Ending::Failed(failure),
-                    };
-                    act.end(ending, ctx);
+                .map(|execution, act, ctx| match execution {
+                    Execution::Finished(Ok(output)) => act.end(Ending::Completed(output), ctx),
+                    Execution::Finished(Err(failure)) => act.end(Ending::Failed(failure), ctx),
+                    Execution::Paused(pause) => act.pause(*pause, ctx),
                 }),
         );
         self.steps = Some(handle);
@@ -160,6 +224,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         prepared,
         completion,
         started_at,
+        resume: _,
     } = run;
     let ended_at = ids::now_ms();
     let (status, output, failure) = match ending {
@@ -247,5 +312,237 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
             output,
             failure,
         });
+    }
+}
+
+/// Where a paused run waits: its approval step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub step_id: String,
+    pub step_index: usize,
+    /// When the step started waiting (Unix ms), as its trace line records.
+    pub since_ms: i64,
+    /// When the step times out (Unix ms), if it has a `timeout_ms`.
+    pub timeout_at_ms: Option<i64>,
+}
+
+/// A run's place in its workflow, rebuilt from its stored trace and approval answers.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct TracePoint {
+    /// What to continue from.
+    pub resume: Resume,
+    /// Set when the run waits at an approval step that has no answer yet.
+    pub waiting: Option<Waiting>,
+}
+
+/// Rebuilds where a run stands from its trace (`rows`, ordered by step and start, as
+/// `store::runs::get_steps` reads them) and its approval answers (step id, output JSON).
+///
+/// The steps that finished (completed, skipped, or failed with `on_error = "continue"`) up
+/// to the first that did not are done; a `waiting` approval step after them is answered (an
+/// answer is stored) or still waiting. Anything else (a step cut off by a crash, a lost trace
+/// line) runs again.
+pub(super) fn trace_point(
+    def: &Definition,
+    rows: &[StepRow],
+    answers: &[(String, String)],
+) -> TracePoint {
+    // The latest line of each step: a step that ran again after a restart has several.
+    let mut latest: HashMap<i64, &StepRow> = HashMap::new();
+    for row in rows {
+        match latest.get(&row.step_index) {
+            Some(seen) if seen.started_at > row.started_at => {}
+            _ => {
+                latest.insert(row.step_index, row);
+            }
+        }
+    }
+    let answers: HashMap<&str, &str> = answers
+        .iter()
+        .map(|(step, response)| (step.as_str(), response.as_str()))
+        .collect();
+    let parse = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let mut point = TracePoint {
+        resume: Resume::default(),
+        waiting: None,
+    };
+    for (index, step) in def.steps.iter().enumerate() {
+        let Some(row) = latest.get(&(index as i64)).filter(|r| r.step_id == step.id) else {
+            break;
+        };
+        let status = match row.status.as_str() {
+            "completed" => StepStatus::Completed,
+            "skipped" => StepStatus::Skipped,
+            "failed" if step.on_error == OnError::Continue => StepStatus::Failed,
+            "waiting" if matches!(step.kind, StepKind::Approval { .. }) => {
+                match answers.get(step.id.as_str()) {
+                    Some(response) => {
+                        let output = serde_json::from_str(response).unwrap_or(Value::Null);
+                        point.resume.approvals.insert(
+                            step.id.clone(),
+                            Approval {
+                                waiting_since_ms: row.started_at,
+                                answer: ApprovalAnswer::Given(output),
+                            },
+                        );
+                    }
+                    None => {
+                        let timeout_ms = match step.kind {
+                            StepKind::Approval { timeout_ms, .. } => timeout_ms,
+                            _ => None,
+                        };
+                        point.waiting = Some(Waiting {
+                            step_id: step.id.clone(),
+                            step_index: index,
+                            since_ms: row.started_at,
+                            timeout_at_ms: timeout_ms.map(|ms| {
+                                row.started_at
+                                    .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+                            }),
+                        });
+                    }
+                }
+                break;
+            }
+            _ => break,
+        };
+        point.resume.done.push(DoneStep {
+            step_id: step.id.clone(),
+            status,
+            output: parse(&row.output_json),
+            error: row.error.clone(),
+        });
+    }
+    point
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEF: &str = r#"
+key = "t"
+[[steps]]
+id = "a"
+type = "template"
+template = "x"
+[[steps]]
+id = "b"
+type = "template"
+template = "x"
+on_error = "continue"
+[[steps]]
+id = "c"
+type = "template"
+template = "x"
+when = "false"
+[[steps]]
+id = "ok"
+type = "approval"
+timeout_ms = 1000
+[[steps]]
+id = "d"
+type = "template"
+template = "x"
+"#;
+
+    fn def() -> Definition {
+        let mut def = Definition::from_toml_str(DEF).unwrap();
+        def.validate(&workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        def
+    }
+
+    fn row(index: i64, id: &str, status: &str, started_at: i64, output: Option<&str>) -> StepRow {
+        StepRow {
+            request_id: "req_1".into(),
+            step_index: index,
+            step_id: id.into(),
+            step_type: "template".into(),
+            status: status.into(),
+            started_at,
+            duration_ms: 1,
+            output_json: output.map(str::to_owned),
+            error: (status == "failed").then(|| "boom".to_owned()),
+            attempts: 1,
+            usage_json: None,
+        }
+    }
+
+    fn trace() -> Vec<StepRow> {
+        vec![
+            row(0, "a", "failed", 10, None),
+            row(0, "a", "completed", 20, Some("\"A\"")),
+            row(1, "b", "failed", 30, None),
+            row(2, "c", "skipped", 40, None),
+            row(3, "ok", "waiting", 50, Some("{\"question\": null}")),
+        ]
+    }
+
+    #[test]
+    fn done_steps_then_waiting_approval() {
+        let point = trace_point(&def(), &trace(), &[]);
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.status, d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", StepStatus::Completed, json!("A")),
+                ("b", StepStatus::Failed, Value::Null),
+                ("c", StepStatus::Skipped, Value::Null),
+            ]
+        );
+        assert_eq!(point.resume.done[1].error.as_deref(), Some("boom"));
+        assert!(point.resume.approvals.is_empty());
+        assert_eq!(
+            point.waiting,
+            Some(Waiting {
+                step_id: "ok".into(),
+                step_index: 3,
+                since_ms: 50,
+                timeout_at_ms: Some(1050),
+            })
+        );
+    }
+
+    #[test]
+    fn answered_approval_and_interrupted_steps() {
+        let answers = vec![("ok".to_owned(), "{\"text\": \"fine\"}".to_owned())];
+        let point = trace_point(&def(), &trace(), &answers);
+        assert_eq!(point.waiting, None);
+        assert_eq!(point.resume.done.len(), 3);
+        assert_eq!(
+            point.resume.approvals["ok"],
+            Approval {
+                waiting_since_ms: 50,
+                answer: ApprovalAnswer::Given(json!({"text": "fine"})),
+            }
+        );
+
+        // A failed step that terminates the run runs again; nothing after it is reused.
+        let mut rows = trace();
+        rows[1] = row(0, "a", "failed", 20, None);
+        let point = trace_point(&def(), &rows, &answers);
+        assert!(
+            point.resume.is_empty() && point.waiting.is_none(),
+            "{point:?}"
+        );
+
+        // A trace line lost in a crash ends the reuse there.
+        let rows: Vec<_> = trace().into_iter().filter(|r| r.step_id != "b").collect();
+        let point = trace_point(&def(), &rows, &answers);
+        assert_eq!(point.resume.done.len(), 1);
+        assert!(point.resume.approvals.is_empty() && point.waiting.is_none());
     }
 }

@@ -19,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(deploy))
             .route(web::delete().to(delete)),
     );
+    cfg.service(resource("/v1/deployments/{key}/snippet").route(web::get().to(snippet)));
     cfg.service(
         resource("/v1/deployments/{key}/rotate-secret").route(web::post().to(rotate_secret)),
     );
@@ -182,4 +183,101 @@ async fn rotate_secret(
         "signing_secret": dep.signing_secret,
         "previous_secret_valid_until": dep.previous_secret_until.map(ids::rfc3339),
     })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SnippetQuery {
+    variant: Option<String>,
+    #[serde(rename = "async", default)]
+    async_mode: Option<String>,
+    callback_url: Option<String>,
+    base_url: Option<String>,
+}
+
+/// The ready cURL command for a deployment, as the dashboard's code snippet shows it.
+pub fn curl_snippet(
+    base_url: &str,
+    dep: &LiveDeployment,
+    variant: &str,
+    callback_url: Option<&str>,
+) -> String {
+    let mut inputs = serde_json::Map::new();
+    for input in &dep.definition.inputs {
+        let example = match input.kind.as_str() {
+            "number" => json!(1),
+            "boolean" => json!(true),
+            "array" => json!([]),
+            "object" => json!({}),
+            _ => json!(format!("<{}>", input.name)),
+        };
+        inputs.insert(input.name.clone(), example);
+    }
+    let mut body = json!({"deployment": dep.key, "variant": variant, "inputs": inputs});
+    if let Some(url) = callback_url {
+        body["async"] = json!({"enabled": true, "callback_url": url});
+    }
+    let pretty = serde_json::to_string_pretty(&body)
+        .unwrap_or_default()
+        .replace('\'', "'\\''");
+    format!(
+        "curl -X POST '{base_url}/v1/workflow/invoke' \\\n  -H 'Authorization: Bearer YOUR_API_KEY' \\\n  -H 'Content-Type: application/json' \\\n  -d '{pretty}'"
+    )
+}
+
+async fn snippet(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    req: actix_web::HttpRequest,
+    key: web::Path<String>,
+    query: web::Query<SnippetQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let dep = state
+        .deployments
+        .get(&key)
+        .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
+    let variant = query
+        .variant
+        .clone()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "default".into());
+    if dep.vars(&variant).is_none() {
+        return Err(ApiError::NotFound("Variant not found.".into()));
+    }
+    let async_mode = matches!(
+        query.async_mode.as_deref(),
+        Some("true" | "1" | "yes" | "on")
+    );
+    let callback_url = if async_mode {
+        let url = query
+            .callback_url
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "https://your-app.example/webhooks/hivelet".into());
+        if !super::invoke::is_valid_callback_url(&url) {
+            return Err(ApiError::field(
+                "callback_url",
+                "callback_url must be a valid URL",
+            ));
+        }
+        Some(url)
+    } else {
+        None
+    };
+    let base_url = query.base_url.clone().unwrap_or_else(|| {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    });
+    let curl = curl_snippet(
+        base_url.trim_end_matches('/'),
+        &dep,
+        &variant,
+        callback_url.as_deref(),
+    );
+    let mut body =
+        json!({"deployment": dep.key, "variant": variant, "async": async_mode, "curl": curl});
+    if async_mode {
+        body["callback_url"] = json!(callback_url);
+        body["signing_secret"] = json!(dep.signing_secret);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }

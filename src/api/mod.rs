@@ -1,6 +1,7 @@
 //! The HTTP edge: parse, authenticate, validate, hand work to the actors, shape responses.
 //! One file per resource; business rules live in the actors, the store and `workflow/`.
 
+pub mod approvals;
 pub mod deployments;
 pub mod extract;
 pub mod health;
@@ -40,6 +41,7 @@ pub struct AppState {
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    approvals::configure(cfg);
     invoke::configure(cfg);
     deployments::configure(cfg);
     keys::configure(cfg);

@@ -10,9 +10,11 @@ use crate::actors::invoke::Cancel;
 use crate::actors::Enqueue;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{self, AttemptRow, RunStatus, Write, Written};
+use crate::store::runs::{RunFilter, RunListItem};
+use crate::store::{self, AttemptRow, Role, RunStatus, Write, Written};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/runs").route(web::get().to(list)));
     cfg.service(resource("/v1/runs/{id}/cancel").route(web::post().to(cancel)));
     cfg.service(resource("/v1/runs/{id}/redeliver").route(web::post().to(redeliver)));
     cfg.service(resource("/v1/runs/{id}/attempts").route(web::get().to(attempts)));
@@ -111,4 +113,151 @@ async fn attempts(
         "request_id": run.request_id,
         "attempts": rows.iter().map(attempt_json).collect::<Vec<_>>(),
     })))
+}
+
+/// `GET /v1/runs`: newest first, cursor pagination, the filters of SPEC §5.
+async fn list(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut filter = RunFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    for (name, value) in query.into_inner() {
+        let value = value.trim().to_string();
+        match name.as_str() {
+            "deployment" => filter.deployment = Some(value),
+            "variant" => filter.variant = Some(value),
+            "status" => {
+                if RunStatus::parse(&value).is_none() {
+                    return Err(ApiError::field(
+                        "status",
+                        "status must be one of queued, running, completed, failed, cancelled",
+                    ));
+                }
+                filter.status = Some(value)
+            }
+            "delivery" => {
+                if !matches!(value.as_str(), "callback" | "direct") {
+                    return Err(ApiError::field(
+                        "delivery",
+                        "delivery must be callback or direct",
+                    ));
+                }
+                filter.delivery = Some(value)
+            }
+            "source" => {
+                if !matches!(value.as_str(), "api" | "webhook" | "cli" | "ui") {
+                    return Err(ApiError::field(
+                        "source",
+                        "source must be one of api, webhook, cli, ui",
+                    ));
+                }
+                filter.source = Some(value)
+            }
+            "api_key" => filter.api_key_id = Some(value),
+            "user" => filter.user = Some(value),
+            "since" => filter.since_ms = Some(parse_time("since", &value)?),
+            "until" => filter.until_ms = Some(parse_time("until", &value)?),
+            "limit" => {
+                filter.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=200).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::field("limit", "limit must be a number from 1 to 200")
+                    })?
+            }
+            "cursor" => {
+                if !ids::is_request_id(&value) {
+                    return Err(ApiError::field(
+                        "cursor",
+                        "cursor must be the next_cursor of a previous page",
+                    ));
+                }
+                filter.before_request_id = Some(value)
+            }
+            "q" => {
+                // A full request id jumps straight to that run.
+                if ids::is_request_id(&value) {
+                    let (run, _) = load_run(&state, &caller, value, "Run not found.").await?;
+                    let item = RunListItem {
+                        run,
+                        delivery_state: None,
+                        attempts: None,
+                    };
+                    return Ok(HttpResponse::Ok()
+                        .json(json!({"runs": [list_item_json(&item)], "next_cursor": null})));
+                }
+                return Err(ApiError::field("q", "q must be a full request id (req_…)"));
+            }
+            other => match other.strip_prefix("meta.") {
+                Some(key) if !key.is_empty() => filter
+                    .meta
+                    .push((key.to_string(), (!value.is_empty()).then_some(value))),
+                _ => return Err(ApiError::field(other, format!("unknown filter: {other}"))),
+            },
+        }
+    }
+    // `invoke` keys see only the runs they started.
+    if caller.role != Role::Admin {
+        filter.api_key_id = Some(caller.key_id.clone());
+    }
+    let limit = filter.limit;
+    let mut items = state
+        .store
+        .read(move |conn| store::runs::list_runs(conn, &filter))
+        .await?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|i| i.run.request_id.clone())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "runs": items.iter().map(list_item_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// RFC 3339 or Unix milliseconds.
+fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            ApiError::field(
+                field,
+                format!("{field} must be an RFC 3339 time or Unix milliseconds"),
+            )
+        })
+}
+
+fn list_item_json(item: &RunListItem) -> Value {
+    let run = &item.run;
+    json!({
+        "request_id": run.request_id,
+        "run_status": run.status.as_str(),
+        "deployment": run.deployment_key,
+        "variant": run.variant,
+        "version": run.version,
+        "source": run.source,
+        "delivery": run.delivery,
+        "async": run.callback_url.is_some(),
+        "callback_url": run.callback_url,
+        "delivery_state": item.delivery_state.clone().or_else(|| run.callback_url.as_ref().map(|_| "not_started".to_string())),
+        "attempt_count": item.attempts,
+        "metadata": parse_obj(&run.metadata_json),
+        "user": run.user,
+        "created_at": ids::rfc3339(run.created_at),
+        "started_at": run.started_at.map(ids::rfc3339),
+        "ended_at": run.ended_at.map(ids::rfc3339),
+        "duration_ms": run.duration_ms,
+    })
 }

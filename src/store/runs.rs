@@ -167,6 +167,37 @@ pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result
     Ok(())
 }
 
+/// Stores the answer to an approval step, only while the run is `running` with that step
+/// `waiting` and no answer yet; answers whether it was stored.
+pub(super) fn answer_approval(
+    conn: &Connection,
+    request_id: &str,
+    step_id: &str,
+    response_json: &str,
+    at: i64,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO approval_responses (request_id, step_id, response, responded_at)
+         SELECT ?1, ?2, ?3, ?4
+         WHERE EXISTS (SELECT 1 FROM runs WHERE request_id = ?1 AND status = 'running')
+           AND EXISTS (SELECT 1 FROM run_steps
+                       WHERE request_id = ?1 AND step_id = ?2 AND status = 'waiting')
+         ON CONFLICT (request_id, step_id) DO NOTHING",
+    )?;
+    Ok(stmt.execute((request_id, step_id, response_json, at))? == 1)
+}
+
+/// The stored approval answers of a run: step id and response JSON.
+pub fn approval_responses(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT step_id, response FROM approval_responses WHERE request_id = ?1")?;
+    let rows = stmt.query_map([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
 /// Writes the terminal state unless the run already ended (a cancel may have won the race).
 pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare_cached(
@@ -285,5 +316,107 @@ pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
         "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at, request_id"
     ))?;
     let rows = stmt.query_map([], run_from_row)?;
+    rows.collect()
+}
+
+/// Filters of `GET /v1/runs`; every field narrows the result.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub deployment: Option<String>,
+    pub variant: Option<String>,
+    pub status: Option<String>,
+    /// `callback` or `direct`.
+    pub delivery: Option<String>,
+    pub source: Option<String>,
+    pub api_key_id: Option<String>,
+    pub user: Option<String>,
+    /// Inclusive lower bound on `created_at` (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Exclusive upper bound on `created_at` (Unix ms).
+    pub until_ms: Option<i64>,
+    /// `meta.<key>`: the key exists; `meta.<key>=<value>`: equals that scalar (as text).
+    pub meta: Vec<(String, Option<String>)>,
+    /// Only runs with a smaller (older) request id: the cursor.
+    pub before_request_id: Option<String>,
+    pub limit: usize,
+}
+
+/// A run row for the list, with its delivery state.
+#[derive(Debug, Clone)]
+pub struct RunListItem {
+    pub run: RunRecord,
+    pub delivery_state: Option<String>,
+    pub attempts: Option<i64>,
+}
+
+/// The UUIDv7 request id of the first run at or after `ms`: run ids sort by creation time,
+/// so time bounds become primary-key ranges.
+fn request_id_at(ms: i64) -> String {
+    format!("req_{:012x}", ms.max(0))
+}
+
+/// Newest first, at most `filter.limit` (+1 to tell whether another page exists).
+pub fn list_runs(conn: &Connection, filter: &RunFilter) -> rusqlite::Result<Vec<RunListItem>> {
+    use rusqlite::types::Value as Sql;
+    let mut sql = format!(
+        "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.request_id = r.request_id WHERE 1 = 1",
+        RUN_COLUMNS.split(',').map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
+    );
+    let mut args: Vec<Sql> = Vec::new();
+    let mut eq = |sql: &mut String, column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(Sql::Text(v.clone()));
+        }
+    };
+    eq(&mut sql, "r.deployment_key", &filter.deployment);
+    eq(&mut sql, "r.variant", &filter.variant);
+    eq(&mut sql, "r.status", &filter.status);
+    eq(&mut sql, "r.delivery", &filter.delivery);
+    eq(&mut sql, "r.source", &filter.source);
+    eq(&mut sql, "r.api_key_id", &filter.api_key_id);
+    eq(&mut sql, "r.user", &filter.user);
+    if let Some(ms) = filter.since_ms {
+        sql.push_str(" AND r.request_id >= ?");
+        args.push(Sql::Text(request_id_at(ms)));
+    }
+    if let Some(ms) = filter.until_ms {
+        sql.push_str(" AND r.request_id < ?");
+        args.push(Sql::Text(request_id_at(ms)));
+    }
+    if let Some(cursor) = &filter.before_request_id {
+        sql.push_str(" AND r.request_id < ?");
+        args.push(Sql::Text(cursor.clone()));
+    }
+    for (key, value) in &filter.meta {
+        let path = format!("$.\"{}\"", key.replace('"', ""));
+        match value {
+            None => {
+                sql.push_str(" AND json_type(r.metadata, ?) IS NOT NULL");
+                args.push(Sql::Text(path));
+            }
+            Some(v) => {
+                // Compare as text so `meta.n=5` matches the number 5 and the string "5".
+                sql.push_str(" AND CAST(json_extract(r.metadata, ?) AS TEXT) = ?");
+                args.push(Sql::Text(path));
+                let v = match v.as_str() {
+                    "true" => "1".to_string(),
+                    "false" => "0".to_string(),
+                    other => other.to_string(),
+                };
+                args.push(Sql::Text(v));
+            }
+        }
+    }
+    sql.push_str(" ORDER BY r.request_id DESC LIMIT ?");
+    args.push(Sql::Integer(filter.limit as i64 + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
+        Ok(RunListItem {
+            run: run_from_row(row)?,
+            delivery_state: row.get(18)?,
+            attempts: row.get(19)?,
+        })
+    })?;
     rows.collect()
 }

@@ -29,6 +29,15 @@ pub enum Write {
         started_at: i64,
     },
     RecordStep(Box<StepRow>),
+    /// The answer to a waiting approval step; answers `Found(false)` when the run is not
+    /// running, the step is not waiting, or it already has an answer.
+    AnswerApproval {
+        request_id: String,
+        step_id: String,
+        /// The step's output: `{"choice": {"value", "label"}}` or `{"text"}`.
+        response_json: String,
+        at: i64,
+    },
     FinishRun(Box<FinishedRun>),
     PutDeployment(Box<NewDeploymentVersion>),
     DeleteDeployment {
@@ -212,6 +221,14 @@ fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
             started_at,
         } => runs::mark_running(conn, request_id, *started_at).map(Written::Found),
         Write::RecordStep(step) => runs::record_step(conn, step).map(|_| Written::Done),
+        Write::AnswerApproval {
+            request_id,
+            step_id,
+            response_json,
+            at,
+        } => {
+            runs::answer_approval(conn, request_id, step_id, response_json, *at).map(Written::Found)
+        }
         Write::FinishRun(done) => runs::finish(conn, done).map(Written::Found),
         Write::PutDeployment(dep) => deployments::put(conn, dep),
         Write::DeleteDeployment { key } => deployments::delete(conn, key).map(Written::Found),

@@ -4,6 +4,12 @@
 //! The engine knows nothing about storage or actors: the caller passes `on_step`, which is
 //! called once per step as it ends (completed, failed or skipped) so the trace can be
 //! recorded. The returned future is `!Send`; it runs on an actix (single-thread) runtime.
+//!
+//! An `approval` step without an answer ends the execution with [`Execution::Paused`]: the
+//! caller keeps the run aside, and once the step has an answer (or timed out) calls
+//! [`execute`] again with a [`Resume`] holding what is already done and the answer. The same
+//! [`Resume`], rebuilt from the stored trace, lets a run interrupted by a restart continue
+//! after its last finished step instead of starting over.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::definition::{Definition, OnError, StepDef, StepKind};
+use super::definition::{ApprovalChoice, Definition, OnError, StepDef, StepKind};
 use super::steps::{self, StepOutput, StepResult};
 use super::template;
 
@@ -52,6 +58,153 @@ pub struct RunContext {
     pub inputs: Map<String, Value>,
     /// The chosen variant's `vars`.
     pub vars: Map<String, Value>,
+    /// What earlier executions of this run already did; empty for a fresh run.
+    pub resume: Resume,
+}
+
+/// Where a run continues from: the steps an earlier execution finished and the answers to
+/// its approval steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The first steps of the workflow that already ended, in order. The engine puts their
+    /// outputs in scope instead of running them again, up to the first entry that does not
+    /// match the definition's step at that position.
+    pub done: Vec<DoneStep>,
+    /// Answers to approval steps, by step id.
+    pub approvals: HashMap<String, Approval>,
+}
+
+impl Resume {
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.approvals.is_empty()
+    }
+}
+
+/// A step an earlier execution finished: completed, skipped, or failed with
+/// `on_error = "continue"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneStep {
+    pub step_id: String,
+    pub status: StepStatus,
+    pub output: Value,
+    pub error: Option<String>,
+}
+
+/// The answer to an approval step that was waiting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    /// When the step started waiting (Unix ms); the trace keeps it as the step's start.
+    pub waiting_since_ms: i64,
+    pub answer: ApprovalAnswer,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalAnswer {
+    /// The step's output, `{"choice": {"value", "label"}}` or `{"text"}` (see
+    /// [`approval_output`]).
+    Given(Value),
+    /// Nobody answered within the step's `timeout_ms`: the step fails and `on_error` decides.
+    TimedOut,
+}
+
+/// How one execution ended.
+#[derive(Debug)]
+pub enum Execution {
+    /// The run ended: its output or why it failed.
+    Finished(Result<Value, RunFailure>),
+    /// An approval step waits for an answer; the run is not over.
+    Paused(Box<Pause>),
+}
+
+/// An approval step waiting for an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    /// The step's trace line: status `waiting`, output `{"question", "choices", "timeout_at"}`.
+    /// Not passed to `on_step`: the caller stores it (durably) itself.
+    pub record: StepRecord,
+    /// The rendered question.
+    pub question: Option<String>,
+    pub choices: Vec<ApprovalChoice>,
+    /// When the step times out (Unix ms), if it has a `timeout_ms`.
+    pub timeout_at_ms: Option<i64>,
+    /// What to pass back, with the answer added, to continue the run.
+    pub resume: Resume,
+}
+
+/// Checks a response to an approval step against its `choices` and gives the step's output:
+/// with choices, `{"choice": value}` (a string, or `{"value": …}`) naming one of them gives
+/// `{"choice": {"value", "label"}}`; without, `{"text": string}` gives `{"text"}`.
+/// `Err` holds the field at fault and a message for the caller.
+pub fn approval_output(
+    choices: &[ApprovalChoice],
+    body: &Value,
+) -> Result<Value, (&'static str, String)> {
+    let Some(obj) = body.as_object() else {
+        return Err((
+            "choice",
+            "The response must be a JSON object with `choice` or `text`.".into(),
+        ));
+    };
+    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    let allowed = || {
+        choices
+            .iter()
+            .map(|c| format!("{:?}", c.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if present("choice") && present("text") {
+        return Err(("choice", "Send either `choice` or `text`, not both.".into()));
+    }
+    if choices.is_empty() {
+        return match obj.get("text") {
+            Some(Value::String(text)) => Ok(json!({ "text": text })),
+            Some(v) if !v.is_null() => Err(("text", "`text` must be a string.".into())),
+            _ if present("choice") => Err((
+                "choice",
+                "This step has no choices; answer with free text: {\"text\": \"…\"}.".into(),
+            )),
+            _ => Err(("text", "Missing required field: text".into())),
+        };
+    }
+    let value = match obj.get("choice") {
+        Some(Value::String(v)) => v.as_str(),
+        Some(Value::Object(o)) => match o.get("value") {
+            Some(Value::String(v)) => v.as_str(),
+            _ => return Err(("choice", "`choice.value` must be a string.".into())),
+        },
+        Some(v) if !v.is_null() => {
+            return Err((
+                "choice",
+                format!("`choice` must be a string, one of {}.", allowed()),
+            ))
+        }
+        _ if present("text") => {
+            return Err((
+                "choice",
+                format!(
+                    "This step takes a choice, not free text: one of {}.",
+                    allowed()
+                ),
+            ))
+        }
+        _ => {
+            return Err((
+                "choice",
+                format!("Missing required field: choice (one of {}).", allowed()),
+            ))
+        }
+    };
+    match choices.iter().find(|c| c.value == value) {
+        Some(c) => Ok(json!({ "choice": { "value": c.value, "label": c.label } })),
+        None => Err((
+            "choice",
+            format!(
+                "Invalid choice {value:?}: allowed values are {}.",
+                allowed()
+            ),
+        )),
+    }
 }
 
 /// How a step ended.
@@ -61,6 +214,8 @@ pub enum StepStatus {
     Completed,
     Failed,
     Skipped,
+    /// An approval step waiting for its answer.
+    Waiting,
 }
 
 impl StepStatus {
@@ -69,6 +224,7 @@ impl StepStatus {
             StepStatus::Completed => "completed",
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
+            StepStatus::Waiting => "waiting",
         }
     }
 }
@@ -102,7 +258,8 @@ pub struct StepRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunFailure {
     pub message: String,
-    /// `step_failed`, `timeout`, `template_error` or `approval_requires_async`.
+    /// `step_failed`, `timeout`, `template_error` or `approval_requires_async` (an approval
+    /// step reached by a sync run, which cannot wait).
     pub error_code: String,
     pub step: Option<String>,
 }
@@ -135,65 +292,122 @@ struct Running {
     attempts: u32,
 }
 
-/// Runs `def` to its output. `on_step` sees every step as it ends.
+/// Runs `def` to its output, or until an approval step waits. `on_step` sees every step
+/// as it ends (not the steps taken over from `ctx.resume`, nor a waiting step).
+///
+/// The workflow's `timeout_ms` bounds each execution; the time a run spends paused at an
+/// approval step does not count (that step has its own `timeout_ms`).
 pub async fn execute(
     def: &Definition,
     ctx: RunContext,
     env: &Environment,
     on_step: &mut dyn FnMut(&StepRecord),
-) -> Result<Value, RunFailure> {
+) -> Execution {
     let running = RefCell::new(None::<Running>);
-    let Some(timeout_ms) = def.timeout_ms else {
-        return run_steps(def, ctx, env, &mut *on_step, &running).await;
+    let flow = match def.timeout_ms {
+        None => run_steps(def, ctx, env, &mut *on_step, &running).await,
+        Some(timeout_ms) => match actix_rt::time::timeout(
+            Duration::from_millis(timeout_ms),
+            run_steps(def, ctx, env, &mut *on_step, &running),
+        )
+        .await
+        {
+            Ok(flow) => flow,
+            Err(_) => Err(workflow_timed_out(timeout_ms, &running, on_step)),
+        },
     };
-    let result = actix_rt::time::timeout(
-        Duration::from_millis(timeout_ms),
-        run_steps(def, ctx, env, &mut *on_step, &running),
-    )
-    .await;
-    match result {
-        Ok(r) => r,
-        Err(_) => {
-            let message = format!("workflow timed out after {timeout_ms} ms");
-            let cut = running.borrow_mut().take();
-            let step = cut.as_ref().map(|r| r.id.clone());
-            if let Some(r) = cut {
-                on_step(&StepRecord {
-                    step_id: r.id,
-                    index: r.index,
-                    step_type: r.step_type,
-                    status: StepStatus::Failed,
-                    started_at_ms: r.started_at_ms,
-                    duration_ms: elapsed_ms(r.started),
-                    output: None,
-                    error: Some(message.clone()),
-                    attempts: r.attempts,
-                    usage: None,
-                });
-            }
-            Err(RunFailure {
-                message,
-                error_code: "timeout".to_owned(),
-                step,
-            })
-        }
+    match flow {
+        Ok(Flow::Output(output)) => Execution::Finished(Ok(output)),
+        Ok(Flow::Paused(pause)) => Execution::Paused(pause),
+        Err(failure) => Execution::Finished(Err(failure)),
     }
+}
+
+/// Records the step a workflow timeout cut short and says why the run failed.
+fn workflow_timed_out(
+    timeout_ms: u64,
+    running: &RefCell<Option<Running>>,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> RunFailure {
+    let message = format!("workflow timed out after {timeout_ms} ms");
+    let cut = running.borrow_mut().take();
+    let step = cut.as_ref().map(|r| r.id.clone());
+    if let Some(r) = cut {
+        on_step(&StepRecord {
+            step_id: r.id,
+            index: r.index,
+            step_type: r.step_type,
+            status: StepStatus::Failed,
+            started_at_ms: r.started_at_ms,
+            duration_ms: elapsed_ms(r.started),
+            output: None,
+            error: Some(message.clone()),
+            attempts: r.attempts,
+            usage: None,
+        });
+    }
+    RunFailure {
+        message,
+        error_code: "timeout".to_owned(),
+        step,
+    }
+}
+
+/// How `run_steps` ended when the run did not fail.
+enum Flow {
+    Output(Value),
+    Paused(Box<Pause>),
 }
 
 async fn run_steps(
     def: &Definition,
-    ctx: RunContext,
+    mut ctx: RunContext,
     env: &Environment,
     on_step: &mut dyn FnMut(&StepRecord),
     running: &RefCell<Option<Running>>,
-) -> Result<Value, RunFailure> {
+) -> Result<Flow, RunFailure> {
+    let Resume {
+        done: earlier,
+        mut approvals,
+    } = std::mem::take(&mut ctx.resume);
     let mut scope = initial_scope(ctx);
     let mut last_output: Option<Value> = None;
+    // What this run has finished so far, earlier executions included (for a pause).
+    let mut done: Vec<DoneStep> = Vec::with_capacity(def.steps.len());
+    let mut reuse = true;
 
     for (index, step) in def.steps.iter().enumerate() {
+        if reuse {
+            match earlier.get(index) {
+                Some(d) if d.step_id == step.id => {
+                    record_in_scope(
+                        &mut scope,
+                        step,
+                        index,
+                        d.status,
+                        d.output.clone(),
+                        d.error.clone(),
+                    );
+                    if d.status != StepStatus::Skipped {
+                        last_output = Some(d.output.clone());
+                    }
+                    done.push(d.clone());
+                    continue;
+                }
+                _ => reuse = false,
+            }
+        }
+
         let step_type = step.kind.type_name();
         let started = Instant::now();
-        let started_at_ms = unix_ms();
+        // An answered approval step keeps the start of its wait, so its trace line (same
+        // start) replaces the `waiting` one and its duration covers the wait.
+        let answer = match step.kind {
+            StepKind::Approval { .. } => approvals.remove(&step.id),
+            _ => None,
+        };
+        let waited_since = answer.as_ref().map(|a| a.waiting_since_ms);
+        let started_at_ms = waited_since.unwrap_or_else(unix_ms);
         *running.borrow_mut() = Some(Running {
             id: step.id.clone(),
             index,
@@ -208,7 +422,10 @@ async fn run_steps(
             step_type,
             status,
             started_at_ms,
-            duration_ms: elapsed_ms(started),
+            duration_ms: match waited_since {
+                Some(since) => (unix_ms() - since).max(0),
+                None => elapsed_ms(started),
+            },
             output,
             error,
             attempts,
@@ -234,25 +451,62 @@ async fn run_steps(
                     Value::Null,
                     None,
                 );
+                done.push(DoneStep {
+                    step_id: step.id.clone(),
+                    status: StepStatus::Skipped,
+                    output: Value::Null,
+                    error: None,
+                });
                 continue;
             }
             Err(e) => Err((e, 0)),
-            Ok(true) => {
-                if let StepKind::Approval { .. } = step.kind {
-                    let reason = "approval steps need an async run".to_owned();
-                    on_step(&record(StepStatus::Failed, None, Some(reason), 0, None));
-                    running.borrow_mut().take();
-                    return Err(RunFailure::new(
-                        "approval_requires_async",
-                        Some(&step.id),
-                        format!(
-                            "step {} is an approval step, which only runs asynchronously",
-                            step.id
-                        ),
-                    ));
+            Ok(true) => match (&step.kind, answer) {
+                (StepKind::Approval { timeout_ms, .. }, Some(approval)) => match approval.answer {
+                    ApprovalAnswer::Given(output) => Ok((StepOutput::new(output), 1)),
+                    ApprovalAnswer::TimedOut => Err((
+                        match timeout_ms {
+                            Some(ms) => format!("approval timed out after {ms} ms"),
+                            None => "approval timed out".to_owned(),
+                        },
+                        1,
+                    )),
+                },
+                (
+                    StepKind::Approval {
+                        question,
+                        choices,
+                        timeout_ms,
+                    },
+                    None,
+                ) => {
+                    let rendered = question
+                        .as_deref()
+                        .map(|q| template::render_with(q, &jinja_scope))
+                        .transpose();
+                    match rendered {
+                        Err(e) => Err((format!("question: {e}"), 0)),
+                        Ok(question) => {
+                            running.borrow_mut().take();
+                            let timeout_at_ms = timeout_ms.map(|ms| {
+                                started_at_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+                            });
+                            let output = json!({
+                                "question": question,
+                                "choices": choices,
+                                "timeout_at": timeout_at_ms.map(crate::ids::rfc3339),
+                            });
+                            return Ok(Flow::Paused(Box::new(Pause {
+                                record: record(StepStatus::Waiting, Some(output), None, 0, None),
+                                question,
+                                choices: choices.clone(),
+                                timeout_at_ms,
+                                resume: Resume { done, approvals },
+                            })));
+                        }
+                    }
                 }
-                run_with_retries(step, env, &scope, &jinja_scope, running).await
-            }
+                _ => run_with_retries(step, env, &scope, &jinja_scope, running).await,
+            },
         };
         running.borrow_mut().take();
 
@@ -273,6 +527,12 @@ async fn run_steps(
                     out.output.clone(),
                     None,
                 );
+                done.push(DoneStep {
+                    step_id: step.id.clone(),
+                    status: StepStatus::Completed,
+                    output: out.output.clone(),
+                    error: None,
+                });
                 last_output = Some(out.output);
             }
             Err((reason, attempts)) => {
@@ -296,8 +556,14 @@ async fn run_steps(
                     index,
                     StepStatus::Failed,
                     Value::Null,
-                    Some(reason),
+                    Some(reason.clone()),
                 );
+                done.push(DoneStep {
+                    step_id: step.id.clone(),
+                    status: StepStatus::Failed,
+                    output: Value::Null,
+                    error: Some(reason),
+                });
                 last_output = Some(Value::Null);
             }
         }
@@ -305,9 +571,9 @@ async fn run_steps(
 
     match &def.output {
         Some(out) => template::render(&out.template, &Value::Object(scope))
-            .map(Value::String)
+            .map(|s| Flow::Output(Value::String(s)))
             .map_err(|e| RunFailure::new("template_error", None, format!("output template: {e}"))),
-        None => Ok(last_output.unwrap_or(Value::Null)),
+        None => Ok(Flow::Output(last_output.unwrap_or(Value::Null))),
     }
 }
 
@@ -413,8 +679,8 @@ async fn run_once(
             steps::command::run(step, jinja_scope, &scope_json).await
         }
         StepKind::Delay { ms } => steps::delay::run(*ms).await,
-        // Handled before any attempt; kept here so the match stays exhaustive.
-        StepKind::Approval { .. } => Err("approval steps need an async run".to_owned()),
+        // `run_steps` answers approval steps itself; kept so the match stays exhaustive.
+        StepKind::Approval { .. } => Err("approval steps are answered, not run".to_owned()),
     }
 }
 
@@ -489,10 +755,23 @@ mod tests {
             request_id: "req_0123".into(),
             inputs: inputs.as_object().cloned().unwrap_or_default(),
             vars: vars.as_object().cloned().unwrap_or_default(),
+            resume: Resume::default(),
         };
+        let (execution, records) = execute_with(def, ctx, env).await;
+        match execution {
+            Execution::Finished(result) => (result, records),
+            Execution::Paused(p) => panic!("unexpected pause at {}", p.record.step_id),
+        }
+    }
+
+    async fn execute_with(
+        def: &Definition,
+        ctx: RunContext,
+        env: &Environment,
+    ) -> (Execution, Vec<StepRecord>) {
         let mut records = Vec::new();
-        let result = execute(def, ctx, env, &mut |r| records.push(r.clone())).await;
-        (result, records)
+        let execution = execute(def, ctx, env, &mut |r| records.push(r.clone())).await;
+        (execution, records)
     }
 
     async fn run(src: &str, inputs: Value) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
@@ -771,19 +1050,312 @@ stdin = "hi {{ name }}"
     }
 
     #[actix_rt::test]
-    async fn approval_needs_async_and_output_errors() {
-        let src = "key = \"k\"\n[[steps]]\nid = \"ok\"\ntype = \"approval\"\n";
-        let (out, _) = run(src, json!({})).await;
-        let failure = out.unwrap_err();
-        assert_eq!(failure.error_code, "approval_requires_async");
-        assert_eq!(failure.step.as_deref(), Some("ok"));
-
+    async fn output_template_errors() {
         let mut def = definition("key = \"k\"\n[[steps]]\nid = \"d\"\ntype = \"delay\"\nms = 1\n");
         def.output = Some(crate::workflow::definition::OutputDef {
             template: "{% include 'missing' %}".into(),
         });
         let (out, _) = run_with(&def, json!({}), json!({}), &environment(HashMap::new())).await;
         assert_eq!(out.unwrap_err().error_code, "template_error");
+    }
+
+    const APPROVAL: &str = r#"
+key = "approve"
+[[inputs]]
+name = "amount"
+type = "number"
+[[steps]]
+id = "draft"
+type = "template"
+template = "pay {{ amount }}"
+[[steps]]
+id = "gone"
+type = "template"
+template = "never"
+when = "false"
+[[steps]]
+id = "approve"
+type = "approval"
+question = "Approve {{ draft.output }}?"
+choices = ["yes", { value = "no", label = "No way" }]
+timeout_ms = 60000
+[[steps]]
+id = "final"
+type = "template"
+template = "{{ draft.output }}: {{ approve.output.choice.value }} ({{ approve.output.choice.label }}) {{ approve.status }}"
+"#;
+
+    fn context(inputs: Value, resume: Resume) -> RunContext {
+        RunContext {
+            request_id: "req_0123".into(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            vars: Map::new(),
+            resume,
+        }
+    }
+
+    /// Executes `def` until it pauses; returns the pause and the records of the steps run.
+    async fn pause_of(def: &Definition, inputs: Value) -> (Pause, Vec<StepRecord>) {
+        let env = environment(HashMap::new());
+        match execute_with(def, context(inputs, Resume::default()), &env).await {
+            (Execution::Paused(p), records) => (*p, records),
+            (Execution::Finished(r), _) => panic!("expected a pause, got {r:?}"),
+        }
+    }
+
+    fn answered(mut resume: Resume, step: &str, since: i64, answer: ApprovalAnswer) -> Resume {
+        resume.approvals.insert(
+            step.to_owned(),
+            Approval {
+                waiting_since_ms: since,
+                answer,
+            },
+        );
+        resume
+    }
+
+    #[actix_rt::test]
+    async fn approval_pauses_then_resumes_with_the_answer() {
+        let def = definition(APPROVAL);
+        let before = unix_ms();
+        let (pause, records) = pause_of(&def, json!({"amount": 5})).await;
+        let statuses: Vec<_> = records.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [StepStatus::Completed, StepStatus::Skipped]);
+        assert_eq!(pause.record.step_id, "approve");
+        assert_eq!(pause.record.index, 2);
+        assert_eq!(pause.record.status, StepStatus::Waiting);
+        assert_eq!(pause.record.step_type, "approval");
+        assert_eq!(pause.question.as_deref(), Some("Approve pay 5?"));
+        assert_eq!(pause.choices.len(), 2);
+        let since = pause.record.started_at_ms;
+        assert!(since >= before);
+        assert_eq!(pause.timeout_at_ms, Some(since + 60_000));
+        let shown = pause.record.output.clone().unwrap();
+        assert_eq!(shown["question"], "Approve pay 5?");
+        assert_eq!(
+            shown["choices"][1],
+            json!({"value": "no", "label": "No way"})
+        );
+        assert!(shown["timeout_at"].is_string(), "{shown}");
+        assert_eq!(
+            pause.resume.done,
+            vec![
+                DoneStep {
+                    step_id: "draft".into(),
+                    status: StepStatus::Completed,
+                    output: json!("pay 5"),
+                    error: None,
+                },
+                DoneStep {
+                    step_id: "gone".into(),
+                    status: StepStatus::Skipped,
+                    output: Value::Null,
+                    error: None,
+                },
+            ]
+        );
+
+        let output = approval_output(&pause.choices, &json!({"choice": "no"})).unwrap();
+        let resume = answered(
+            pause.resume,
+            "approve",
+            since,
+            ApprovalAnswer::Given(output),
+        );
+        let env = environment(HashMap::new());
+        let (execution, records) =
+            execute_with(&def, context(json!({"amount": 5}), resume), &env).await;
+        let Execution::Finished(Ok(out)) = execution else {
+            panic!("expected an output, got {execution:?}");
+        };
+        assert_eq!(out, json!("pay 5: no (No way) completed"));
+        // Done steps are not run (nor reported) again.
+        let ids: Vec<_> = records.iter().map(|r| r.step_id.as_str()).collect();
+        assert_eq!(ids, ["approve", "final"]);
+        assert_eq!(records[0].status, StepStatus::Completed);
+        assert_eq!(
+            records[0].started_at_ms, since,
+            "keeps the start of the wait"
+        );
+        assert_eq!(records[0].attempts, 1);
+        assert_eq!(
+            records[0].output,
+            Some(json!({"choice": {"value": "no", "label": "No way"}}))
+        );
+    }
+
+    #[actix_rt::test]
+    async fn approval_timeout_fails_the_step_and_on_error_decides() {
+        let def = definition(APPROVAL);
+        let (pause, _) = pause_of(&def, json!({"amount": 1})).await;
+        let resume = answered(pause.resume, "approve", 7, ApprovalAnswer::TimedOut);
+        let env = environment(HashMap::new());
+        let (execution, records) =
+            execute_with(&def, context(json!({"amount": 1}), resume.clone()), &env).await;
+        let Execution::Finished(Err(failure)) = execution else {
+            panic!("expected a failure, got {execution:?}");
+        };
+        assert_eq!(failure.error_code, "step_failed");
+        assert_eq!(failure.step.as_deref(), Some("approve"));
+        assert!(
+            failure
+                .message
+                .contains("approval timed out after 60000 ms"),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status, StepStatus::Failed);
+        assert_eq!(records[0].started_at_ms, 7);
+
+        let src = APPROVAL.replace(
+            "timeout_ms = 60000",
+            "timeout_ms = 60000\non_error = \"continue\"",
+        );
+        let def = definition(&src);
+        let (execution, records) =
+            execute_with(&def, context(json!({"amount": 1}), resume), &env).await;
+        let Execution::Finished(Ok(out)) = execution else {
+            panic!("expected an output, got {execution:?}");
+        };
+        assert_eq!(out, json!("pay 1:  () failed"));
+        assert_eq!(records[0].output, None);
+        assert_eq!(
+            records[0].error.as_deref(),
+            Some("approval timed out after 60000 ms")
+        );
+    }
+
+    #[actix_rt::test]
+    async fn resume_skips_done_steps_up_to_the_first_mismatch() {
+        let src = r#"
+key = "resume"
+[[steps]]
+id = "a"
+type = "template"
+template = "fresh a"
+[[steps]]
+id = "b"
+type = "template"
+template = "fresh b"
+[[steps]]
+id = "c"
+type = "template"
+template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
+"#;
+        let def = definition(src);
+        let env = environment(HashMap::new());
+        let done = |id: &str, status, output: Value| DoneStep {
+            step_id: id.into(),
+            status,
+            output,
+            error: None,
+        };
+        let resume = Resume {
+            done: vec![
+                done("a", StepStatus::Completed, json!("old a")),
+                done("b", StepStatus::Failed, Value::Null),
+            ],
+            approvals: HashMap::new(),
+        };
+        let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
+        let Execution::Finished(Ok(out)) = execution else {
+            panic!("{execution:?}");
+        };
+        assert_eq!(out, json!("old a||failed"));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].step_id, "c");
+
+        // An entry that does not match its position ends the reuse there.
+        let resume = Resume {
+            done: vec![
+                done("a", StepStatus::Completed, json!("old a")),
+                done("x", StepStatus::Completed, json!("old x")),
+                done("c", StepStatus::Completed, json!("old c")),
+            ],
+            approvals: HashMap::new(),
+        };
+        let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
+        let Execution::Finished(Ok(out)) = execution else {
+            panic!("{execution:?}");
+        };
+        assert_eq!(out, json!("old a|fresh b|completed"));
+        let ids: Vec<_> = records.iter().map(|r| r.step_id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[actix_rt::test]
+    async fn free_text_approval_and_question_errors() {
+        let src = "key = \"k\"\n[[steps]]\nid = \"ask\"\ntype = \"approval\"\n[[steps]]\nid = \"echo\"\ntype = \"template\"\ntemplate = \"said {{ ask.output.text }}\"\n";
+        let def = definition(src);
+        let (pause, records) = pause_of(&def, json!({})).await;
+        assert!(records.is_empty());
+        assert_eq!(pause.question, None);
+        assert_eq!(pause.timeout_at_ms, None);
+        assert_eq!(
+            pause.record.output,
+            Some(json!({"question": null, "choices": [], "timeout_at": null}))
+        );
+        let output = approval_output(&pause.choices, &json!({"text": "fine"})).unwrap();
+        assert_eq!(output, json!({"text": "fine"}));
+        let resume = answered(pause.resume, "ask", 1, ApprovalAnswer::Given(output));
+        let env = environment(HashMap::new());
+        let (execution, _) = execute_with(&def, context(json!({}), resume), &env).await;
+        let Execution::Finished(Ok(out)) = execution else {
+            panic!("{execution:?}");
+        };
+        assert_eq!(out, json!("said fine"));
+
+        // A question that does not render fails the step like any other step error.
+        let src = "key = \"k\"\n[[steps]]\nid = \"ask\"\ntype = \"approval\"\nquestion = \"{% include 'nope' %}\"\n";
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(out.unwrap_err().step.as_deref(), Some("ask"));
+        assert!(records[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("question: "));
+    }
+
+    #[test]
+    fn approval_output_checks_choices_and_shape() {
+        let choices = vec![
+            ApprovalChoice {
+                value: "yes".into(),
+                label: "Yes".into(),
+            },
+            ApprovalChoice {
+                value: "no".into(),
+                label: "No".into(),
+            },
+        ];
+        assert_eq!(
+            approval_output(&choices, &json!({"choice": "yes"})).unwrap(),
+            json!({"choice": {"value": "yes", "label": "Yes"}})
+        );
+        assert_eq!(
+            approval_output(&choices, &json!({"choice": {"value": "no"}})).unwrap(),
+            json!({"choice": {"value": "no", "label": "No"}})
+        );
+        let (field, msg) = approval_output(&choices, &json!({"choice": "maybe"})).unwrap_err();
+        assert_eq!(field, "choice");
+        assert!(msg.contains("\"yes\", \"no\""), "{msg}");
+        assert!(msg.contains("maybe"), "{msg}");
+        for bad in [
+            json!({}),
+            json!({"text": "yes"}),
+            json!({"choice": 1}),
+            json!({"choice": "yes", "text": "x"}),
+            json!([1]),
+        ] {
+            assert!(approval_output(&choices, &bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            approval_output(&[], &json!({"text": "ok", "choice": null})).unwrap(),
+            json!({"text": "ok"})
+        );
+        for bad in [json!({}), json!({"choice": "yes"}), json!({"text": 3})] {
+            assert!(approval_output(&[], &bad).is_err(), "{bad}");
+        }
     }
 
     /// A request as the test server saw it.

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cli_webhooks;
 mod config;
 mod deployments;
 mod errors;
