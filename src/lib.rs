@@ -111,22 +111,24 @@ pub async fn run(
     tracing::info!(%url, paths = %config.paths, "hivelet started");
 
     let handle = server.handle();
+    let grace = config.file.runs.shutdown_grace.0;
     actix_rt::spawn(async move {
         shutdown.await;
-        tracing::info!("stopping: no new work is accepted; running requests may finish");
+        // New work gets 503 from here on; running runs get the grace period to finish.
+        // Whatever does not finish stays in the store and resumes at the next start.
+        tracing::info!(grace = ?grace, "stopping: new work is refused; running runs may finish");
         stopping.store(true, Ordering::SeqCst);
+        if actix_rt::time::timeout(grace, invoker.send(actors::invoke::Drain))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "runs still running after the grace period; they resume at the next start"
+            );
+        }
         handle.stop(true).await;
     });
     server.await?;
-    // Requests are done; give running runs the rest of the grace period. Whatever does not
-    // finish stays `running` in the store and resumes at the next start.
-    let grace = config.file.runs.shutdown_grace.0;
-    if actix_rt::time::timeout(grace, invoker.send(actors::invoke::Drain))
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?grace, "runs still running after the grace period; they resume at the next start");
-    }
     store.close();
     let _ = std::fs::remove_file(config.paths.addr_file());
     tracing::info!("hivelet stopped");
@@ -144,6 +146,15 @@ async fn create_admin_key(config: &Config, store: &Store, keys: &KeyRing) -> any
         issued.key
     );
     Ok(())
+}
+
+/// Installs `ring` as the TLS crypto provider, once per process. Every awc client with TLS
+/// (https callbacks, http steps, the CLI) needs it before it is built.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Writes a file only its owner can read (0600).

@@ -10,6 +10,7 @@ use hivelet::config::Config;
 use hivelet::store::Store;
 
 fn main() -> ExitCode {
+    hivelet::install_crypto_provider();
     let cli = Cli::parse();
     let overrides = cli.global.overrides();
     match cli.command {

@@ -123,11 +123,21 @@ fn classify(err: &awc::error::SendRequestError) -> (&'static str, String) {
         | SendRequestError::Connect(ConnectError::NoRecords) => ("dns", err.to_string()),
         SendRequestError::Connect(ConnectError::SslIsNotSupported) => (
             "tls",
-            "https callbacks need TLS support, which this build does not include".into(),
+            "this URL scheme needs TLS, which is not available".into(),
         ),
+        SendRequestError::Connect(ConnectError::Io(io)) if is_tls_error(io) => {
+            ("tls", format!("TLS handshake failed: {io}"))
+        }
         SendRequestError::Connect(other) => ("connect", other.to_string()),
         other => ("connect", other.to_string()),
     }
+}
+
+/// rustls reports handshake failures (bad certificate, wrong name) as I/O errors.
+fn is_tls_error(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+        || err.to_string().to_ascii_lowercase().contains("certificate")
 }
 
 async fn post(

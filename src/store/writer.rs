@@ -101,8 +101,11 @@ impl Written {
 
 type Reply = oneshot::Sender<StoreResult<Written>>;
 
+/// A write and, unless detached, where its result goes.
+type Queued = (Write, Option<Reply>);
+
 pub(super) struct WriterHandle {
-    tx: Mutex<Option<mpsc::Sender<(Write, Option<Reply>)>>>,
+    tx: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -149,7 +152,7 @@ impl WriterHandle {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Write, Option<Reply>)>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -171,10 +174,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Write, Option<Reply>)>)
 }
 
 /// Applies a batch in one transaction; every command gets its own result.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &[(Write, Option<Reply>)],
-) -> Vec<StoreResult<Written>> {
+fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Written>> {
     let failed_all = |err: rusqlite::Error| {
         let err = StoreError::classify(err);
         let msg = err.to_string();

@@ -727,6 +727,7 @@ mod tests {
     use std::sync::mpsc;
 
     fn environment(providers: HashMap<String, ProviderConfig>) -> Environment {
+        crate::install_crypto_provider();
         Environment {
             http: awc::Client::default(),
             providers,

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod approval;
 mod cli_webhooks;
 mod config;
 mod deployments;
