@@ -312,15 +312,8 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.inner().message().to_string();
-        // For an unknown key the path is its table; add the key so the message names it.
-        let key = match inner
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next())
-        {
-            Some(field) if path == "." => field.to_string(),
-            Some(field) => format!("{path}.{field}"),
-            None => path,
-        };
+        // The path already ends with an unknown key's own name.
+        let key = path;
         let hint = if inner.starts_with("unknown field") {
             " (remove it or fix its spelling)"
         } else {
@@ -329,7 +322,7 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
         let line = err
             .inner()
             .span()
-            .map(|span| format!(" (line {})", text[..span.start].lines().count().max(1)))
+            .map(|span| format!(" (line {})", text[..span.start].matches('\n').count() + 1))
             .unwrap_or_default();
         format!("invalid key `{key}`{line}: {inner}{hint}")
     })

@@ -79,9 +79,10 @@ impl RunActor {
 
     /// Stores the waiting step durably, then hands the run back to the InvokeActor and stops.
     fn pause(&mut self, pause: Pause, ctx: &mut Context<Self>) {
-        let Some(mut run) = self.run.take() else {
+        let Some(run) = self.run.as_ref() else {
             return;
         };
+        let request_id = run.request_id.clone();
         let store = self.reporting.store.clone();
         if run.completion.is_some() {
             // A sync caller cannot wait for a person; the invoke API refuses such runs, so
@@ -90,10 +91,7 @@ impl RunActor {
             record.status = StepStatus::Failed;
             record.output = None;
             record.error = Some("approval steps need an async run".into());
-            store.write_detached(Write::RecordStep(Box::new(step_row(
-                &run.request_id,
-                &record,
-            ))));
+            store.write_detached(Write::RecordStep(Box::new(step_row(&request_id, &record))));
             let failure = RunFailure {
                 message: format!(
                     "step {} is an approval step, which only runs asynchronously",
@@ -102,31 +100,40 @@ impl RunActor {
                 error_code: "approval_requires_async".into(),
                 step: Some(record.step_id),
             };
-            self.run = Some(run);
             self.end(Ending::Failed(failure), ctx);
             return;
         }
-        let paused = self.paused.clone();
-        let row = step_row(&run.request_id, &pause.record);
+        let row = step_row(&request_id, &pause.record);
+        let Pause {
+            record,
+            timeout_at_ms,
+            resume,
+            ..
+        } = pause;
         ctx.spawn(
-            async move {
-                if let Err(err) = store.write(Write::RecordStep(Box::new(row))).await {
-                    // The run still waits in memory; after a restart it runs up to this
-                    // step again and waits there.
-                    tracing::error!(request_id = %run.request_id, %err, "could not store the waiting approval step");
-                }
-                tracing::info!(request_id = %run.request_id, step = %pause.record.step_id, "run waits for an approval");
-                let waiting = Waiting {
-                    step_id: pause.record.step_id.clone(),
-                    step_index: pause.record.index,
-                    since_ms: pause.record.started_at_ms,
-                    timeout_at_ms: pause.timeout_at_ms,
-                };
-                run.resume = Some(pause.resume);
-                paused.do_send(RunPaused { run, waiting });
-            }
-            .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
+            async move { store.write(Write::RecordStep(Box::new(row))).await }
+                .into_actor(self)
+                .map(move |written, act, ctx| {
+                    if let Err(err) = written {
+                        // The run still waits in memory; after a restart it runs up to
+                        // this step again and waits there.
+                        tracing::error!(request_id = %request_id, %err, "could not store the waiting approval step");
+                    }
+                    // A cancel that came meanwhile has taken the run and ends it.
+                    let Some(mut run) = act.run.take() else {
+                        return;
+                    };
+                    tracing::info!(request_id = %request_id, step = %record.step_id, "run waits for an approval");
+                    run.resume = Some(resume);
+                    let waiting = Waiting {
+                        step_id: record.step_id,
+                        step_index: record.index,
+                        since_ms: record.started_at_ms,
+                        timeout_at_ms,
+                    };
+                    act.paused.do_send(RunPaused { run, waiting });
+                    ctx.stop();
+                }),
         );
     }
 

@@ -137,6 +137,18 @@ fn approval_waits_across_a_crash_and_resumes_on_a_response() {
     );
     assert!(receiver.requests().is_empty(), "no callback while waiting");
 
+    // A graceful stop does not wait for the paused run (it holds no slot), and it waits on.
+    let started = std::time::Instant::now();
+    let status = app.stop().expect("daemon was running");
+    assert!(status.success(), "graceful stop: {status}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a paused run must not hold up the stop"
+    );
+    app.spawn();
+    let run = wait_for_step(&app, &id, "approve", "waiting");
+    assert_eq!(run["run_status"], "running", "{run}");
+
     // A wrong answer is refused and changes nothing.
     let bad = respond(&app, &id, "approve", &json!({"choice": "maybe"}));
     let body = bad.expect_error(422, "validation_error", None);
