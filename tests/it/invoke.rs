@@ -316,35 +316,6 @@ fn legacy_workflow_runs_route_wraps_the_run() {
 }
 
 #[test]
-fn openapi_document_describes_the_invoke_route() {
-    let app = TestApp::start();
-    let r = app.admin_get("/openapi.json");
-    r.expect_status(200);
-    let doc = r.json();
-    assert!(
-        doc["openapi"].as_str().unwrap_or_default().starts_with('3'),
-        "openapi version: {doc}"
-    );
-    assert!(
-        doc["paths"].get("/v1/workflow/invoke").is_some(),
-        "invoke path missing: {doc}"
-    );
-}
-
-#[test]
-fn metrics_are_prometheus_text() {
-    let app = TestApp::start();
-    app.invoke(&hello("Ada")).expect_status(200);
-    let r = app.admin_get("/metrics");
-    r.expect_status(200);
-    assert!(
-        r.text.contains("# TYPE"),
-        "not Prometheus exposition text: {r}"
-    );
-    assert!(r.text.contains("hivelet_"), "no hivelet metrics: {r}");
-}
-
-#[test]
 fn web_page_is_served_at_the_root() {
     let app = TestApp::start();
     let r = app.get("/", None);
