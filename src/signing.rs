@@ -67,7 +67,7 @@ pub enum VerifyError {
     #[error("webhook-timestamp is not a Unix time in seconds")]
     BadTimestamp,
     #[error(
-        "stale timestamp: signed {age_secs} s from now, more than the {tolerance_secs} s tolerance"
+        "stale timestamp: signed {age_secs} s ago (negative: in the future), beyond the {tolerance_secs} s tolerance"
     )]
     StaleTimestamp { age_secs: i64, tolerance_secs: i64 },
     #[error("bad signature: {0}")]

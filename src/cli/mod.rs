@@ -133,7 +133,7 @@ pub struct InvokeArgs {
     #[arg(long = "async", requires = "callback_url")]
     pub async_mode: bool,
     /// Where the signed result is POSTed (with --async)
-    #[arg(long)]
+    #[arg(long, requires = "async_mode")]
     pub callback_url: Option<String>,
 }
 
