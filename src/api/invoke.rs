@@ -318,7 +318,12 @@ async fn invoke(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency_key(&http)?;
     let req = parse_invoke(&body.0)?;
-    let run = prepare(&state, req, invoke_source(&http), Some(caller.key_id.clone()))?;
+    let run = prepare(
+        &state,
+        req,
+        invoke_source(&http),
+        Some(caller.key_id.clone()),
+    )?;
     let Some(key) = idempotency else {
         return admit(&state, run).await;
     };
@@ -368,7 +373,11 @@ async fn invoke(
 
 /// `cli` or `ui` when our own client says so (`X-Hivelet-Source`), else `api`.
 fn invoke_source(req: &HttpRequest) -> &'static str {
-    match req.headers().get("x-hivelet-source").and_then(|v| v.to_str().ok()) {
+    match req
+        .headers()
+        .get("x-hivelet-source")
+        .and_then(|v| v.to_str().ok())
+    {
         Some("cli") => "cli",
         Some("ui") => "ui",
         _ => "api",

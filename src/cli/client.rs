@@ -73,7 +73,9 @@ impl Client {
             let client = awc::Client::builder()
                 .timeout(Duration::from_secs(600))
                 .finish();
-            let mut req = client.request(method, &url).insert_header(("X-Hivelet-Source", "cli"));
+            let mut req = client
+                .request(method, &url)
+                .insert_header(("X-Hivelet-Source", "cli"));
             if let Some(key) = key {
                 req = req.insert_header(("Authorization", format!("Bearer {key}")));
             }

@@ -24,6 +24,7 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         Command::Invoke(args) => invoke(&client, args, global.json),
         Command::Keys(cmd) => keys(&client, cmd, global.json),
         Command::Secret(cmd) => super::secret::run(&client, cmd, global.json),
+        Command::Runs(cmd) => super::runs::run(&client, cmd, global.json),
         Command::Serve(_) | Command::Config(_) | Command::Verify(_) | Command::Listen(_) => {
             unreachable!("handled by the caller")
         }

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod listen;
+mod runs;
 mod secret;
 mod verify;
 
@@ -75,6 +76,9 @@ pub enum Command {
     /// Manage API keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Look at and act on runs
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Manage deployments' webhook signing secrets
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -152,6 +156,51 @@ pub enum KeysCommand {
     Rotate { id: String },
     /// Revoke a key
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first
+    List(RunsListArgs),
+    /// Everything about one run: inputs, output or error, steps, delivery
+    Show { request_id: String },
+    /// The delivery attempts of a callback run
+    Attempts { request_id: String },
+    /// Deliver a run's event again (same webhook-id)
+    Redeliver { request_id: String },
+    /// Cancel a queued or running run
+    Cancel { request_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RunsListArgs {
+    #[arg(long)]
+    pub deployment: Option<String>,
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// queued, running, completed, failed or cancelled
+    #[arg(long)]
+    pub status: Option<String>,
+    /// callback or direct
+    #[arg(long)]
+    pub delivery: Option<String>,
+    /// api, webhook, cli or ui
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Metadata filter: KEY (exists) or KEY=VALUE; repeatable
+    #[arg(long = "meta", value_name = "KEY[=VALUE]")]
+    pub meta: Vec<String>,
+    /// Runs created at or after this time (RFC 3339 or Unix ms)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Runs created before this time
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// The next_cursor of a previous page
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
