@@ -5,6 +5,7 @@
 mod support;
 
 mod approval;
+mod cli;
 mod cli_webhooks;
 mod config;
 mod deployments;

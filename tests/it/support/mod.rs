@@ -555,6 +555,34 @@ impl TestApp {
         run_command(cmd, &self.dir)
     }
 
+    /// Starts a long-running client command (e.g. `listen`) in the background.
+    pub fn cli_background(&self, args: &[&str]) -> Background {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let stdout_path = self.dir.join(format!("bg-{n}.stdout"));
+        let stderr_path = self.dir.join(format!("bg-{n}.stderr"));
+        let mut cmd = Command::new(BIN);
+        for var in DAEMON_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).unwrap())
+            .stderr(fs::File::create(&stderr_path).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+        Background {
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
     // --- HTTP -----------------------------------------------------------------------------
 
     pub fn url(&self, path: &str) -> String {
@@ -686,6 +714,52 @@ impl Drop for TestApp {
                     fs::read_to_string(self.stderr_path(g)).unwrap_or_default(),
                 );
             }
+        }
+    }
+}
+
+/// A client command running in the background; dropping it kills it.
+pub struct Background {
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Background {
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until stdout holds `needle` and returns all of stdout.
+    pub fn wait_for_stdout(&mut self, needle: &str) -> String {
+        wait_for(&format!("{needle:?} on the command's stdout"), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the command exited with {status}\nstdout: {}\nstderr: {}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            let out = self.stdout();
+            out.contains(needle).then_some(out)
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- background stdout ---\n{}\n--- background stderr ---\n{}",
+                self.stdout(),
+                self.stderr()
+            );
         }
     }
 }
