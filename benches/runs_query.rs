@@ -12,18 +12,29 @@ use rusqlite::params;
 const QUERIES_PER_FILTER: usize = 200;
 
 fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let built = Instant::now();
     let newest = seed(&data.join("hivelet.db"), runs);
-    println!("seeded {runs} runs in {:.1} s", built.elapsed().as_secs_f64());
+    println!(
+        "seeded {runs} runs in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
 
     let mut daemon = start_daemon(dir.path(), &data);
     let base = wait_for_addr(&data);
-    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_string();
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
 
     let cursor = {
         let page: serde_json::Value = agent
@@ -42,7 +53,10 @@ fn main() {
         ("status=failed", "status=failed&limit=50".into()),
         ("delivery=callback", "delivery=callback&limit=50".into()),
         ("source=webhook", "source=webhook&limit=50".into()),
-        ("deployment+status", "deployment=orders&status=failed&limit=50".into()),
+        (
+            "deployment+status",
+            "deployment=orders&status=failed&limit=50".into(),
+        ),
         ("meta.customer=c42", "meta.customer=c42&limit=50".into()),
         ("meta.priority exists", "meta.priority&limit=50".into()),
         ("user=u7", "user=u7&limit=50".into()),
@@ -50,7 +64,10 @@ fn main() {
         ("page 2 (cursor)", format!("cursor={cursor}&limit=50")),
         ("limit=200", "limit=200".into()),
     ];
-    println!("\n{:<24} {:>9} {:>9} {:>9} {:>7}", "filter", "p50 ms", "p99 ms", "max ms", "rows");
+    println!(
+        "\n{:<24} {:>9} {:>9} {:>9} {:>7}",
+        "filter", "p50 ms", "p99 ms", "max ms", "rows"
+    );
     let mut report = Vec::new();
     for (name, query) in &filters {
         let mut times = Vec::with_capacity(QUERIES_PER_FILTER);
@@ -69,15 +86,27 @@ fn main() {
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        println!("{:<24} {:>9.2} {:>9.2} {:>9.2} {:>7}", name, p(0.5), p(0.99), times[times.len() - 1], rows);
+        println!(
+            "{:<24} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            name,
+            p(0.5),
+            p(0.99),
+            times[times.len() - 1],
+            rows
+        );
         report.push(serde_json::json!({"filter": name, "query": query, "p50_ms": p(0.5), "p99_ms": p(0.99), "max_ms": times[times.len()-1], "rows": rows}));
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({"runs": runs, "queries_per_filter": QUERIES_PER_FILTER, "results": report});
-    std::fs::write(out.join("runs_query.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        out.join("runs_query.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
     println!("\nwrote target/bench-results/runs_query.json");
     let _ = daemon.kill();
+    let _ = daemon.wait();
 }
 
 /// Writes `runs` finished runs with the daemon's schema: 10 deployments, a mix of statuses,
@@ -88,7 +117,10 @@ fn seed(db: &Path, runs: usize) -> i64 {
     conn.pragma_update(None, "synchronous", "OFF").unwrap();
     conn.execute_batch(include_str!("../schema.sql")).unwrap();
     conn.pragma_update(None, "user_version", 1).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     // One run every 100 ms, ending now.
     let first = now - runs as i64 * 100;
     let tx = conn.transaction().unwrap();
@@ -107,7 +139,10 @@ fn seed(db: &Path, runs: usize) -> i64 {
                  VALUES (?1, ?2, ?3, 'workflow.completed', 'http://127.0.0.1:9/cb', x'7b7d', 'delivered', 1, 1, ?4, ?4)",
             )
             .unwrap();
-        let deployments = ["orders", "invoices", "emails", "reports", "search", "sync", "images", "billing", "alerts", "hello"];
+        let deployments = [
+            "orders", "invoices", "emails", "reports", "search", "sync", "images", "billing",
+            "alerts", "hello",
+        ];
         for i in 0..runs {
             let at = first + i as i64 * 100;
             // UUIDv7 layout: 48-bit milliseconds first, so ids sort by time like the daemon's.
@@ -138,7 +173,9 @@ fn seed(db: &Path, runs: usize) -> i64 {
             ])
             .unwrap();
             if callback {
-                event.execute(params![format!("evt_{}", &id[4..]), id, dep, at]).unwrap();
+                event
+                    .execute(params![format!("evt_{}", &id[4..]), id, dep, at])
+                    .unwrap();
             }
         }
     }

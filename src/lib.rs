@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keyring;
 pub mod signing;
 pub mod store;
+pub mod ui;
 pub mod workflow;
 
 use std::future::Future;
@@ -98,6 +99,7 @@ pub async fn run(
         App::new()
             .app_data(state.clone())
             .configure(api::configure)
+            .configure(ui::configure)
             .default_service(web::to(api::not_found))
     })
     .disable_signals()

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 
-use super::{Client, Command, ConfigCommand, GlobalArgs, InvokeArgs, KeysCommand};
+use super::{Client, Command, ConfigCommand, GlobalArgs, InvokeArgs, KeysCommand, SnippetArgs};
 use crate::config::{Config, Overrides};
 
 pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyhow::Result<u8> {
@@ -25,6 +25,7 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         Command::Keys(cmd) => keys(&client, cmd, global.json),
         Command::Secret(cmd) => super::secret::run(&client, cmd, global.json),
         Command::Runs(cmd) => super::runs::run(&client, cmd, global.json),
+        Command::Snippet(args) => snippet(&client, &args, global.json),
         Command::Serve(_) | Command::Config(_) | Command::Verify(_) | Command::Listen(_) => {
             unreachable!("handled by the caller")
         }
@@ -210,4 +211,30 @@ fn keys(client: &Client, cmd: KeysCommand, json_out: bool) -> anyhow::Result<u8>
             finish(reply, json_out, |_| println!("revoked {id}"))
         }
     }
+}
+
+fn snippet(client: &Client, args: &SnippetArgs, json_out: bool) -> anyhow::Result<u8> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("base_url", &client.base_url);
+    if let Some(variant) = &args.variant {
+        query.append_pair("variant", variant);
+    }
+    if args.async_mode {
+        query.append_pair("async", "true");
+        if let Some(url) = &args.callback_url {
+            query.append_pair("callback_url", url);
+        }
+    }
+    let path = format!(
+        "/v1/deployments/{}/snippet?{}",
+        args.deployment,
+        query.finish()
+    );
+    let reply = client.get(&path)?;
+    finish(reply, json_out, |body| {
+        println!("{}", body["curl"].as_str().unwrap_or_default());
+        if let Some(secret) = body["signing_secret"].as_str() {
+            println!("\n# Signing secret (verifies the webhook): {secret}");
+        }
+    })
 }

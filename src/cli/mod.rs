@@ -79,6 +79,8 @@ pub enum Command {
     /// Look at and act on runs
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Print the ready cURL command for a deployment (and the signing secret for async)
+    Snippet(SnippetArgs),
     /// Manage deployments' webhook signing secrets
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -156,6 +158,21 @@ pub enum KeysCommand {
     Rotate { id: String },
     /// Revoke a key
     Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SnippetArgs {
+    /// Deployment key
+    pub deployment: String,
+    /// Variant (default: `default`)
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Include the `async` object (the result goes to --callback-url as a signed webhook)
+    #[arg(long = "async")]
+    pub async_mode: bool,
+    /// Callback URL to put in the command
+    #[arg(long, requires = "async_mode")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

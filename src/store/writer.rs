@@ -162,7 +162,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
+        let clock = std::time::Instant::now();
         let results = commit_batch(&mut conn, &batch);
+        crate::metrics::get().store_commit(batch.len(), clock.elapsed());
         for ((_, reply), result) in batch.drain(..).zip(results) {
             if let Some(reply) = reply {
                 let _ = reply.send(result);

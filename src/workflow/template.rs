@@ -55,6 +55,10 @@ fn env() -> &'static Environment<'static> {
             // `null` step outputs and unset variables render as empty text, not "none".
             if value.is_none() || value.is_undefined() {
                 Ok(())
+            } else if value.kind() == minijinja::value::ValueKind::Bool {
+                // JSON spelling (`true`), not Python's (`True`): workflows mostly build JSON.
+                out.write_str(if value.is_true() { "true" } else { "false" })?;
+                Ok(())
             } else {
                 minijinja::escape_formatter(out, state, value)
             }
@@ -189,5 +193,17 @@ mod tests {
         assert!(check_condition_syntax("{{ a == 1 }}").is_ok());
         assert!(check_condition_syntax("a ==").is_err());
         assert!(check_condition_syntax("  ").is_err());
+    }
+}
+
+#[cfg(test)]
+mod boolean_tests {
+    #[test]
+    fn booleans_render_in_json_spelling() {
+        let ctx = serde_json::json!({"f": true, "g": false});
+        assert_eq!(
+            super::render("{{ f }} {{ g }}", &ctx).unwrap(),
+            "true false"
+        );
     }
 }

@@ -16,4 +16,5 @@ mod lifecycle;
 mod runs;
 mod sdk;
 mod steps;
+mod ui;
 mod webhooks;

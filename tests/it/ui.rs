@@ -1,0 +1,182 @@
+//! The web page at `/` (SPEC §5, issue 4): served from the binary, self-contained, and driven
+//! in a real headless Chromium by `tests/python/ui_test.py` (Selenium + chromedriver, both
+//! installed by `.ci/run`). Screenshots of each page land in `target/ui-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A browser session is slower than one HTTP request: Chromium starts, pages render, a
+/// redelivery goes out. Generous, because the suite runs many daemons at once.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Fast, exact retries so "500, 500, 200" is over in well under a second.
+const FAST_RETRIES: &str =
+    "[delivery]\nretry_schedule = [\"200ms\", \"200ms\", \"200ms\"]\njitter = 0.0\n";
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.header(name)
+        .unwrap_or_else(|| panic!("missing {name} header: {r}"))
+}
+
+#[test]
+fn the_page_and_its_assets_are_served_without_a_key() {
+    let app = TestApp::start();
+
+    let page = app.get("/", None);
+    page.expect_status(200);
+    assert!(
+        header(&page, "content-type").starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+    let csp = header(&page, "content-security-policy");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(page.text.contains("<title>hivelet</title>"));
+    assert!(page.text.contains("/ui/app.js") && page.text.contains("/ui/app.css"));
+
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = app.get(path, None);
+        r.expect_status(200);
+        assert!(header(&r, "content-type").starts_with(kind), "{path}: {r}");
+        assert!(!r.text.is_empty(), "{path} is empty");
+    }
+
+    // Nothing is loaded from anywhere else: the page works offline.
+    for path in ["/", "/ui/app.js", "/ui/app.css"] {
+        let text = app.get(path, None).text;
+        for needle in ["src=\"http", "href=\"http", "@import", "url(http", "//cdn"] {
+            assert!(!text.contains(needle), "{path} contains {needle:?}");
+        }
+    }
+
+    // The API around it is unchanged: still 401 without a key, 404 envelope elsewhere.
+    app.get("/v1/runs", None)
+        .expect_error(401, "unauthorized", None);
+    app.get("/ui/nope.js", None)
+        .expect_error(404, "not_found", None);
+    app.post_json("/", None, &json!({}))
+        .expect_error(405, "method_not_allowed", None);
+}
+
+/// Where the browser test saves its screenshots: `target/ui-screenshots/` (or
+/// `$UI_SCREENSHOT_DIR`).
+fn screenshot_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("UI_SCREENSHOT_DIR") {
+        return PathBuf::from(dir);
+    }
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`; keep the screenshots next to it.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(&tmp).join("ui-screenshots")
+}
+
+/// Runs a command with a deadline, its output captured in files (a chatty child never blocks).
+fn run_with_deadline(mut cmd: Command, scratch: &std::path::Path, limit: Duration) -> Output {
+    let out_path = scratch.join("browser.stdout");
+    let err_path = scratch.join("browser.stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn browser_shows_async_runs_webhook_logs_redelivery_and_the_snippet() {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: install Debian's chromium and chromium-driver (see .ci/run)"
+        );
+    }
+
+    // The receiving app fails twice, then accepts; later requests (the redelivery) succeed.
+    let receiver = StubServer::start(|_, seq| {
+        if seq < 2 {
+            StubReply::json(500, &json!({"error": "temporarily down"}))
+        } else {
+            StubReply::json(200, &json!({"received": true}))
+        }
+    });
+    let app = TestApp::start_with(FAST_RETRIES, &[], &[]);
+    let callback = format!("{}/hooks/ui", receiver.url());
+
+    // A direct run too, so the table shows both kinds.
+    app.invoke(&hello("Grace")).expect_status(200);
+    let r = app.invoke(&json!({
+        "deployment": "hello",
+        "inputs": {"name": "Ada"},
+        "metadata": {"customer": "acme"},
+        "async": {"enabled": true, "callback_url": callback}
+    }));
+    r.expect_status(202);
+    let request_id = r.json()["request_id"].as_str().unwrap().to_string();
+
+    let run: Value = wait_for("delivery after two failures", || {
+        let run = app.admin_get(&format!("/v1/runs/{request_id}")).json();
+        (run["async"]["delivery_state"] == "delivered").then_some(run)
+    });
+    let codes: Vec<Value> = run["async"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].clone())
+        .collect();
+    assert_eq!(codes, vec![json!(500), json!(500), json!(200)], "{run}");
+
+    let shots = screenshot_dir();
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_path("tests/python/ui_test.py"))
+        .env("BASE_URL", &app.base_url)
+        .env("ADMIN_KEY", &app.admin_key)
+        .env("REQUEST_ID", &request_id)
+        .env("CALLBACK_URL", &callback)
+        .env("SCREENSHOT_DIR", &shots)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_deadline(cmd, &app.dir, BROWSER_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ui_test.py failed (screenshots in {}): {}",
+        shots.display(),
+        describe(&out)
+    );
+
+    // The Redeliver click reached the receiver as a fourth request of the same event.
+    let seen = receiver.wait_for_requests(4);
+    let ids: Vec<_> = seen.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
