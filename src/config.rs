@@ -84,6 +84,7 @@ pub struct FileConfig {
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     pub store: StoreConfig,
+    pub retention: RetentionConfig,
     /// One table per provider that `prompt` steps name.
     pub providers: BTreeMap<String, ProviderSection>,
 }
@@ -97,6 +98,7 @@ impl Default for FileConfig {
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
             store: StoreConfig::default(),
+            retention: RetentionConfig::default(),
             providers: BTreeMap::from([(
                 "local".to_string(),
                 ProviderSection {
@@ -202,6 +204,20 @@ impl Default for StoreConfig {
         StoreConfig {
             synchronous: Synchronous::Full,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished runs older than this (by their end) are deleted with their steps, events and
+    /// attempts; `0s` keeps them forever. Runs whose event still waits for delivery are kept.
+    pub runs: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { runs: secs(0) }
     }
 }
 
@@ -455,6 +471,18 @@ mod tests {
         assert_eq!(c.delivery.attempt_timeout.0, Duration::from_secs(15));
         assert_eq!(c.limits.invoke_body.0, 1024 * 1024);
         assert_eq!(c.store.synchronous, Synchronous::Full);
+        assert!(
+            c.retention.runs.0.is_zero(),
+            "runs are kept forever by default"
+        );
+    }
+
+    #[test]
+    fn retention_takes_days() {
+        let c = parse_file("[retention]\nruns = \"30d\"\n").unwrap();
+        assert_eq!(c.retention.runs.0, Duration::from_secs(30 * 24 * 3600));
+        let err = parse_file("[retention]\nrun = \"30d\"\n").unwrap_err();
+        assert!(err.contains("`retention.run`"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod deployments;
 pub mod error;
 pub mod ids;
 pub mod keyring;
+pub mod metrics;
 pub mod signing;
 pub mod store;
 pub mod ui;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::retention::Retention;
 use crate::actors::{InvokeActor, RetrySupervisor};
 use crate::api::AppState;
 use crate::config::Config;
@@ -82,6 +84,10 @@ pub async fn run(
         recovered,
     )
     .start();
+    let keep_runs = config.file.retention.runs.0;
+    if !keep_runs.is_zero() {
+        Retention::new(store.clone(), keep_runs).start();
+    }
     let stopping = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         config: config.clone(),
@@ -97,7 +103,15 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(api::access_log::access_log))
             .app_data(state.clone())
+            // Malformed query strings and paths answer in the envelope too.
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                error::ApiError::BadRequest(format!("Malformed query string: {err}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                error::ApiError::BadRequest(format!("Malformed path: {err}")).into()
+            }))
             .configure(api::configure)
             .configure(ui::configure)
             .default_service(web::to(api::not_found))
@@ -111,6 +125,8 @@ pub async fn run(
     write_private_file(&config.paths.addr_file(), &url)?;
     println!("hivelet listening on {url}");
     tracing::info!(%url, paths = %config.paths, "hivelet started");
+    // Under systemd (`Type=notify`): the unit is up only now, with the port open.
+    notify_service_manager(&[sd_notify::NotifyState::Ready]);
 
     let handle = server.handle();
     let grace = config.file.runs.shutdown_grace.0;
@@ -119,6 +135,7 @@ pub async fn run(
         // New work gets 503 from here on; running runs get the grace period to finish.
         // Whatever does not finish stays in the store and resumes at the next start.
         tracing::info!(grace = ?grace, "stopping: new work is refused; running runs may finish");
+        notify_service_manager(&[sd_notify::NotifyState::Stopping]);
         stopping.store(true, Ordering::SeqCst);
         if actix_rt::time::timeout(grace, invoker.send(actors::invoke::Drain))
             .await
@@ -135,6 +152,17 @@ pub async fn run(
     let _ = std::fs::remove_file(config.paths.addr_file());
     tracing::info!("hivelet stopped");
     Ok(())
+}
+
+/// Tells systemd about readiness and stopping when it asked (`NOTIFY_SOCKET`); otherwise
+/// does nothing.
+fn notify_service_manager(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(err) = sd_notify::notify(false, states) {
+        tracing::warn!(%err, "cannot notify the service manager");
+    }
 }
 
 /// The first start's admin key: printed once, kept in `<data dir>/admin.key` for the CLI.

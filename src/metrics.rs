@@ -80,8 +80,7 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("hivelet");
-        let seconds: fn() -> Histogram =
-            || Histogram::new(exponential_buckets(0.001, 2.5, 14)); // 1 ms … ~150 s
+        let seconds: fn() -> Histogram = || Histogram::new(exponential_buckets(0.001, 2.5, 14)); // 1 ms … ~150 s
         let m = Metrics {
             runs_admitted: Family::default(),
             runs_ended: Family::default(),
@@ -186,6 +185,17 @@ impl Metrics {
             )])
             .set(1);
         registry.register("build_info", "hivelet's version", build_info);
+        // Every label value exists from the start, so a scrape shows 0 rather than nothing.
+        for status in ["completed", "failed", "cancelled"] {
+            let _ = m.runs_ended.get_or_create(&StatusLabel { status });
+            let _ = m.run_duration.get_or_create(&StatusLabel { status });
+        }
+        for outcome in ["delivered", "retrying", "failed"] {
+            let _ = m.deliveries.get_or_create(&OutcomeLabel { outcome });
+        }
+        for mode in ["sync", "async"] {
+            let _ = m.runs_admitted.get_or_create(&ModeLabel { mode });
+        }
         Metrics { registry, ..m }
     }
 
@@ -206,8 +216,7 @@ impl Metrics {
 
     pub fn store_commit(&self, batch: usize, duration: Duration) {
         self.store_batch_size.observe(batch as f64);
-        self.store_commit_duration
-            .observe(duration.as_secs_f64());
+        self.store_commit_duration.observe(duration.as_secs_f64());
     }
 
     /// The gauges read from the actors at scrape time.
@@ -220,7 +229,8 @@ impl Metrics {
         self.run_slots_in_use.set(live.slots_in_use as i64);
         self.run_slots_max.set(live.slots_max as i64);
         self.events_waiting.set(live.events_waiting as i64);
-        self.deliveries_in_flight.set(live.deliveries_in_flight as i64);
+        self.deliveries_in_flight
+            .set(live.deliveries_in_flight as i64);
         self.destinations_paused
             .set(live.destinations_paused as i64);
     }

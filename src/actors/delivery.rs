@@ -352,6 +352,7 @@ impl Handler<Deliver> for DeliveryActor {
                 outcome: outcome.to_string(),
                 next_attempt_at: retry_at,
             };
+            crate::metrics::get().attempt(outcome, clock.elapsed());
             match outcome {
                 "delivered" => {
                     tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered")

@@ -85,10 +85,20 @@ pub struct Cancel {
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// Slots in use and queue length.
+/// How busy the InvokeActor is, for metrics.
 #[derive(Message)]
-#[rtype(result = "(usize, usize)")]
+#[rtype(result = "LoadStats")]
 pub struct Load;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadStats {
+    /// Runs holding a run slot (running, or being written before they start).
+    pub slots_in_use: usize,
+    /// Async runs waiting for a slot.
+    pub queued: usize,
+    /// Runs paused at an approval step (they hold no slot).
+    pub waiting_approval: usize,
+}
 
 /// Sent by a RunActor when its run has ended (and its terminal state is stored).
 #[derive(Message)]
@@ -394,6 +404,14 @@ impl Handler<Admit> for InvokeActor {
                         act.starting -= 1;
                     }
                     stored?;
+                    let mode = match completion_rx {
+                        Some(_) => "sync",
+                        None => "async",
+                    };
+                    crate::metrics::get()
+                        .runs_admitted
+                        .get_or_create(&crate::metrics::ModeLabel { mode })
+                        .inc();
                     // The row is durable: now the caller may be told, and the run may start.
                     match status {
                         RunStatus::Running => act.start_run(admitted, ctx),
@@ -585,7 +603,11 @@ impl Handler<Load> for InvokeActor {
 
     fn handle(&mut self, _: Load, _: &mut Context<Self>) -> Self::Result {
         // Paused runs hold no slot and are not queued.
-        MessageResult((self.slots_in_use(), self.queue.len()))
+        MessageResult(LoadStats {
+            slots_in_use: self.slots_in_use(),
+            queued: self.queue.len(),
+            waiting_approval: self.paused.len(),
+        })
     }
 }
 

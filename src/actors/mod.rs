@@ -4,6 +4,7 @@
 
 pub mod delivery;
 pub mod invoke;
+pub mod retention;
 pub mod retry;
 pub mod run;
 

@@ -301,6 +301,9 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         .await
     {
         Ok(written) if written.found() => {
+            let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);
+            crate::metrics::get()
+                .run_ended(status.as_str(), std::time::Duration::from_millis(ran_ms));
             if let Some(due) = due {
                 reporting.supervisor.do_send(Enqueue(due));
             }

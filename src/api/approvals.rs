@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::extract::{Admin, JsonBody};
 use super::requests::load_run;
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::actors::invoke::Respond;
 use crate::error::ApiError;
 use crate::store::RunStatus;
@@ -15,9 +15,23 @@ use crate::workflow::engine::approval_output;
 use crate::workflow::StepKind;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/runs/{id}/steps/{step}/respond").route(web::post().to(respond)));
+    cfg.service(endpoint("/v1/runs/{id}/steps/{step}/respond").post(respond));
 }
 
+/// Answers the approval step a run waits at; the run then continues.
+#[utoipa::path(post, path = "/v1/runs/{id}/steps/{step}/respond", operation_id = "respond_to_step", tag = "runs",
+    request_body = super::schema::RespondBody,
+    params(
+        ("id" = String, Path, description = "The run's `req_…` id"),
+        ("step" = String, Path, description = "The approval step's id"),
+    ),
+    responses(
+        (status = 202, description = "The answer is stored; the run continues", body = super::schema::RespondReply),
+        (status = 404, description = "`Run not found.`, or no such step", body = super::schema::ErrorEnvelope),
+        (status = 409, description = "The step is not waiting (not reached, answered, or the run ended)", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+        super::schema::BadBody,
+    ))]
 async fn respond(
     state: web::Data<AppState>,
     Admin(caller): Admin,

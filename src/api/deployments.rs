@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, Authed, DefinitionBody};
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::deployments::{parse_definition, DeployError, LiveDeployment};
 use crate::error::ApiError;
 use crate::ids;
@@ -12,17 +12,15 @@ use crate::store::{self, Role};
 use crate::workflow::DefinitionError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/deployments").route(web::get().to(list)));
+    cfg.service(endpoint("/v1/deployments").get(list));
     cfg.service(
-        resource("/v1/deployments/{key}")
-            .route(web::get().to(show))
-            .route(web::put().to(deploy))
-            .route(web::delete().to(delete)),
+        endpoint("/v1/deployments/{key}")
+            .get(show)
+            .put(deploy)
+            .delete(delete),
     );
-    cfg.service(resource("/v1/deployments/{key}/snippet").route(web::get().to(snippet)));
-    cfg.service(
-        resource("/v1/deployments/{key}/rotate-secret").route(web::post().to(rotate_secret)),
-    );
+    cfg.service(endpoint("/v1/deployments/{key}/snippet").get(snippet));
+    cfg.service(endpoint("/v1/deployments/{key}/rotate-secret").post(rotate_secret));
 }
 
 /// The public view of a deployment; the signing secret only for admins.
@@ -46,6 +44,12 @@ pub fn deployment_json(dep: &LiveDeployment, with_secret: bool) -> Value {
     body
 }
 
+/// Every deployment; `signing_secret` only for admin keys.
+#[utoipa::path(get, path = "/v1/deployments", operation_id = "list_deployments", tag = "deployments",
+    responses(
+        (status = 200, description = "The deployments", body = super::schema::DeploymentList),
+        super::schema::NeedsKey,
+    ))]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpResponse {
     let admin = caller.role == Role::Admin;
     let all: Vec<Value> = state
@@ -57,6 +61,14 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpRespons
     HttpResponse::Ok().json(json!({ "deployments": all }))
 }
 
+/// One deployment with its versions and current definition.
+#[utoipa::path(get, path = "/v1/deployments/{key}", operation_id = "get_deployment", tag = "deployments",
+    params(("key" = String, Path, description = "Deployment key")),
+    responses(
+        (status = 200, description = "The deployment", body = super::schema::DeploymentDetail),
+        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn show(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -93,6 +105,20 @@ fn definition_error(err: DefinitionError) -> ApiError {
     }
 }
 
+/// Deploys a definition (JSON, or TOML with `Content-Type: application/toml`): creates the
+/// deployment or adds a version.
+#[utoipa::path(put, path = "/v1/deployments/{key}", operation_id = "deploy", tag = "deployments",
+    params(("key" = String, Path, description = "Deployment key")),
+    request_body(content(
+        (super::schema::Definition = "application/json"),
+        (String = "application/toml"),
+    )),
+    responses(
+        (status = 200, description = "A new version of an existing deployment", body = super::schema::Deployment),
+        (status = 201, description = "A new deployment", body = super::schema::Deployment),
+        super::schema::NeedsAdmin,
+        super::schema::BadBody,
+    ))]
 async fn deploy(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -153,6 +179,14 @@ fn check_key(url_key: &str, body_key: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// Deletes a deployment (its runs stay in the log).
+#[utoipa::path(delete, path = "/v1/deployments/{key}", operation_id = "delete_deployment", tag = "deployments",
+    params(("key" = String, Path, description = "Deployment key")),
+    responses(
+        (status = 200, description = "Deleted", body = super::schema::DeploymentDeleted),
+        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn delete(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -166,6 +200,15 @@ async fn delete(
     }
 }
 
+/// Replaces the signing secret; the previous one keeps signing and authenticating for
+/// `delivery.secret_overlap` (24 h).
+#[utoipa::path(post, path = "/v1/deployments/{key}/rotate-secret", operation_id = "rotate_secret", tag = "deployments",
+    params(("key" = String, Path, description = "Deployment key")),
+    responses(
+        (status = 200, description = "The new secret", body = super::schema::SecretRotated),
+        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn rotate_secret(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -224,6 +267,20 @@ pub fn curl_snippet(
     )
 }
 
+/// The ready cURL command to invoke a deployment, and for async the signing secret.
+#[utoipa::path(get, path = "/v1/deployments/{key}/snippet", operation_id = "get_snippet", tag = "deployments",
+    params(("key" = String, Path, description = "Deployment key"),
+        ("variant" = Option<String>, Query, description = "Default `default`"),
+        ("async" = Option<bool>, Query, description = "An async invoke with a callback"),
+        ("callback_url" = Option<String>, Query, description = "The callback URL to show"),
+        ("base_url" = Option<String>, Query, description = "The daemon's URL as callers see it"),
+    ),
+    responses(
+        (status = 200, description = "The snippet", body = super::schema::Snippet),
+        (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = super::schema::ErrorEnvelope),
+        (status = 422, description = "Invalid `callback_url`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn snippet(
     state: web::Data<AppState>,
     _admin: Admin,

@@ -5,12 +5,18 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)));
+    cfg.service(endpoint("/healthz").get(healthz));
 }
 
+/// Liveness: `ok`, or `stopping` with 503 while a shutdown drains.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Serving", body = super::schema::Health),
+        (status = 503, description = "Stopping: new work is refused", body = super::schema::Health),
+    ))]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.stopping.load(Ordering::Relaxed) {
         HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"}))

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
 use super::extract::{Authed, JsonBody};
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::actors::{Admit, Mode, PreparedRun};
 use crate::error::ApiError;
 use crate::ids;
@@ -16,7 +16,7 @@ use crate::store::{self, RunStatus, Write};
 use crate::workflow::inputs::check_inputs;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/workflow/invoke").route(web::post().to(invoke)));
+    cfg.service(endpoint("/v1/workflow/invoke").post(invoke));
 }
 
 /// The invoke body after shape checks (SPEC §2).
@@ -310,6 +310,24 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// Starts a run of a deployment (Fetch Hive compatible). Sync: waits and answers the output.
+/// Async (`async.enabled` with a `callback_url`): answers 202 once the run is durable and
+/// POSTs the signed result to the callback URL later.
+#[utoipa::path(post, path = "/v1/workflow/invoke", operation_id = "invoke_workflow", tag = "invoke",
+    request_body = super::schema::InvokeBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "A repeat with the same key and API key within 24 h returns the first response (`Idempotent-Replayed: true`) and starts nothing; at most 255 characters")),
+    responses(
+        (status = 200, description = "A sync run completed", body = super::schema::InvokeCompleted),
+        (status = 202, description = "An async run was accepted (running or queued)", body = super::schema::InvokeAccepted),
+        (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = super::schema::ErrorEnvelope),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress", body = super::schema::ErrorEnvelope),
+        (status = 429, description = "`concurrency_limit` (sync, every slot busy) or `queue_full` (with `Retry-After`)", body = super::schema::ErrorEnvelope),
+        (status = 502, description = "A sync run failed or was cancelled", body = super::schema::RunFailedEnvelope),
+        (status = 503, description = "The daemon is stopping, or the database cannot take writes", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+        super::schema::BadBody,
+    ))]
 async fn invoke(
     state: web::Data<AppState>,
     http: HttpRequest,

@@ -4,19 +4,15 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, JsonBody};
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::error::ApiError;
 use crate::ids;
 use crate::store::{self, KeyRecord, Role};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/v1/keys")
-            .route(web::get().to(list))
-            .route(web::post().to(create)),
-    );
-    cfg.service(resource("/v1/keys/{id}").route(web::delete().to(revoke)));
-    cfg.service(resource("/v1/keys/{id}/rotate").route(web::post().to(rotate)));
+    cfg.service(endpoint("/v1/keys").get(list).post(create));
+    cfg.service(endpoint("/v1/keys/{id}").delete(revoke));
+    cfg.service(endpoint("/v1/keys/{id}/rotate").post(rotate));
 }
 
 fn key_json(key: &KeyRecord) -> Value {
@@ -32,11 +28,25 @@ fn key_json(key: &KeyRecord) -> Value {
     })
 }
 
+/// Every API key, masked, with its last use.
+#[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys",
+    responses(
+        (status = 200, description = "The keys", body = super::schema::KeyList),
+        super::schema::NeedsAdmin,
+    ))]
 async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
     let keys = state.store.read(store::keys::list).await?;
     Ok(HttpResponse::Ok().json(json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})))
 }
 
+/// Creates an API key; the key is in this response only.
+#[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys",
+    request_body = super::schema::KeyCreateBody,
+    responses(
+        (status = 201, description = "The new key", body = super::schema::KeyCreated),
+        super::schema::NeedsAdmin,
+        super::schema::BadBody,
+    ))]
 async fn create(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -69,6 +79,14 @@ async fn create(
     Ok(HttpResponse::Created().json(body))
 }
 
+/// Replaces a key's secret (same id and role); the old secret stops working at once.
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", operation_id = "rotate_key", tag = "keys",
+    params(("id" = String, Path, description = "The key's `key_…` id")),
+    responses(
+        (status = 200, description = "The new secret", body = super::schema::KeyRotated),
+        (status = 404, description = "`API key not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn rotate(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -83,6 +101,14 @@ async fn rotate(
     Ok(HttpResponse::Ok().json(json!({"id": id.into_inner(), "key": key})))
 }
 
+/// Revokes a key.
+#[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revoke_key", tag = "keys",
+    params(("id" = String, Path, description = "The key's `key_…` id")),
+    responses(
+        (status = 200, description = "Revoked", body = super::schema::KeyRevoked),
+        (status = 404, description = "`API key not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn revoke(
     state: web::Data<AppState>,
     _admin: Admin,

@@ -1,21 +1,28 @@
 //! The HTTP edge: parse, authenticate, validate, hand work to the actors, shape responses.
 //! One file per resource; business rules live in the actors, the store and `workflow/`.
 
+pub mod access_log;
 pub mod approvals;
 pub mod deployments;
 pub mod extract;
 pub mod health;
 pub mod invoke;
 pub mod keys;
+pub mod metrics;
+pub mod openapi;
 pub mod requests;
 pub mod runs;
+pub mod schema;
 pub mod triggers;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::Addr;
-use actix_web::{web, Resource};
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, Resource, Responder};
 
 use crate::actors::{InvokeActor, RetrySupervisor};
 use crate::config::Config;
@@ -41,20 +48,115 @@ pub struct AppState {
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    metrics::configure(cfg);
+    openapi::configure(cfg);
     approvals::configure(cfg);
     invoke::configure(cfg);
     deployments::configure(cfg);
     keys::configure(cfg);
-    requests::configure(cfg);
+    // Before `requests`: `/v1/runs/purge` must not be taken for `/v1/runs/{id}`.
     runs::configure(cfg);
+    requests::configure(cfg);
     triggers::configure(cfg);
+}
+
+/// Every (method, path) registered so far, with `*` as the method of a bare [`resource`].
+/// The OpenAPI test registers the routes and checks that each one is documented, so a new
+/// route cannot be forgotten.
+static SERVED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+fn record(method: &str, path: &str) {
+    SERVED
+        .lock()
+        .expect("served routes")
+        .insert((method.to_string(), path.to_string()));
+}
+
+/// The routes registered in this process so far: (method or `*`, path).
+pub fn served_routes() -> Vec<(String, String)> {
+    SERVED
+        .lock()
+        .expect("served routes")
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// A resource whose wrong methods answer 405 in the envelope.
 pub(crate) fn resource(path: &str) -> Resource {
+    record("*", path);
     web::resource(path).default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed)
     }))
+}
+
+/// A [`resource`] built method by method, each (method, path) recorded for the OpenAPI
+/// check: `cfg.service(endpoint("/v1/keys").get(list).post(create))`.
+pub(crate) struct Endpoint {
+    path: &'static str,
+    resource: Resource,
+}
+
+pub(crate) fn endpoint(path: &'static str) -> Endpoint {
+    Endpoint {
+        path,
+        resource: resource(path),
+    }
+}
+
+impl Endpoint {
+    pub fn route<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        record(method.as_str(), self.path);
+        self.resource = self.resource.route(web::method(method).to(handler));
+        self
+    }
+
+    pub fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::GET, handler)
+    }
+
+    pub fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::POST, handler)
+    }
+
+    pub fn put<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::PUT, handler)
+    }
+
+    pub fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::DELETE, handler)
+    }
+}
+
+impl HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut AppService) {
+        self.resource.register(config)
+    }
 }
 
 /// Unknown routes answer 404 in the envelope.

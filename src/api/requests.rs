@@ -6,16 +6,16 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::Authed;
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::error::ApiError;
 use crate::ids;
 use crate::keyring::Caller;
 use crate::store::{self, Role, RunRecord, StepRow};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/public/requests/{id}").route(web::get().to(public_request)));
-    cfg.service(resource("/v1/workflow_runs/{id}").route(web::get().to(legacy_run)));
-    cfg.service(resource("/v1/runs/{id}").route(web::get().to(run_detail)));
+    cfg.service(endpoint("/v1/public/requests/{id}").get(public_request));
+    cfg.service(endpoint("/v1/workflow_runs/{id}").get(legacy_run));
+    cfg.service(endpoint("/v1/runs/{id}").get(run_detail));
 }
 
 fn json_or_null(text: &Option<String>) -> Value {
@@ -93,6 +93,14 @@ fn step_json(step: &StepRow) -> Value {
     })
 }
 
+/// A run in the Fetch Hive SDK's shape (`client.get_request`).
+#[utoipa::path(get, path = "/v1/public/requests/{id}", operation_id = "get_request", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 200, description = "The request", body = super::schema::PublicRequest),
+        (status = 404, description = "`Request not found`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn public_request(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -122,6 +130,14 @@ async fn public_request(
     })))
 }
 
+/// A run in the legacy `workflow_run` shape.
+#[utoipa::path(get, path = "/v1/workflow_runs/{id}", operation_id = "get_workflow_run", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 200, description = "The run", body = super::schema::LegacyRun),
+        (status = 404, description = "`Workflow run not found`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn legacy_run(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -133,6 +149,15 @@ async fn legacy_run(
     Ok(HttpResponse::Ok().json(json!({ "workflow_run": body })))
 }
 
+/// Everything about a run: inputs, output or error, step trace, and for callback runs the
+/// async configuration with every delivery attempt. `invoke` keys see only their own runs.
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 200, description = "The run", body = super::schema::RunDetail),
+        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn run_detail(
     state: web::Data<AppState>,
     Authed(caller): Authed,

@@ -3,9 +3,9 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
-use super::extract::{Admin, Authed};
+use super::extract::{Admin, Authed, JsonBody};
 use super::requests::{load_run, parse_obj};
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::actors::invoke::Cancel;
 use crate::actors::Enqueue;
 use crate::error::ApiError;
@@ -14,10 +14,11 @@ use crate::store::runs::{RunFilter, RunListItem};
 use crate::store::{self, AttemptRow, Role, RunStatus, Write, Written};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/runs").route(web::get().to(list)));
-    cfg.service(resource("/v1/runs/{id}/cancel").route(web::post().to(cancel)));
-    cfg.service(resource("/v1/runs/{id}/redeliver").route(web::post().to(redeliver)));
-    cfg.service(resource("/v1/runs/{id}/attempts").route(web::get().to(attempts)));
+    cfg.service(endpoint("/v1/runs").get(list));
+    cfg.service(endpoint("/v1/runs/purge").post(purge));
+    cfg.service(endpoint("/v1/runs/{id}/cancel").post(cancel));
+    cfg.service(endpoint("/v1/runs/{id}/redeliver").post(redeliver));
+    cfg.service(endpoint("/v1/runs/{id}/attempts").get(attempts));
 }
 
 /// One attempt as the log API shows it.
@@ -40,6 +41,15 @@ pub fn attempt_json(a: &AttemptRow) -> Value {
     })
 }
 
+/// Ends a queued or running run as `cancelled`.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancel_run", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 202, description = "Cancelled", body = super::schema::CancelReply),
+        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
+        (status = 409, description = "The run already ended", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn cancel(
     state: web::Data<AppState>,
     Admin(caller): Admin,
@@ -69,6 +79,15 @@ async fn cancel(
         .json(json!({"request_id": run.request_id, "run_status": "cancelled"})))
 }
 
+/// Starts a new attempt series for the run's event (same `webhook-id`), whatever its state.
+#[utoipa::path(post, path = "/v1/runs/{id}/redeliver", operation_id = "redeliver_run", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 202, description = "Redelivery queued", body = super::schema::RedeliverReply),
+        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
+        (status = 409, description = "No callback URL, or the run has not ended yet", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsAdmin,
+    ))]
 async fn redeliver(
     state: web::Data<AppState>,
     Admin(caller): Admin,
@@ -98,6 +117,14 @@ async fn redeliver(
     Ok(HttpResponse::Accepted().json(body))
 }
 
+/// Every delivery attempt of a callback run, oldest first.
+#[utoipa::path(get, path = "/v1/runs/{id}/attempts", operation_id = "list_attempts", tag = "runs",
+    params(("id" = String, Path, description = "The run's `req_…` id")),
+    responses(
+        (status = 200, description = "The attempts", body = super::schema::AttemptList),
+        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn attempts(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -116,6 +143,28 @@ async fn attempts(
 }
 
 /// `GET /v1/runs`: newest first, cursor pagination, the filters of SPEC §5.
+/// `meta.<key>` (the key exists) and `meta.<key>=<value>` (equals that scalar) filter on
+/// metadata. `invoke` keys see only the runs they started.
+#[utoipa::path(get, path = "/v1/runs", operation_id = "list_runs", tag = "runs",
+    params(
+        ("deployment" = Option<String>, Query),
+        ("variant" = Option<String>, Query),
+        ("status" = Option<String>, Query, description = "queued, running, completed, failed or cancelled"),
+        ("delivery" = Option<String>, Query, description = "callback or direct"),
+        ("source" = Option<String>, Query, description = "api, webhook, cli or ui"),
+        ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
+        ("user" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
+        ("until" = Option<String>, Query, description = "Created before: RFC 3339 or Unix ms"),
+        ("q" = Option<String>, Query, description = "A full `req_…` id jumps to that run"),
+        ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of runs", body = super::schema::RunList),
+        (status = 422, description = "An unknown filter or a bad value; `field` names it", body = super::schema::ErrorEnvelope),
+        super::schema::NeedsKey,
+    ))]
 async fn list(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -220,6 +269,37 @@ async fn list(
         "runs": items.iter().map(list_item_json).collect::<Vec<_>>(),
         "next_cursor": next_cursor,
     })))
+}
+
+/// Deletes finished runs that ended before `before`, with their steps, events and attempts,
+/// in small transactions so invokes keep flowing. Runs whose event still waits for delivery
+/// are kept.
+#[utoipa::path(post, path = "/v1/runs/purge", operation_id = "purge_runs", tag = "runs",
+    request_body = super::schema::PurgeBody,
+    responses(
+        (status = 200, description = "How many runs were deleted", body = super::schema::PurgeReply),
+        super::schema::NeedsAdmin,
+        super::schema::BadBody,
+    ))]
+async fn purge(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let required = || {
+        ApiError::field(
+            "before",
+            "before is required: an RFC 3339 time or Unix milliseconds",
+        )
+    };
+    let before = match body.0.get("before") {
+        Some(Value::String(text)) => parse_time("before", text.trim())?,
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(required)?,
+        _ => return Err(required()),
+    };
+    let purged = state.store.purge_runs(before).await?;
+    tracing::info!(purged, before = %ids::rfc3339(before), "runs purged");
+    Ok(HttpResponse::Ok().json(json!({ "purged": purged })))
 }
 
 /// RFC 3339 or Unix milliseconds.

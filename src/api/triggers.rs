@@ -6,16 +6,13 @@ use serde_json::{Map, Value};
 
 use super::extract::JsonBody;
 use super::invoke::{admit, parse_async, parse_metadata, prepare, InvokeRequest};
-use super::{resource, AppState};
+use super::{endpoint, AppState};
 use crate::error::ApiError;
 use crate::ids;
 use crate::signing::secrets_equal;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/v1/workflow/webhooks/{deployment}/variants/{variant}")
-            .route(web::post().to(trigger)),
-    );
+    cfg.service(endpoint("/v1/workflow/webhooks/{deployment}/variants/{variant}").post(trigger));
 }
 
 /// The secret from `X-Fetch-Hive-Webhook-Secret`, else from `?secret=`.
@@ -68,6 +65,25 @@ fn trigger_request(
     })
 }
 
+/// Starts an async run from a service that can only send a webhook, authenticated by the
+/// deployment's signing secret instead of an API key.
+#[utoipa::path(post, path = "/v1/workflow/webhooks/{deployment}/variants/{variant}", operation_id = "trigger_workflow", tag = "invoke",
+    security(()),
+    request_body = super::schema::TriggerBody,
+    params(
+        ("deployment" = String, Path, description = "Deployment key"),
+        ("variant" = String, Path, description = "Variant name"),
+        ("X-Fetch-Hive-Webhook-Secret" = Option<String>, Header, description = "The deployment's signing secret (or `?secret=`)"),
+        ("secret" = Option<String>, Query, description = "The signing secret, when the sender cannot set a header"),
+    ),
+    responses(
+        (status = 202, description = "The run was accepted", body = super::schema::InvokeAccepted),
+        (status = 401, description = "No or wrong secret, or no such deployment: `Invalid access.`", body = super::schema::ErrorEnvelope),
+        (status = 404, description = "`Variant not found.`", body = super::schema::ErrorEnvelope),
+        (status = 429, description = "`queue_full`", body = super::schema::ErrorEnvelope),
+        (status = 503, description = "The daemon is stopping", body = super::schema::ErrorEnvelope),
+        super::schema::BadBody,
+    ))]
 async fn trigger(
     state: web::Data<AppState>,
     req: HttpRequest,

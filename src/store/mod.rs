@@ -61,6 +61,9 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Runs deleted per purge transaction (each with its steps, event and attempts).
+pub const PURGE_BATCH_RUNS: usize = 500;
+
 /// A cheap, cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {
@@ -116,6 +119,32 @@ impl Store {
     /// used for records whose loss on a crash is acceptable (step traces, last-used times).
     pub fn write_detached(&self, cmd: Write) {
         self.inner.writer.submit_detached(cmd);
+    }
+
+    /// Deletes every finished run that ended before `ended_before` (Unix ms), with its steps,
+    /// event and attempts, [`PURGE_BATCH_RUNS`] runs per transaction so the writes queued
+    /// behind a batch (invokes among them) wait milliseconds, not the whole purge. Runs
+    /// whose event still waits for delivery are kept. Returns how many runs went.
+    pub async fn purge_runs(&self, ended_before: i64) -> StoreResult<usize> {
+        let mut total = 0;
+        loop {
+            let written = self
+                .write(Write::PurgeRuns {
+                    ended_before,
+                    limit: PURGE_BATCH_RUNS,
+                    at: crate::ids::now_ms(),
+                })
+                .await?;
+            let purged = match written {
+                Written::Purged(n) => n,
+                _ => 0,
+            };
+            total += purged;
+            crate::metrics::get().runs_purged.inc_by(purged as u64);
+            if purged < PURGE_BATCH_RUNS {
+                return Ok(total);
+            }
+        }
     }
 
     /// Runs a read on a pooled connection in a blocking thread.

@@ -310,6 +310,50 @@ pub fn find_idempotent(
         .optional()
 }
 
+/// How long an idempotency record is honoured (SPEC §2); older ones are dead weight.
+const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// Deletes up to `limit` finished runs that ended before `ended_before` (Unix ms), oldest
+/// first, with their step trace, approval answers, event and attempts (`ON DELETE CASCADE`).
+/// A run whose event still waits for delivery is kept until the event is delivered or
+/// failed. Idempotency records past their 24-hour window go too (at most `limit`).
+/// Returns the number of runs deleted.
+pub(super) fn purge_finished(
+    conn: &Connection,
+    ended_before: i64,
+    limit: usize,
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    // Run ids sort by creation time and a run ends after it is created, so the primary-key
+    // range bounds the scan to old runs.
+    let purged = conn
+        .prepare_cached(
+            "DELETE FROM runs WHERE request_id IN (
+                 SELECT r.request_id FROM runs r
+                 WHERE r.request_id < ?1
+                   AND r.status IN ('completed', 'failed', 'cancelled')
+                   AND r.ended_at < ?2
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.request_id
+                                   AND e.state IN ('pending', 'sending', 'retrying'))
+                 ORDER BY r.request_id LIMIT ?3)",
+        )?
+        .execute(rusqlite::params![
+            request_id_at(ended_before),
+            ended_before,
+            limit as i64
+        ])?;
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE (api_key_id, idempotency_key) IN (
+             SELECT api_key_id, idempotency_key FROM idempotency_keys
+             WHERE created_at < ?1 LIMIT ?2)",
+    )?
+    .execute(rusqlite::params![
+        now_ms - IDEMPOTENCY_WINDOW_MS,
+        limit as i64
+    ])?;
+    Ok(purged)
+}
+
 /// Runs left `queued` or `running` (by a crash or a stop), oldest first.
 pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare(&format!(

@@ -69,6 +69,14 @@ pub enum Write {
         request_id: String,
         at: i64,
     },
+    /// Deletes up to `limit` finished runs that ended before `ended_before` (Unix ms), with
+    /// everything recorded about them; answers `Purged(n)`. Callers repeat it until fewer
+    /// than `limit` go, so other writes get their turn between batches.
+    PurgeRuns {
+        ended_before: i64,
+        limit: usize,
+        at: i64,
+    },
     SaveIdempotent {
         api_key_id: String,
         idempotency_key: String,
@@ -91,6 +99,8 @@ pub enum Written {
     Found(bool),
     /// The event due again after a redelivery, if the run had one.
     Redelivered(Option<DueEvent>),
+    /// How many runs a purge deleted.
+    Purged(usize),
 }
 
 impl Written {
@@ -253,6 +263,11 @@ fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
         Write::Redeliver { request_id, at } => {
             events::redeliver(conn, request_id, *at).map(Written::Redelivered)
         }
+        Write::PurgeRuns {
+            ended_before,
+            limit,
+            at,
+        } => runs::purge_finished(conn, *ended_before, *limit, *at).map(Written::Purged),
         Write::SaveIdempotent {
             api_key_id,
             idempotency_key,

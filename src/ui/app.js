@@ -411,13 +411,14 @@
     const deployments = await loadDeploymentKeys().catch(() => []);
     const state = { runs: [], next: null };
     const tbody = h('tbody', { id: 'runs-body' });
-    const more = h('button', { type: 'button', id: 'load-more', hidden: true }, 'Load more');
+    const more = h('button', { type: 'button', id: 'load-more' }, 'Load more');
+    const foot = h('div', { class: 'table-foot', hidden: true }, more);
     const empty = h('p', { class: 'empty muted', id: 'runs-empty', hidden: true }, 'No runs match.');
     const updated = h('span', { class: 'muted small-text', id: 'runs-updated' });
 
     const draw = () => {
       tbody.replaceChildren(...state.runs.map(runRow));
-      more.hidden = !state.next;
+      foot.hidden = !state.next;
       empty.hidden = state.runs.length > 0;
       updated.textContent = `Updated ${fmtTime(new Date().toISOString())}`;
     };
@@ -473,7 +474,7 @@
             ['Time', 'Run', 'Deployment', 'Status', 'Duration', 'Source', 'Delivery'].map((t) => h('th', {}, t)))),
           tbody),
         empty,
-        h('div', { class: 'table-foot' }, more)));
+        foot));
     draw();
     poll();
   }
@@ -587,7 +588,7 @@
       h('span', { class: 'num' }, fmtDuration(a.duration_ms)),
       h('span', { class: 'muted' }, a.outcome || ''),
       a.next_attempt_at ? h('span', { class: 'next-retry', testid: 'next-retry' },
-        `next retry ${fmtTime(a.next_attempt_at)} (${fmtRelative(a.next_attempt_at)})`) : null),
+        `retry at ${fmtTime(a.next_attempt_at, true)}${new Date(a.next_attempt_at).getTime() > Date.now() ? ` (${fmtRelative(a.next_attempt_at)})` : ''}`) : null),
     h('div', { class: 'attempt-body' },
       dl([
         ['URL', h('span', { class: 'mono break' }, a.url)],
@@ -634,7 +635,11 @@
       h('section', { class: 'card', id: 'webhook-logs', testid: 'webhook-logs' },
         h('div', { class: 'section-head' }, h('h2', {}, 'Webhook Logs'), h('span', { class: 'spacer' }), redeliver),
         attempts.length
-          ? h('div', { class: 'attempts', id: 'attempts' }, attempts.map(attemptItem))
+          ? h('div', { class: 'attempts', id: 'attempts' }, attempts.map((att, i) => [
+            i > 0 && att.series !== attempts[i - 1].series
+              ? h('div', { class: 'series-break', testid: 'series-break' }, `Redelivery · series ${att.series}`) : null,
+            attemptItem(att),
+          ]))
           : h('p', { class: 'muted', id: 'no-attempts' }, a.event_id ? 'No attempt yet; the first one is on its way.' : 'Delivery starts when the run ends.')),
     ];
   }
@@ -1013,7 +1018,11 @@
     $('#jump-form').addEventListener('submit', onJump);
     $('#sign-out').addEventListener('click', () => signOut());
     initSnippetDialog();
-    window.addEventListener('hashchange', () => { closeSnippet(); route(); });
+    window.addEventListener('hashchange', () => {
+      closeSnippet();
+      $('#toast').hidden = true;
+      route();
+    });
     route();
   }
 

@@ -8,6 +8,8 @@ mod approval;
 mod cli;
 mod cli_webhooks;
 mod config;
+mod crash;
+mod delivery;
 mod deployments;
 mod errors;
 mod invoke;

@@ -891,7 +891,16 @@ impl StubServer {
     pub fn start(
         responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
     ) -> StubServer {
-        let server = tiny_http::Server::http("127.0.0.1:0").expect("stub server bind");
+        Self::start_on("127.0.0.1:0", responder)
+    }
+
+    /// Like [`StubServer::start`] on a given address (e.g. a port a test freed on purpose).
+    pub fn start_on(
+        addr: &str,
+        responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
+    ) -> StubServer {
+        let server = tiny_http::Server::http(addr)
+            .unwrap_or_else(|e| panic!("stub server bind {addr}: {e}"));
         let port = server.server_addr().to_ip().expect("ip listener").port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
