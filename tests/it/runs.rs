@@ -454,3 +454,60 @@ fn cancel_ends_a_running_run_as_cancelled() {
     assert_eq!(event["data"]["run_status"], "cancelled", "{event}");
     assert_eq!(state_of(&run_detail(&app, &id)), "cancelled");
 }
+
+#[test]
+fn run_list_filters_by_source_api_key_and_time() {
+    let app = TestApp::start();
+    let created = app.create_key("shop", "invoke");
+    let (shop_key, shop_id) = (
+        created["key"].as_str().unwrap().to_string(),
+        created["id"].as_str().unwrap().to_string(),
+    );
+    let by_shop = app.invoke_with_key(&shop_key, &hello("Shop")).json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_admin = invoke_id(&app, &hello("Admin"));
+    let out = app.cli(&["invoke", "hello", "--input", "name=Cli"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let key = app.admin_key.clone();
+
+    assert_eq!(
+        ids(&list(&app, &key, &format!("?api_key={shop_id}")).0),
+        vec![by_shop.clone()]
+    );
+    assert_eq!(
+        ids(&list(&app, &key, "?source=api").0),
+        vec![by_admin.clone(), by_shop.clone()]
+    );
+    assert_eq!(list(&app, &key, "?source=cli").0.len(), 1);
+    assert!(list(&app, &key, "?source=webhook").0.is_empty());
+
+    // Time bounds: everything is after the epoch's first hour and before a far future.
+    assert_eq!(list(&app, &key, "?since=1970-01-01T01:00:00Z").0.len(), 3);
+    assert!(list(&app, &key, "?until=1970-01-01T01:00:00Z").0.is_empty());
+    assert_eq!(list(&app, &key, "?until=2999-01-01T00:00:00Z").0.len(), 3);
+    let newest = list(&app, &key, "").0[0]["created_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        list(&app, &key, &format!("?since={newest}")).0.len(),
+        1,
+        "since is inclusive"
+    );
+
+    // Bad filters are refused in the envelope, naming the filter.
+    let body = app
+        .admin_get("/v1/runs?status=bogus")
+        .expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "status", "{body}");
+    let body =
+        app.admin_get("/v1/runs?since=yesterday")
+            .expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "since", "{body}");
+    let body = app
+        .admin_get("/v1/runs?nonsense=1")
+        .expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "nonsense", "{body}");
+}
