@@ -112,8 +112,7 @@ pub async fn run(
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 error::ApiError::BadRequest(format!("Malformed path: {err}")).into()
             }))
-            .configure(api::configure)
-            .configure(ui::configure)
+            .configure(routes)
             .default_service(web::to(api::not_found))
     })
     .disable_signals()
@@ -152,6 +151,13 @@ pub async fn run(
     let _ = std::fs::remove_file(config.paths.addr_file());
     tracing::info!("hivelet stopped");
     Ok(())
+}
+
+/// Every route the server serves: the API and the web page. The OpenAPI test registers
+/// these too, so a route missing from `/openapi.json` fails it.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    api::configure(cfg);
+    ui::configure(cfg);
 }
 
 /// Tells systemd about readiness and stopping when it asked (`NOTIFY_SOCKET`); otherwise

@@ -289,12 +289,13 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         ended_at,
         event,
     };
-    match &failure {
-        None => tracing::info!(request_id = %request_id, status = status.as_str(), "run ended"),
-        Some(f) => {
-            tracing::info!(request_id = %request_id, step = ?f.step, error = %f.message, "run failed")
-        }
-    }
+    // In the run's span, like the lines its steps logged.
+    let span =
+        tracing::info_span!("run", request_id = %request_id, deployment = %prepared.deployment.key);
+    span.in_scope(|| match &failure {
+        None => tracing::info!(status = status.as_str(), "run ended"),
+        Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
+    });
     match reporting
         .store
         .write(Write::FinishRun(Box::new(done)))

@@ -11,6 +11,7 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
     let command = match command {
         Command::Verify(args) => return super::verify::run(&args),
         Command::Listen(args) => return super::listen::run(&args),
+        Command::Service(cmd) => return super::service::run(cmd, overrides),
         other => other,
     };
     let config = Config::load(overrides);
@@ -18,6 +19,9 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         return config_command(cmd, config);
     }
     let config = config?;
+    if let Command::Backup { file } = &command {
+        return super::backup::run(&config, file);
+    }
     let client = Client::discover(&config, global.url.as_deref(), global.api_key.as_deref())?;
     match command {
         Command::Deploy { file } => deploy(&client, &file, global.json),
@@ -26,8 +30,13 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         Command::Secret(cmd) => super::secret::run(&client, cmd, global.json),
         Command::Runs(cmd) => super::runs::run(&client, cmd, global.json),
         Command::Snippet(args) => snippet(&client, &args, global.json),
-        Command::Serve(_) | Command::Config(_) | Command::Verify(_) | Command::Listen(_) => {
-            unreachable!("handled by the caller")
+        Command::Serve(_)
+        | Command::Config(_)
+        | Command::Verify(_)
+        | Command::Listen(_)
+        | Command::Backup { .. }
+        | Command::Service(_) => {
+            unreachable!("handled above")
         }
     }
 }

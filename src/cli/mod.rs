@@ -2,11 +2,13 @@
 //! to a running daemon over HTTP (address from `<data dir>/hivelet.addr`, admin key from
 //! `<data dir>/admin.key`, unless `--url` / `--api-key` say otherwise).
 
+mod backup;
 mod client;
 mod commands;
 mod listen;
 mod runs;
 mod secret;
+pub mod service;
 mod verify;
 
 use std::path::PathBuf;
@@ -88,6 +90,18 @@ pub enum Command {
     ///
     /// Exit status: 0 valid, 1 invalid, 2 the files or the secret could not be read.
     Verify(VerifyArgs),
+    /// Copy the database to FILE, safely while the daemon serves (SQLite `VACUUM INTO`)
+    ///
+    /// Reads <data dir>/hivelet.db directly (no daemon needed). FILE must not exist yet; it
+    /// is created 0600. To restore: stop hivelet, copy FILE to <data dir>/hivelet.db, remove
+    /// any hivelet.db-wal and hivelet.db-shm beside it, start hivelet.
+    Backup {
+        /// Where to write the copy
+        file: PathBuf,
+    },
+    /// Install or remove hivelet as a service (systemd on Linux, launchd on macOS)
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Receive webhooks locally and print each event, verified against the signing secret
     ///
     /// A callback endpoint for development: accepts POST on any path, answers --status for a
@@ -187,6 +201,48 @@ pub enum RunsCommand {
     Redeliver { request_id: String },
     /// Cancel a queued or running run
     Cancel { request_id: String },
+    /// Delete finished runs that ended before a time, with their steps, events and attempts
+    ///
+    /// Runs whose webhook is still being delivered are kept. For automatic clean-up, set
+    /// `[retention] runs = "30d"` in hivelet.toml.
+    Purge {
+        /// RFC 3339 time (2026-01-31T00:00:00Z), Unix milliseconds, or an age such as 30d
+        #[arg(long, value_name = "TIME")]
+        before: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write and enable the unit (systemd) or plist (launchd), printing each step
+    Install(ServiceArgs),
+    /// Stop and disable the service and remove its unit or plist (configuration and data stay)
+    Uninstall(ServiceArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Per-user service (systemd --user, or a LaunchAgent) instead of a system-wide one
+    #[arg(long)]
+    pub user: bool,
+    /// Print each step and every file's contents; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the files under DIR instead of / and run no service-manager command
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The hivelet binary the service runs (default: this one)
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// The service manager (default: systemd on Linux, launchd on macOS)
+    #[arg(long, value_enum)]
+    pub manager: Option<ServiceManager>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceManager {
+    Systemd,
+    Launchd,
 }
 
 #[derive(Debug, Args)]

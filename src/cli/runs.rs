@@ -1,6 +1,6 @@
 //! `hivelet runs list|show|attempts|redeliver|cancel`: readable tables, or `--json`.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::commands::finish;
 use super::{Client, RunsCommand, RunsListArgs};
@@ -35,6 +35,20 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
                 )
             })
         }
+        RunsCommand::Purge { before } => {
+            let before = purge_before(&before)?;
+            let reply = client.post_json("/v1/runs/purge", &json!({ "before": before }))?;
+            finish(reply, json_out, |body| {
+                println!(
+                    "purged {} runs that ended before {}",
+                    body["purged"],
+                    match &before {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }
+                )
+            })
+        }
         RunsCommand::Cancel { request_id } => {
             let reply = client.request(
                 "POST",
@@ -47,6 +61,27 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
             })
         }
     }
+}
+
+/// `--before`: an age (`30d`: that long ago), Unix milliseconds, or an RFC 3339 time, as the
+/// API's `before`.
+fn purge_before(text: &str) -> anyhow::Result<Value> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(json!(ms));
+    }
+    if let Ok(age) = humantime::parse_duration(text) {
+        let at = std::time::SystemTime::now()
+            .checked_sub(age)
+            .ok_or_else(|| anyhow::anyhow!("--before {text}: too far in the past"))?;
+        return Ok(json!(humantime::format_rfc3339_millis(at).to_string()));
+    }
+    if humantime::parse_rfc3339_weak(text).is_ok() {
+        return Ok(json!(text));
+    }
+    anyhow::bail!(
+        "--before must be an RFC 3339 time (2026-01-31T00:00:00Z), Unix milliseconds or an age like 30d, got `{text}`"
+    )
 }
 
 fn encode(part: &str) -> String {

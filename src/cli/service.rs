@@ -19,9 +19,6 @@ const DAEMON_PLIST: &str = include_str!("../../packaging/launchd/com.hivelet.dae
 const AGENT_PLIST: &str = include_str!("../../packaging/launchd/com.hivelet.agent.plist");
 const EXAMPLE_CONFIG: &str = include_str!("../../packaging/config.example.toml");
 
-/// The binary path the packaged files name; the installer replaces it.
-const PACKAGED_BIN: &str = "/usr/local/bin/hivelet";
-
 /// One thing the installer does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -231,7 +228,11 @@ pub fn launchd_plist(target: &Target) -> String {
         .iter()
         .map(|a| format!("\n        <string>{}</string>", xml_escape(a)))
         .collect();
-    let mut plist = format!("{}<array>{items}\n    {}", &template[..start], &template[end..]);
+    let mut plist = format!(
+        "{}<array>{items}\n    {}",
+        &template[..start],
+        &template[end..]
+    );
     if target.user {
         let logs = target.home.join("Library/Logs/hivelet");
         for (from, name) in [
@@ -241,7 +242,6 @@ pub fn launchd_plist(target: &Target) -> String {
             plist = plist.replace(from, &xml_escape(&logs.join(name).display().to_string()));
         }
     }
-    debug_assert!(!plist.contains(PACKAGED_BIN) || target.bin == Path::new(PACKAGED_BIN));
     plist
 }
 
@@ -505,7 +505,9 @@ fn execute(steps: &[Step], dry_run: bool, root: Option<&Path>) -> anyhow::Result
                     continue;
                 }
                 let status = Command::new(program).args(args).status().with_context(|| {
-                    format!("cannot run {program}: is it installed (and is this the right platform)?")
+                    format!(
+                        "cannot run {program}: is it installed (and is this the right platform)?"
+                    )
                 })?;
                 if !status.success() {
                     bail!(
@@ -537,7 +539,11 @@ pub fn run(cmd: ServiceCommand, overrides: &Overrides) -> anyhow::Result<u8> {
         (ServiceManager::Launchd, false) => "launchd daemon",
         (ServiceManager::Launchd, true) => "launchd agent",
     };
-    let verb = if install { "installing" } else { "uninstalling" };
+    let verb = if install {
+        "installing"
+    } else {
+        "uninstalling"
+    };
     let mode = match (args.dry_run, &args.root) {
         (true, _) => " (dry run: nothing is changed)".to_string(),
         (false, Some(root)) => format!(" (files under {})", root.display()),
@@ -598,7 +604,12 @@ mod tests {
     #[test]
     fn plists_name_the_binary_and_user_log_paths() {
         let agent = launchd_plist(&target(ServiceManager::Launchd, true));
-        assert!(agent.contains("<string>/opt/hive let/bin/hivelet</string>\n        <string>serve</string>"), "{agent}");
+        assert!(
+            agent.contains(
+                "<string>/opt/hive let/bin/hivelet</string>\n        <string>serve</string>"
+            ),
+            "{agent}"
+        );
         assert!(agent.contains("/home/ada/Library/Logs/hivelet/hivelet.err.log"));
         assert!(!agent.contains("/tmp/"));
         let daemon = launchd_plist(&target(ServiceManager::Launchd, false));

@@ -108,6 +108,8 @@
   }
 
   function toast(message, kind = 'info') {
+    // A rejected key already explains itself on the key prompt.
+    if (kind === 'error' && !$('#login').hidden) return;
     const el = $('#toast');
     el.textContent = message;
     el.className = `toast ${kind}`;
@@ -398,7 +400,7 @@
     h('td', {}, h('strong', {}, run.deployment), h('span', { class: 'muted' }, ` / ${run.variant}`),
       h('span', { class: 'muted small-text' }, ` v${run.version}`)),
     h('td', {}, statusBadge(run.run_status)),
-    h('td', { class: 'nowrap num' }, fmtDuration(run.duration_ms)),
+    h('td', { class: 'nowrap num' }, runDuration(run)),
     h('td', {}, run.source),
     h('td', {}, delivery));
   }
@@ -501,7 +503,10 @@
     if (!steps.length) return h('p', { class: 'muted' }, 'No steps ran yet.');
     const now = Date.now();
     const startOf = (s) => new Date(s.started_at).getTime();
-    const endOf = (s) => startOf(s) + (s.duration_ms ?? Math.max(0, now - startOf(s)));
+    // A step still running or waiting lasts until now.
+    const open = (s) => s.status === 'running' || s.status === 'waiting' || s.duration_ms === null || s.duration_ms === undefined;
+    const lengthOf = (s) => (open(s) && LIVE_RUN.has(run.run_status) ? Math.max(0, now - startOf(s)) : (s.duration_ms || 0));
+    const endOf = (s) => startOf(s) + lengthOf(s);
     const t0 = Math.min(run.started_at ? new Date(run.started_at).getTime() : Infinity, ...steps.map(startOf));
     const t1 = Math.max(...steps.map(endOf), run.ended_at ? new Date(run.ended_at).getTime() : 0);
     const span = Math.max(1, t1 - t0);
@@ -521,7 +526,7 @@
             h('span', { class: 'wf-label' }, h('strong', {}, s.id), h('span', { class: 'muted' }, ` ${s.type}`)),
             h('span', { class: 'wf-track' },
               h('span', { class: `wf-bar st-${s.status}`, style: { left: `${Math.min(left, 99.4)}%`, width: `${Math.min(width, 100 - Math.min(left, 99.4))}%` } })),
-            h('span', { class: 'wf-meta' }, badge(s.status, `st-${s.status}`), h('span', { class: 'num' }, fmtDuration(s.duration_ms)))),
+            h('span', { class: 'wf-meta' }, badge(s.status, `st-${s.status}`), h('span', { class: 'num' }, fmtDuration(lengthOf(s))))),
           h('div', { class: 'wf-details' }, details));
       }));
   }
@@ -644,6 +649,27 @@
     ];
   }
 
+  /** A run's error: its message first, then the code and step, then the raw JSON. */
+  function errorBlock(error) {
+    if (!error || typeof error !== 'object' || !error.message) return jsonBlock(error);
+    const facts = [error.error_code, error.step ? `step ${error.step}` : null].filter(Boolean).join(' · ');
+    return [
+      h('p', { class: 'error error-message', testid: 'error-message' }, error.message),
+      facts ? h('p', { class: 'muted small-text' }, facts) : null,
+      h('details', { class: 'raw', dataset: { key: 'raw-error' } }, h('summary', {}, 'Raw error'), jsonBlock(error)),
+    ];
+  }
+
+  /** How long a run took, or for a live one how long it has been going. */
+  function runDuration(run) {
+    if (run.duration_ms !== null && run.duration_ms !== undefined) return fmtDuration(run.duration_ms);
+    const since = run.started_at || run.created_at;
+    if (LIVE_RUN.has(run.run_status) && since) {
+      return h('span', { class: 'muted', title: 'still going' }, `${fmtDuration(Math.max(0, Date.now() - new Date(since).getTime()))}…`);
+    }
+    return '—';
+  }
+
   function runBody(run, token, reload) {
     const cancel = LIVE_RUN.has(run.run_status)
       ? h('button', { type: 'button', id: 'cancel-run', class: 'danger' }, 'Cancel run') : null;
@@ -662,7 +688,7 @@
       });
     }
     const result = run.run_status === 'failed' || (run.error !== null && run.error !== undefined)
-      ? section('Error', 'run-error', jsonBlock(run.error))
+      ? section('Error', 'run-error', errorBlock(run.error))
       : section('Output', 'run-output', run.output === null || run.output === undefined
         ? h('p', { class: 'muted' }, LIVE_RUN.has(run.run_status) ? 'Not finished yet.' : 'No output.')
         : jsonBlock(run.output, 'output-json'));
@@ -670,7 +696,7 @@
       h('p', { class: 'crumbs' }, h('a', { href: '#/runs', id: 'back-to-runs' }, '← Runs')),
       h('div', { class: 'page-head' },
         h('h1', { class: 'mono', id: 'run-id' }, run.request_id),
-        statusBadge(run.run_status),
+        Object.assign(statusBadge(run.run_status), { id: 'run-status' }),
         run.async ? asyncBadge() : null,
         h('span', { class: 'spacer' }),
         copyButton(() => run.request_id, 'Copy id'),
@@ -685,7 +711,7 @@
         ['Created', timeEl(run.created_at, true)],
         ['Started', timeEl(run.started_at, true)],
         ['Ended', timeEl(run.ended_at, true)],
-        ['Duration', fmtDuration(run.duration_ms), 'run-duration'],
+        ['Duration', runDuration(run), 'run-duration'],
       ])),
       approvalBox(run, token, reload),
       result,
@@ -718,8 +744,19 @@
       if (token !== routeToken) return;
       preservingState(() => render(runBody(run, token, reload)));
       const live = LIVE_RUN.has(run.run_status) || (run.async && LIVE_DELIVERY.has(run.async.delivery_state));
-      if (live) schedule(token, 1500, () => reload().catch(() => schedule(token, 5000, reload)));
+      // A run paused at an approval can wait for hours: look less often.
+      const waiting = (run.steps || []).some((st) => st.status === 'waiting');
+      if (live) schedule(token, waiting ? 3000 : 1500, tick);
       else stopTimers();
+    };
+    // Polling never replaces the page under someone typing an answer.
+    const tick = () => {
+      const el = document.activeElement;
+      if (el && el.closest('#main') && /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName)) {
+        schedule(token, 1500, tick);
+        return;
+      }
+      reload().catch(() => schedule(token, 5000, tick));
     };
     await reload();
   }

@@ -96,7 +96,7 @@ impl World {
         let gate = Gate::new();
         let api = {
             let gate = gate.clone();
-            StubServer::start(move |_, n| {
+            StubServer::threaded(move |_, n| {
                 if n >= FREE_CALLS {
                     gate.wait();
                 }
@@ -105,7 +105,7 @@ impl World {
         };
         let receiver = {
             let gate = gate.clone();
-            StubServer::start(move |_, n| {
+            StubServer::threaded(move |_, n| {
                 if n >= FREE_DELIVERIES {
                     gate.wait();
                 }
@@ -372,14 +372,14 @@ fn a_run_cut_off_by_a_crash_keeps_its_earlier_steps_in_the_trace() {
     let gate = Gate::new();
     let api = {
         let gate = gate.clone();
-        StubServer::start(move |_, n| {
+        StubServer::threaded(move |_, n| {
             if n == 0 {
                 gate.wait(); // cut off by the crash
             }
             StubReply::json(200, &json!({"v": "done"}))
         })
     };
-    let receiver = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let mut app = TestApp::start_with(CONFIG, &[], &[]);
     app.deploy_ok(
         "traced",

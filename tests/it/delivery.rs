@@ -180,7 +180,7 @@ fn summary(attempts: &[Value]) -> Vec<(Value, Value, Value)> {
 
 #[test]
 fn two_500s_then_200_is_delivered_on_the_third_attempt_with_the_same_event() {
-    let receiver = StubServer::start(|_, n| {
+    let receiver = StubServer::threaded(|_, n| {
         if n < 2 {
             StubReply::text(500, "down for maintenance")
         } else {
@@ -247,7 +247,7 @@ fn two_500s_then_200_is_delivered_on_the_third_attempt_with_the_same_event() {
 
 #[test]
 fn retry_after_on_503_delays_the_next_attempt_up_to_twice_the_schedule() {
-    let receiver = StubServer::start(|_, n| {
+    let receiver = StubServer::threaded(|_, n| {
         if n == 0 {
             StubReply {
                 status: 503,
@@ -295,7 +295,7 @@ fn gone_410_stops_at_once() {
     let probe_hits = Arc::new(AtomicUsize::new(0));
     let receiver = {
         let probe_hits = probe_hits.clone();
-        StubServer::start(move |req, _| {
+        StubServer::threaded(move |req, _| {
             if req.path.starts_with("/gone") {
                 StubReply::text(410, "this endpoint was removed")
             } else if probe_hits.fetch_add(1, Ordering::SeqCst) < 3 {
@@ -336,11 +336,11 @@ fn gone_410_stops_at_once() {
 
 #[test]
 fn redirects_are_never_followed_and_exhaust_the_schedule() {
-    let elsewhere = StubServer::start(|_, _| StubReply::text(200, "you should not be here"));
+    let elsewhere = StubServer::threaded(|_, _| StubReply::text(200, "you should not be here"));
     let target = format!("{}/taken", elsewhere.url());
     let receiver = {
         let target = target.clone();
-        StubServer::start(move |req, _| {
+        StubServer::threaded(move |req, _| {
             let code = req
                 .path
                 .trim_start_matches("/r")
@@ -482,7 +482,7 @@ fn a_receiver_that_hangs_once_then_answers_gets_the_event() {
     let gate = Gate::new();
     let receiver = {
         let gate = gate.clone();
-        StubServer::start(move |_, n| {
+        StubServer::threaded(move |_, n| {
             if n == 0 {
                 gate.wait(); // past the 500 ms attempt timeout
             }
@@ -532,7 +532,7 @@ fn refused_connections_exhaust_then_redeliver_starts_a_new_series() {
     let event_id = detail["async"]["event_id"].as_str().unwrap().to_string();
 
     // The app comes back on the same port; an admin redelivers.
-    let receiver = StubServer::start_on(&format!("127.0.0.1:{port}"), |_, _| {
+    let receiver = StubServer::threaded_on(&format!("127.0.0.1:{port}"), |_, _| {
         StubReply::text(200, "ok")
     });
     let r = app.post_json(
@@ -587,7 +587,7 @@ fn only_the_first_4_kib_of_a_response_body_is_kept() {
     let big: String = "0123456789abcdef".repeat(640); // 10 KiB
     let receiver = {
         let big = big.clone();
-        StubServer::start(move |_, n| {
+        StubServer::threaded(move |_, n| {
             if n == 0 {
                 StubReply::text(500, &big)
             } else {
@@ -609,7 +609,7 @@ fn only_the_first_4_kib_of_a_response_body_is_kept() {
 
 #[test]
 fn a_name_resolving_into_a_denied_network_is_refused_before_connecting() {
-    let receiver = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let config = format!("{FAST}\n[security]\ncallback_deny = [\"127.0.0.0/8\", \"::1/128\"]\n");
     let app = TestApp::start_with(&config, &[], &[]);
     let id = invoke_async(
@@ -659,7 +659,7 @@ fn one_destination_gets_at_most_per_host_concurrency_attempts_at_once() {
     let max_seen = Arc::new(AtomicUsize::new(0));
     let receiver = {
         let (gate, in_flight, max_seen) = (gate.clone(), in_flight.clone(), max_seen.clone());
-        StubServer::start(move |_, _| {
+        StubServer::threaded(move |_, _| {
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             max_seen.fetch_max(now, Ordering::SeqCst);
             gate.wait();
@@ -803,7 +803,7 @@ fn check_with_libraries(app: &TestApp, secret: &str, d: &Recorded, n: usize) {
 
 #[test]
 fn official_libraries_accept_every_attempt_and_reject_tampered_or_stale_ones() {
-    let receiver = StubServer::start(|_, n| {
+    let receiver = StubServer::threaded(|_, n| {
         if n == 0 {
             StubReply::text(500, "again")
         } else {

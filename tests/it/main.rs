@@ -15,6 +15,7 @@ mod errors;
 mod invoke;
 mod keys;
 mod lifecycle;
+mod ops;
 mod runs;
 mod sdk;
 mod steps;

@@ -113,15 +113,38 @@ fn run_with_deadline(mut cmd: Command, scratch: &std::path::Path, limit: Duratio
     }
 }
 
-#[test]
-fn browser_shows_async_runs_webhook_logs_redelivery_and_the_snippet() {
+/// Runs `tests/python/<script>` (Selenium driving headless Chromium) against `app` and
+/// asserts it passed. It gets BASE_URL, ADMIN_KEY, SCREENSHOT_DIR and `extra`.
+fn run_browser(app: &TestApp, script: &str, extra: &[(&str, &str)]) {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         assert!(
             std::path::Path::new(tool).exists(),
             "{tool} is missing: install Debian's chromium and chromium-driver (see .ci/run)"
         );
     }
+    let shots = screenshot_dir();
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_path(&format!("tests/python/{script}")))
+        .env("BASE_URL", &app.base_url)
+        .env("ADMIN_KEY", &app.admin_key)
+        .env("SCREENSHOT_DIR", &shots)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = run_with_deadline(cmd, &app.dir, BROWSER_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{script} failed (screenshots in {}): {}",
+        shots.display(),
+        describe(&out)
+    );
+}
 
+#[test]
+fn browser_shows_async_runs_webhook_logs_redelivery_and_the_snippet() {
     // The receiving app fails twice, then accepts; later requests (the redelivery) succeed.
     let receiver = StubServer::start(|_, seq| {
         if seq < 2 {
@@ -156,27 +179,103 @@ fn browser_shows_async_runs_webhook_logs_redelivery_and_the_snippet() {
         .collect();
     assert_eq!(codes, vec![json!(500), json!(500), json!(200)], "{run}");
 
-    let shots = screenshot_dir();
-    std::fs::create_dir_all(&shots).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_path("tests/python/ui_test.py"))
-        .env("BASE_URL", &app.base_url)
-        .env("ADMIN_KEY", &app.admin_key)
-        .env("REQUEST_ID", &request_id)
-        .env("CALLBACK_URL", &callback)
-        .env("SCREENSHOT_DIR", &shots)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_deadline(cmd, &app.dir, BROWSER_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "ui_test.py failed (screenshots in {}): {}",
-        shots.display(),
-        describe(&out)
+    run_browser(
+        &app,
+        "ui_test.py",
+        &[("REQUEST_ID", &request_id), ("CALLBACK_URL", &callback)],
     );
 
     // The Redeliver click reached the receiver as a fourth request of the same event.
     let seen = receiver.wait_for_requests(4);
     let ids: Vec<_> = seen.iter().map(|r| r.header("webhook-id")).collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
+
+/// An approval step asking a question with two choices, then a step using the answer.
+const EXPENSE: &str = r#"
+key = "expense"
+
+[[inputs]]
+name = "amount"
+type = "number"
+required = true
+
+[[steps]]
+id = "draft"
+type = "template"
+template = "Pay {{ amount }} EUR"
+
+[[steps]]
+id = "approve"
+type = "approval"
+question = "{{ draft.output }}?"
+choices = ["yes", { value = "no", label = "No way" }]
+
+[[steps]]
+id = "final"
+type = "template"
+template = "{{ draft.output }}: {{ approve.output.choice.value }} ({{ approve.output.choice.label }})"
+
+[output]
+template = "{{ final.output }}"
+"#;
+
+/// An approval step without choices: the answer is free text.
+const REVIEW: &str = r#"
+key = "review"
+
+[[steps]]
+id = "review"
+type = "approval"
+question = "Any comments?"
+
+[output]
+template = "Reviewed: {{ review.output.text }}"
+"#;
+
+#[test]
+fn browser_answers_approvals_and_cancels_a_waiting_run() {
+    let receiver = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start();
+    app.deploy_ok("expense", EXPENSE);
+    app.deploy_ok("review", REVIEW);
+    let callback = format!("{}/hooks/approvals", receiver.url());
+    let start = |deployment: &str, inputs: Value| {
+        let r = app.invoke(&json!({
+            "deployment": deployment,
+            "inputs": inputs,
+            "async": {"enabled": true, "callback_url": callback},
+        }));
+        r.expect_status(202);
+        let id = r.json()["request_id"].as_str().unwrap().to_string();
+        wait_for(&format!("{id} to wait at its approval step"), || {
+            let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+            let steps = run["steps"].as_array().cloned().unwrap_or_default();
+            steps.iter().any(|s| s["status"] == "waiting").then_some(())
+        });
+        id
+    };
+    let choice_id = start("expense", json!({"amount": 42}));
+    let text_id = start("review", json!({}));
+    let cancel_id = start("expense", json!({"amount": 7}));
+
+    run_browser(
+        &app,
+        "ui_approval.py",
+        &[
+            ("CHOICE_ID", &choice_id),
+            ("TEXT_ID", &text_id),
+            ("CANCEL_ID", &cancel_id),
+        ],
+    );
+
+    // What the page did is what the API reports.
+    let status = |id: &str| app.admin_get(&format!("/v1/runs/{id}")).json();
+    let answered = status(&choice_id);
+    assert_eq!(answered["run_status"], "completed", "{answered}");
+    assert_eq!(answered["output"], "Pay 42 EUR: no (No way)", "{answered}");
+    let reviewed = status(&text_id);
+    assert_eq!(reviewed["output"], "Reviewed: Looks good", "{reviewed}");
+    let cancelled = status(&cancel_id);
+    assert_eq!(cancelled["run_status"], "cancelled", "{cancelled}");
 }

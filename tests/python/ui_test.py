@@ -14,90 +14,26 @@ secret under it), and creating an API key (shown once).
 """
 
 import os
-import shutil
 import sys
-import tempfile
-import time
-import traceback
-
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import check, env, fail  # noqa: E402
+from ui_common import (  # noqa: E402
+    ADMIN_KEY,
+    BASE_URL,
+    By,
+    check,
+    env,
+    main,
+    screenshot,
+    step,
+    text_of,
+    visible,
+    wait_until,
+)
 
-BASE_URL = env("BASE_URL").rstrip("/")
-ADMIN_KEY = env("ADMIN_KEY")
 REQUEST_ID = env("REQUEST_ID")
-SCREENSHOT_DIR = env("SCREENSHOT_DIR")
-CALLBACK_URL = os.environ.get("CALLBACK_URL") or "http://127.0.0.1:9/hooks"
+CALLBACK_URL = env("CALLBACK_URL")
 SNIPPET_CALLBACK = "https://my-app.example/webhooks/hivelet"
-WAIT = 20
-
-
-def step(message):
-    print(f"[ui_test] {message}", flush=True)
-
-
-def make_driver(profile_dir):
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--window-size=1360,1000",
-        f"--user-data-dir={profile_dir}",
-    ]:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Selenium Manager must not try to download a driver: Debian's is on disk.
-    service = Service(executable_path="/usr/bin/chromedriver")
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(WAIT)
-    return driver
-
-
-def screenshot(driver, name):
-    """Saves the whole page (the window grows to the page's height first)."""
-    height = driver.execute_script(
-        "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
-    )
-    driver.set_window_size(1360, max(1000, min(int(height) + 40, 6000)))
-    time.sleep(0.2)
-    path = os.path.join(SCREENSHOT_DIR, f"{name}.png")
-    driver.save_screenshot(path)
-    driver.set_window_size(1360, 1000)
-    step(f"screenshot {path}")
-
-
-def wait_until(driver, condition, what, timeout=WAIT):
-    try:
-        # Live views re-render while polling, so an element found a moment ago may be gone.
-        return WebDriverWait(
-            driver,
-            timeout,
-            poll_frequency=0.1,
-            ignored_exceptions=[StaleElementReferenceException],
-        ).until(condition)
-    except TimeoutException:
-        fail(f"timed out after {timeout}s waiting for {what}")
-
-
-def visible(driver, css, what=None):
-    return wait_until(
-        driver, EC.visibility_of_element_located((By.CSS_SELECTOR, css)), what or css
-    )
 
 
 def attempts_data(driver):
@@ -126,20 +62,23 @@ def run(driver):
     driver.find_element(By.ID, "key-submit").click()
     step("signed in")
 
-    # 2. The runs table with the Async badge on the callback run.
+    # 2. The runs table with the Async badge on the callback run (read in one go: the
+    # table refreshes itself).
     row_css = f"tr[data-request-id='{REQUEST_ID}']"
-    row = visible(driver, row_css, "the async run in the runs table")
-    badges = row.find_elements(By.CSS_SELECTOR, "[data-testid=async-badge]")
-    check(len(badges) == 1 and badges[0].text == "Async", "the Async badge on the callback run")
-    state = row.find_element(By.CSS_SELECTOR, "[data-testid=delivery-state]").text
-    check(state == "delivered", f"delivery state in the table: {state!r}")
-    rows = driver.find_elements(By.CSS_SELECTOR, "tr[data-testid=run-row]")
-    check(len(rows) >= 2, f"both runs listed, saw {len(rows)}")
-    direct = [r for r in rows if r.get_attribute("data-request-id") != REQUEST_ID]
-    check(
-        not direct[0].find_elements(By.CSS_SELECTOR, "[data-testid=async-badge]"),
-        "no Async badge on a direct run",
+    visible(driver, row_css, "the async run in the runs table")
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('tr[data-testid=run-row]')].map(r => ({"
+        " id: r.dataset.requestId,"
+        " badges: [...r.querySelectorAll('[data-testid=async-badge]')].map(b => b.innerText),"
+        " delivery: (r.querySelector('[data-testid=delivery-state]') || {}).innerText || null"
+        "}))"
     )
+    check(len(rows) >= 2, f"both runs listed: {rows}")
+    mine = [r for r in rows if r["id"] == REQUEST_ID]
+    check(len(mine) == 1 and mine[0]["badges"] == ["Async"], f"the Async badge: {rows}")
+    check(mine[0]["delivery"] == "delivered", f"delivery state in the table: {rows}")
+    direct = [r for r in rows if r["id"] != REQUEST_ID]
+    check(not direct[0]["badges"] and not direct[0]["delivery"], f"a direct run: {rows}")
     # The key is kept for the session: a reload does not ask again.
     driver.refresh()
     visible(driver, row_css, "the runs table after a reload")
@@ -211,7 +150,7 @@ def run(driver):
     check(shown[3][1] == "2", f"the redelivery is series 2: {shown}")
     wait_until(
         driver,
-        lambda d: d.find_element(By.ID, "async-delivery-state").text == "delivered",
+        lambda d: text_of(d, "#async-delivery-state") == "delivered",
         "delivered again",
     )
     screenshot(driver, "04-run-redelivered")
@@ -276,47 +215,5 @@ def run(driver):
     screenshot(driver, "07-keys")
 
 
-def main():
-    os.makedirs(SCREENSHOT_DIR, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="hivelet-ui-chromium-")
-    driver = None
-    try:
-        driver = make_driver(profile)
-        run(driver)
-        errors = [
-            entry
-            for entry in driver.get_log("browser")
-            if entry.get("level") == "SEVERE" and "hvk_not_a_real_key" not in entry.get("message", "")
-            # The deliberately wrong key answers 401.
-            and "401" not in entry.get("message", "")
-        ]
-        check(not errors, f"errors in the browser console: {errors}")
-        step("ok")
-    except SystemExit:
-        if driver is not None:
-            dump(driver)
-        raise
-    except Exception:  # noqa: BLE001 - report anything with the page's state
-        traceback.print_exc()
-        if driver is not None:
-            dump(driver)
-        sys.exit(1)
-    finally:
-        if driver is not None:
-            driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def dump(driver):
-    """On failure: a screenshot, the URL and the browser console."""
-    try:
-        driver.save_screenshot(os.path.join(SCREENSHOT_DIR, "failure.png"))
-        print(f"URL at failure: {driver.current_url}", file=sys.stderr)
-        for entry in driver.get_log("browser"):
-            print(f"console: {entry}", file=sys.stderr)
-    except Exception:  # noqa: BLE001
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    main(run)

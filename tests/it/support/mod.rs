@@ -993,6 +993,156 @@ impl StubServer {
             (list.len() >= n).then_some(list)
         })
     }
+
+    /// Like [`StubServer::start_on`], but without tiny_http: one plain thread per connection.
+    ///
+    /// Use it when a test holds many requests open at once (a [`Gate`] in the responder).
+    /// tiny_http 0.12 runs each keep-alive connection on a pooled thread for the connection's
+    /// whole life, and its pool can lose a wake-up when two connections arrive together
+    /// (`TaskPool::spawn` queues the second for a thread that is already taken): that
+    /// connection's requests then wait, unseen, until some other connection closes. With
+    /// clients that keep connections alive (the daemon does) and held requests, that is
+    /// seconds to forever.
+    pub fn threaded_on(
+        addr: &str,
+        responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
+    ) -> StubServer {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("stub server bind {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let responder: Arc<Responder> = Arc::new(responder);
+        let thread = {
+            let received = received.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((socket, _)) => {
+                            let received = received.clone();
+                            let responder = responder.clone();
+                            std::thread::spawn(move || {
+                                let _ = serve_connection(socket, &received, &*responder);
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        StubServer {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// [`StubServer::threaded_on`] on `127.0.0.1:0`.
+    pub fn threaded(
+        responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
+    ) -> StubServer {
+        Self::threaded_on("127.0.0.1:0", responder)
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection until the client closes it (or asks to).
+fn serve_connection(
+    socket: std::net::TcpStream,
+    received: &Mutex<Vec<Recorded>>,
+    responder: &Responder,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    socket.set_nonblocking(false)?;
+    let mut writer = socket.try_clone()?;
+    let mut reader = BufReader::new(socket);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue; // stray CRLF between requests
+        }
+        let mut parts = line.split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_ascii_lowercase())
+        };
+        let mut body = Vec::new();
+        if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size)?;
+                let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let mut chunk = vec![0; size + 2]; // data + CRLF
+                reader.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body = vec![0; len];
+            reader.read_exact(&mut body)?;
+        }
+        let close = header("connection").is_some_and(|v| v.contains("close"));
+        let recorded = Recorded {
+            method,
+            path,
+            headers,
+            body,
+        };
+        let seq = {
+            let mut list = received.lock().unwrap();
+            list.push(recorded.clone());
+            list.len() - 1
+        };
+        let reply = responder(&recorded, seq);
+        let mut head = format!(
+            "HTTP/1.1 {} Stub\r\nContent-Length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if close {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(reply.body.as_bytes())?;
+        writer.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
 }
 
 impl Drop for StubServer {
