@@ -4,7 +4,8 @@
 //! loopback HTTP with keep-alive from a load generator written here, with a webhook receiver
 //! here that verifies every signature, prints a table, and writes JSON under
 //! `target/bench-results/`. Environment: `REQUESTS` (default 20000), `CONCURRENCY` (64),
-//! `BODY_BYTES` (size of an extra input, default 0), `DUE_EVENTS` (100000, recovery).
+//! `BODY_BYTES` (size of a metadata value, default 0), `DUE_EVENTS` (100000, recovery),
+//! `EXTRA_CONFIG` (TOML appended to the daemon's hivelet.toml).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -341,6 +342,15 @@ fn invoke_body(
 
 const BASE_CONFIG: &str = "[runs]\nmax_concurrent = 256\n[delivery]\nper_host_concurrency = 64\n";
 
+/// The daemon's configuration: `BASE_CONFIG` plus `EXTRA_CONFIG` from the environment (TOML
+/// tables to add, e.g. `[store]` `synchronous = "normal"` to see what fsync costs).
+fn config() -> String {
+    format!(
+        "{BASE_CONFIG}{}\n",
+        std::env::var("EXTRA_CONFIG").unwrap_or_default()
+    )
+}
+
 fn report(name: &str, value: Value) {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     std::fs::create_dir_all(&out).unwrap();
@@ -354,7 +364,7 @@ fn report(name: &str, value: Value) {
 }
 
 fn accept(total: usize, concurrency: usize, pad: usize) {
-    let daemon = Daemon::start(BASE_CONFIG);
+    let daemon = Daemon::start(&config());
     // A receiver so the deliveries that follow the accepts have somewhere to go.
     let (url, _received, server) = start_receiver(daemon.secret(), Duration::ZERO, 1);
     let load = drive(
@@ -380,7 +390,7 @@ fn accept(total: usize, concurrency: usize, pad: usize) {
 }
 
 fn e2e(total: usize, concurrency: usize, pad: usize, receiver_delay: Duration, name: &str) {
-    let daemon = Daemon::start(BASE_CONFIG);
+    let daemon = Daemon::start(&config());
     let (url, received, server) = start_receiver(daemon.secret(), receiver_delay, 2);
     let (idle_rss, _) = rss_mib(daemon.pid());
     let started = Instant::now();
@@ -431,7 +441,7 @@ fn e2e(total: usize, concurrency: usize, pad: usize, receiver_delay: Duration, n
 }
 
 fn sync(total: usize, concurrency: usize) {
-    let daemon = Daemon::start(BASE_CONFIG);
+    let daemon = Daemon::start(&config());
     let load = drive(
         &daemon.base,
         &daemon.key,
@@ -456,13 +466,13 @@ fn recovery(due_events: usize) {
     // Empty database: time from spawn until the address file is written (listening).
     let mut empty = Vec::new();
     for _ in 0..5 {
-        let d = Daemon::start(BASE_CONFIG);
+        let d = Daemon::start(&config());
         empty.push(d.started_in.as_secs_f64() * 1000.0);
         d.stop();
     }
     empty.sort_by(|a, b| a.partial_cmp(b).unwrap());
     // A database holding `due_events` undelivered events (their receiver is down).
-    let daemon = Daemon::start(BASE_CONFIG);
+    let daemon = Daemon::start(&config());
     let data = daemon.data();
     let dir = daemon.stop();
     seed_due_events(&data.join("hivelet.db"), due_events);
@@ -514,7 +524,7 @@ fn seed_due_events(db: &Path, n: usize) {
 }
 
 fn memory() {
-    let daemon = Daemon::start(BASE_CONFIG);
+    let daemon = Daemon::start(&config());
     std::thread::sleep(Duration::from_millis(500));
     let (idle, _) = rss_mib(daemon.pid());
     daemon.stop();

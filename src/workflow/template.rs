@@ -4,6 +4,8 @@
 //! missing values render as nothing (also through chains like `{{ a.b.c }}`), `null`
 //! renders as nothing, and nothing is HTML-escaped (templates build prompts, URLs and JSON).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -47,7 +49,22 @@ fn describe(e: &minijinja::Error) -> String {
 
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
+    ENV.get_or_init(configured_env)
+}
+
+/// Most compiled templates (or expressions) a thread keeps before starting over.
+const COMPILED_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    /// Templates compiled on this thread, keyed by their source: a workflow renders the same
+    /// few templates on every run, so each is parsed once instead of once per run.
+    static COMPILED: RefCell<(Environment<'static>, usize)> = RefCell::new((configured_env(), 0));
+    static EXPRESSIONS: RefCell<HashMap<String, minijinja::Expression<'static, 'static>>> =
+        RefCell::new(HashMap::new());
+}
+
+fn configured_env() -> Environment<'static> {
+    {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|_| AutoEscape::None);
@@ -64,7 +81,7 @@ fn env() -> &'static Environment<'static> {
             }
         });
         env
-    })
+    }
 }
 
 /// Converts a JSON scope once so several templates can render against it.
@@ -78,7 +95,38 @@ pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
 }
 
 pub(crate) fn render_with(src: &str, ctx: &JinjaValue) -> Result<String, TemplateError> {
-    Ok(env().render_str(src, ctx)?)
+    COMPILED.with(|cell| {
+        if let Ok(template) = cell.borrow().0.get_template(src) {
+            return Ok(template.render(ctx)?);
+        }
+        {
+            let mut cache = cell.borrow_mut();
+            if cache.1 >= COMPILED_CACHE_MAX {
+                *cache = (configured_env(), 0);
+            }
+            cache.0.add_template_owned(src.to_owned(), src.to_owned())?;
+            cache.1 += 1;
+        }
+        let cache = cell.borrow();
+        Ok(cache.0.get_template(src)?.render(ctx)?)
+    })
+}
+
+/// Evaluates a bare expression, compiling it once per thread.
+fn eval_expression(expr: &str, ctx: &JinjaValue) -> Result<JinjaValue, TemplateError> {
+    EXPRESSIONS.with(|cell| {
+        if let Some(compiled) = cell.borrow().get(expr) {
+            return Ok(compiled.eval(ctx)?);
+        }
+        let compiled = env().compile_expression_owned(expr.to_owned())?;
+        let value = compiled.eval(ctx)?;
+        let mut cache = cell.borrow_mut();
+        if cache.len() >= COMPILED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(expr.to_owned(), compiled);
+        Ok(value)
+    })
 }
 
 /// Evaluates a `when` condition. Accepts a bare expression (`x == 1`), one wrapped in
@@ -89,10 +137,7 @@ pub fn eval_bool(expr: &str, ctx: &Value) -> Result<bool, TemplateError> {
 
 pub(crate) fn eval_bool_with(expr: &str, ctx: &JinjaValue) -> Result<bool, TemplateError> {
     match condition_expression(expr) {
-        Some(e) => {
-            let compiled = env().compile_expression_owned(e.to_owned())?;
-            Ok(compiled.eval(ctx)?.is_true())
-        }
+        Some(e) => Ok(eval_expression(e, ctx)?.is_true()),
         None => {
             let text = render_with(expr, ctx)?;
             let text = text.trim().to_ascii_lowercase();
