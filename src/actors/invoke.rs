@@ -615,6 +615,51 @@ impl Handler<Load> for InvokeActor {
 /// the deployment version it was admitted with. Their earlier step records stay in the trace.
 /// A run that was `running` continues after its last finished step (see
 /// `run::trace_point`); one waiting at an approval step without an answer waits again.
+/// Marks the step a stopped process was in the middle of as `interrupted`, so the trace shows
+/// the cut-off attempt beside the re-run's. The step is the first one after those that ended;
+/// a run stopped between steps (or waiting on an approval) has none.
+fn record_interrupted_step(
+    store: &Store,
+    def: &workflow::Definition,
+    run: &crate::store::RunRecord,
+    rows: &[crate::store::StepRow],
+    ended_steps: usize,
+) {
+    let Some(step) = def.steps.get(ended_steps) else {
+        return;
+    };
+    if matches!(step.kind, workflow::StepKind::Approval { .. }) {
+        return;
+    }
+    // It started when the step before it ended (or when the run started).
+    let started_at = rows
+        .iter()
+        .filter(|r| (r.step_index as usize) < ended_steps)
+        .map(|r| r.started_at + r.duration_ms)
+        .max()
+        .or(run.started_at)
+        .unwrap_or(run.created_at);
+    if rows
+        .iter()
+        .any(|r| r.step_index as usize == ended_steps && r.started_at == started_at)
+    {
+        return; // already marked by an earlier restart
+    }
+    store.write_detached(Write::RecordStep(Box::new(crate::store::StepRow {
+        request_id: run.request_id.clone(),
+        step_index: ended_steps as i64,
+        step_id: step.id.clone(),
+        step_type: step.kind.type_name().to_string(),
+        status: "interrupted".into(),
+        started_at,
+        duration_ms: 0,
+        output_json: None,
+        error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
+        attempts: 1,
+        usage_json: None,
+    })));
+}
+
 pub fn recover(
     store: &Store,
     deployments: &crate::deployments::Deployments,
@@ -660,7 +705,17 @@ pub fn recover(
                     store::runs::approval_responses(conn, &request_id)?,
                 ))
             })?;
-            Some(run::trace_point(&deployment.definition, &rows, &answers))
+            let point = run::trace_point(&deployment.definition, &rows, &answers);
+            if point.waiting.is_none() {
+                record_interrupted_step(
+                    store,
+                    &deployment.definition,
+                    &run,
+                    &rows,
+                    point.resume.done.len(),
+                );
+            }
+            Some(point)
         } else {
             None
         };
