@@ -899,61 +899,9 @@ impl StubServer {
         addr: &str,
         responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
     ) -> StubServer {
-        let server = tiny_http::Server::http(addr)
-            .unwrap_or_else(|e| panic!("stub server bind {addr}: {e}"));
-        let port = server.server_addr().to_ip().expect("ip listener").port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let responder: Arc<Responder> = Arc::new(responder);
-        let thread = {
-            let received = received.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let mut request = match server.recv_timeout(Duration::from_millis(50)) {
-                        Ok(Some(r)) => r,
-                        Ok(None) => continue,
-                        Err(_) => break,
-                    };
-                    let mut body = Vec::new();
-                    let _ = request.as_reader().read_to_end(&mut body);
-                    let recorded = Recorded {
-                        method: request.method().to_string(),
-                        path: request.url().to_string(),
-                        headers: request
-                            .headers()
-                            .iter()
-                            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-                            .collect(),
-                        body,
-                    };
-                    let seq = {
-                        let mut list = received.lock().unwrap();
-                        list.push(recorded.clone());
-                        list.len() - 1
-                    };
-                    let responder = responder.clone();
-                    std::thread::spawn(move || {
-                        let reply = responder(&recorded, seq);
-                        let mut response = tiny_http::Response::from_string(reply.body)
-                            .with_status_code(reply.status);
-                        for (k, v) in &reply.headers {
-                            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes())
-                            {
-                                response.add_header(h);
-                            }
-                        }
-                        let _ = request.respond(response);
-                    });
-                }
-            })
-        };
-        StubServer {
-            port,
-            received,
-            stop,
-            thread: Some(thread),
-        }
+        // One plain thread per connection: tiny_http's pool could park a new connection
+        // behind a kept-alive one, so a request went unseen until that connection closed.
+        Self::threaded_on(addr, responder)
     }
 
     /// Always answers `200` with this JSON.
