@@ -53,7 +53,7 @@ shutdown_grace = "20s"
 [delivery]
 retry_schedule = ["100ms", "100ms", "100ms", "100ms", "100ms"]
 jitter = 0.0
-attempt_timeout = "20s"
+attempt_timeout = "300s" # held deliveries must not time out on a busy CI machine
 "#;
 
 /// A short delay, then a call to `api` that carries the run's id.
