@@ -32,20 +32,31 @@ pub struct SupervisorStats {
     pub paused_destinations: usize,
 }
 
+/// One (scheme, host, port): its attempts in flight, its breaker, and its waiting events.
 #[derive(Default)]
 struct Destination {
     in_flight: usize,
     breaker: Breaker,
+    /// (due time, event id) of the events waiting for this destination, earliest first.
+    due: BTreeSet<(i64, String)>,
+}
+
+impl Destination {
+    fn head(&self) -> Option<i64> {
+        self.due.first().map(|(at, _)| *at)
+    }
 }
 
 pub struct RetrySupervisor {
     store: Store,
     config: Arc<Config>,
     deployments: Arc<Deployments>,
-    /// (due time, event id), earliest first.
-    due: BTreeSet<(i64, String)>,
-    events: HashMap<String, DueEvent>,
+    /// Waiting events by id, with their destination key.
+    events: HashMap<String, (String, DueEvent)>,
     destinations: HashMap<String, Destination>,
+    /// (earliest due time, destination key) of every destination with waiting events, so a
+    /// pump looks at destinations, not at every event stuck behind a busy one.
+    heads: BTreeSet<(i64, String)>,
     deliverers: Vec<Addr<DeliveryActor>>,
     next_deliverer: usize,
     wakeup: Option<(i64, SpawnHandle)>,
@@ -75,9 +86,9 @@ impl RetrySupervisor {
             store,
             config,
             deployments,
-            due: BTreeSet::new(),
             events: HashMap::new(),
             destinations: HashMap::new(),
+            heads: BTreeSet::new(),
             deliverers: Vec::new(),
             next_deliverer: 0,
             wakeup: None,
@@ -89,12 +100,46 @@ impl RetrySupervisor {
     }
 
     fn insert(&mut self, event: DueEvent) {
-        if let Some(old) = self.events.remove(&event.event_id) {
-            self.due.remove(&(old.next_attempt_at, old.event_id));
-        }
-        self.due
+        self.remove_waiting(&event.event_id);
+        let key = destination_key(&event.callback_url);
+        let dest = self.destinations.entry(key.clone()).or_default();
+        let before = dest.head();
+        dest.due
             .insert((event.next_attempt_at, event.event_id.clone()));
-        self.events.insert(event.event_id.clone(), event);
+        let after = dest.head();
+        Self::move_head(&mut self.heads, &key, before, after);
+        self.events.insert(event.event_id.clone(), (key, event));
+    }
+
+    /// Takes an event out of the waiting set (a redelivery replaces a waiting retry).
+    fn remove_waiting(&mut self, event_id: &str) -> Option<DueEvent> {
+        let (key, event) = self.events.remove(event_id)?;
+        if let Some(dest) = self.destinations.get_mut(&key) {
+            let before = dest.head();
+            dest.due
+                .remove(&(event.next_attempt_at, event.event_id.clone()));
+            let after = dest.head();
+            Self::move_head(&mut self.heads, &key, before, after);
+        }
+        Some(event)
+    }
+
+    /// Keeps `heads` in step with a destination's earliest due time.
+    fn move_head(
+        heads: &mut BTreeSet<(i64, String)>,
+        key: &str,
+        before: Option<i64>,
+        after: Option<i64>,
+    ) {
+        if before == after {
+            return;
+        }
+        if let Some(at) = before {
+            heads.remove(&(at, key.to_string()));
+        }
+        if let Some(at) = after {
+            heads.insert((at, key.to_string()));
+        }
     }
 
     /// The signing secrets for an event: the current one, then a rotated-out one still valid.
@@ -113,32 +158,44 @@ impl RetrySupervisor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let now = ids::now_ms();
         let per_host = self.config.file.delivery.per_host_concurrency;
+        let mut next_wake: Option<i64> = self.heads.iter().map(|(at, _)| *at).find(|at| *at > now);
+        let due_destinations: Vec<(i64, String)> = self
+            .heads
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
         let mut ready = Vec::new();
-        let mut next_wake: Option<i64> = None;
-        for (at, id) in self.due.iter() {
-            if *at > now {
-                next_wake = Some(next_wake.map_or(*at, |w| w.min(*at)));
-                break;
-            }
-            let event = &self.events[id];
+        for (head, key) in due_destinations {
             let dest = self
                 .destinations
-                .entry(destination_key(&event.callback_url))
-                .or_default();
+                .get_mut(&key)
+                .expect("heads name known destinations");
             if let Some(until) = dest.breaker.paused_until(now) {
-                // Paused: the event waits without using up an attempt.
+                // Paused: its events wait without using up attempts.
                 next_wake = Some(next_wake.map_or(until, |w| w.min(until)));
                 continue;
             }
-            if dest.in_flight >= per_host {
-                continue; // an AttemptFinished for this destination pumps again
+            // A destination at its limit is pumped again by its next AttemptFinished.
+            while dest.in_flight < per_host {
+                match dest.due.first() {
+                    Some((at, _)) if *at <= now => {
+                        let (_, id) = dest.due.pop_first().expect("first exists");
+                        dest.in_flight += 1;
+                        ready.push(id);
+                    }
+                    Some((at, _)) => {
+                        next_wake = Some(next_wake.map_or(*at, |w| w.min(*at)));
+                        break;
+                    }
+                    None => break,
+                }
             }
-            dest.in_flight += 1;
-            ready.push((*at, id.clone()));
+            let after = dest.head();
+            Self::move_head(&mut self.heads, &key, Some(head), after);
         }
-        for key in ready {
-            self.due.remove(&key);
-            let event = self.events.remove(&key.1).expect("due events are indexed");
+        for id in ready {
+            let (_, event) = self.events.remove(&id).expect("due events are indexed");
             let secrets = self.secrets(&event.deployment_key, now);
             let deliverer = &self.deliverers[self.next_deliverer % self.deliverers.len()];
             self.next_deliverer = self.next_deliverer.wrapping_add(1);
