@@ -86,6 +86,21 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// Whether applying the command runs more than one data-changing statement.
+    fn has_several_statements(&self) -> bool {
+        matches!(
+            self,
+            Write::FinishRun(_)
+                | Write::PutDeployment(_)
+                | Write::RecordAttempt(..)
+                | Write::Redeliver { .. }
+                | Write::PurgeRuns { .. }
+                | Write::AnswerApproval { .. }
+        )
+    }
+}
+
 /// What a write reports back.
 #[derive(Debug, Clone)]
 pub enum Written {
@@ -207,6 +222,12 @@ fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Writ
     };
     let mut results = Vec::with_capacity(batch.len());
     for (cmd, _) in batch {
+        // One statement is atomic on its own (SQLite undoes a failed statement); only
+        // commands of several statements need a savepoint, which costs two more statements.
+        if !cmd.has_several_statements() {
+            results.push(apply(&tx, cmd).map_err(StoreError::classify));
+            continue;
+        }
         let result = match tx.savepoint() {
             Ok(mut sp) => match apply(&sp, cmd) {
                 Ok(written) => sp.commit().map(|_| written).map_err(StoreError::classify),
