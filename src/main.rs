@@ -9,6 +9,11 @@ use hivelet::cli::{self, Cli, Command};
 use hivelet::config::Config;
 use hivelet::store::Store;
 
+/// mimalloc instead of the system allocator: the invoke and delivery paths allocate many
+/// small, short-lived values on several threads, where glibc's malloc showed up in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     hivelet::install_crypto_provider();
     let cli = Cli::parse();
