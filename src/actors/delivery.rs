@@ -45,6 +45,9 @@ pub struct DeliveryActor {
     store: Store,
     config: Arc<Config>,
     client: Option<awc::Client>,
+    /// Also checked before each attempt: the connector skips the resolver (and so the
+    /// policy in it) when the URL's host is an IP address.
+    policy: CallbackPolicy,
 }
 
 impl DeliveryActor {
@@ -53,6 +56,7 @@ impl DeliveryActor {
             store,
             config,
             client: None,
+            policy: CallbackPolicy::default(),
         }
     }
 }
@@ -62,8 +66,9 @@ impl Actor for DeliveryActor {
 
     fn started(&mut self, _ctx: &mut Self::Context) {
         let security = &self.config.file.security;
+        self.policy = CallbackPolicy::new(&security.callback_allow, &security.callback_deny);
         let resolver = actix_tls::connect::Resolver::custom(PolicyResolver {
-            policy: CallbackPolicy::new(&security.callback_allow, &security.callback_deny),
+            policy: self.policy.clone(),
         });
         let timeout = self.config.file.delivery.attempt_timeout.0;
         let connector = awc::Connector::new()
@@ -267,6 +272,7 @@ impl Handler<Deliver> for DeliveryActor {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         let client = self.client.clone().expect("client built in started()");
+        let policy = self.policy.clone();
         let store = self.store.clone();
         let delivery = self.config.file.delivery.clone();
         let Deliver {
@@ -285,6 +291,12 @@ impl Handler<Deliver> for DeliveryActor {
             let clock = std::time::Instant::now();
             let timestamp = started_at / 1000;
             let prepared = secrets.and_then(|s| attempt_headers(&event, &s, timestamp));
+            let prepared = prepared.and_then(|headers| {
+                policy
+                    .check_ip_literal(&event.callback_url)
+                    .map(|()| headers)
+                    .map_err(|e| e.to_string())
+            });
             let (headers, exchange) = match prepared {
                 Ok(headers) => {
                     let exchange = post(

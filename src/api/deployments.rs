@@ -277,6 +277,7 @@ pub fn curl_snippet(
     ),
     responses(
         (status = 200, description = "The snippet", body = super::schema::Snippet),
+        (status = 400, description = "A malformed query string (e.g. `async` not a boolean, or given twice)", body = super::schema::ErrorEnvelope),
         (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = super::schema::ErrorEnvelope),
         (status = 422, description = "Invalid `callback_url`", body = super::schema::ErrorEnvelope),
         super::schema::NeedsAdmin,

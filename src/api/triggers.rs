@@ -24,9 +24,12 @@ fn presented_secret(req: &HttpRequest) -> Option<String> {
     {
         return Some(value.trim().to_string());
     }
+    // Secrets are `whsec_` + standard base64, so about half hold a `+`, which form decoding
+    // turns into a space when the secret is pasted into the URL unencoded. No secret holds a
+    // space, so a space can only be such a `+`.
     url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "secret")
-        .map(|(_, v)| v.into_owned())
+        .map(|(_, v)| v.replace(' ', "+"))
 }
 
 /// Splits a trigger body: `{"inputs", "async", "metadata", "user"}`, or an object without

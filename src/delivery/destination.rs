@@ -120,6 +120,24 @@ impl CallbackPolicy {
         }
         Ok(kept)
     }
+
+    /// Applies the policy to a URL whose host is an IP address. The connector hands such a
+    /// host straight to `connect` without asking [`PolicyResolver`], so without this check an
+    /// address literal (`http://10.0.0.1/…`) would bypass `callback_deny` and
+    /// `callback_allow`. Names are left to the resolver.
+    pub fn check_ip_literal(&self, url: &str) -> Result<(), DestinationError> {
+        let Ok(parsed) = url::Url::parse(url) else {
+            return Ok(());
+        };
+        let ip = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        let port = parsed.port_or_known_default().unwrap_or(0);
+        self.filter(&ip.to_string(), vec![SocketAddr::new(ip, port)])
+            .map(|_| ())
+    }
 }
 
 /// An actix-tls resolver that resolves with the system resolver, then applies the policy.
@@ -200,6 +218,17 @@ mod tests {
         assert!(p
             .filter("other.example.com", vec![addr("192.0.2.1")])
             .is_err());
+    }
+
+    #[test]
+    fn an_address_literal_in_the_url_is_checked() {
+        let p = CallbackPolicy::new(&["127.0.0.2/32".into()], &["127.0.0.3/32".into()]);
+        assert!(p.check_ip_literal("http://127.0.0.3:9/hook").is_err());
+        assert!(p.check_ip_literal("http://127.0.0.1:9/hook").is_err());
+        assert!(p.check_ip_literal("http://[::ffff:127.0.0.3]:9/").is_err());
+        assert!(p.check_ip_literal("http://127.0.0.2:9/hook").is_ok());
+        // Names are checked by the resolver, after resolution.
+        assert!(p.check_ip_literal("http://localhost:9/hook").is_ok());
     }
 
     #[test]
