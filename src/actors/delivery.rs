@@ -133,6 +133,10 @@ fn classify(err: &awc::error::SendRequestError) -> (&'static str, String) {
         SendRequestError::Connect(ConnectError::Io(io)) if is_tls_error(io) => {
             ("tls", format!("TLS handshake failed: {io}"))
         }
+        SendRequestError::Connect(ConnectError::Disconnected) => (
+            "connect",
+            "the receiver closed the connection without answering".into(),
+        ),
         SendRequestError::Connect(other) => ("connect", other.to_string()),
         other => ("connect", other.to_string()),
     }
