@@ -116,6 +116,11 @@ pub async fn run(
             .default_service(web::to(api::not_found))
     })
     .disable_signals()
+    // Explicit (these are actix-web's defaults) so a slow or stalled client is bounded on
+    // purpose: a request head must arrive within 5 s or the connection is closed
+    // (slowloris), and a closing connection gets 1 s to go away.
+    .client_request_timeout(std::time::Duration::from_secs(5))
+    .client_disconnect_timeout(std::time::Duration::from_secs(1))
     .shutdown_timeout(config.file.runs.shutdown_grace.0.as_secs().max(1))
     .listen(listener)?
     .run();

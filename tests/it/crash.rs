@@ -160,11 +160,21 @@ impl World {
     }
 }
 
-/// Every run of `busy` as `GET /v1/runs` lists it.
+/// Every run of `busy` as `GET /v1/runs` lists it, following `next_cursor` (a loaded
+/// machine may accept over 200 before the daemon refuses).
 fn listed_runs(app: &TestApp) -> Vec<Value> {
-    let r = app.admin_get("/v1/runs?deployment=busy&limit=200");
-    r.expect_status(200);
-    r.json()["runs"].as_array().cloned().unwrap_or_default()
+    let mut runs = Vec::new();
+    let mut query = "/v1/runs?deployment=busy&limit=200".to_string();
+    loop {
+        let r = app.admin_get(&query);
+        r.expect_status(200);
+        let body = r.json();
+        runs.extend(body["runs"].as_array().cloned().unwrap_or_default());
+        match body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("/v1/runs?deployment=busy&limit=200&cursor={cursor}"),
+            None => return runs,
+        }
+    }
 }
 
 fn count_status(runs: &[Value], status: &str) -> usize {
