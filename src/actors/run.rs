@@ -223,6 +223,30 @@ impl Handler<CancelRun> for RunActor {
     }
 }
 
+/// Writes a run's end, retrying while the database cannot take writes (disk full, read-only):
+/// the end carries the outbox event, so giving up would lose an accepted run's webhook until
+/// the next start. Other errors are returned at once.
+async fn write_until_stored(
+    store: &crate::store::Store,
+    request_id: &str,
+    cmd: Write,
+) -> Result<crate::store::Written, crate::store::StoreError> {
+    let Write::FinishRun(done) = cmd else {
+        return store.write(cmd).await;
+    };
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match store.write(Write::FinishRun(done.clone())).await {
+            Err(crate::store::StoreError::Unavailable(why)) => {
+                tracing::warn!(request_id = %request_id, %why, retry_in = ?delay, "cannot store the run's end yet; retrying");
+                actix_rt::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Stores the terminal state and the outbox event in one durable write, hands the event to
 /// the supervisor, then answers a waiting caller.
 pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Ending) {
@@ -296,10 +320,12 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         None => tracing::info!(status = status.as_str(), "run ended"),
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
-    match reporting
-        .store
-        .write(Write::FinishRun(Box::new(done)))
-        .await
+    match write_until_stored(
+        &reporting.store,
+        &request_id,
+        Write::FinishRun(Box::new(done)),
+    )
+    .await
     {
         Ok(written) if written.found() => {
             let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);

@@ -54,6 +54,10 @@ impl StoreError {
             Some(ErrorCode::ReadOnly) | Some(ErrorCode::CannotOpen) => StoreError::Unavailable(
                 "The database is read-only; the request was not stored.".into(),
             ),
+            // A write the file system refused (e.g. it was remounted read-only).
+            Some(ErrorCode::SystemIoFailure) => StoreError::Unavailable(format!(
+                "The database cannot be written ({err}); the request was not stored."
+            )),
             _ => StoreError::Sqlite(err),
         }
     }

@@ -23,6 +23,7 @@ mod schemathesis;
 mod sdk;
 mod security;
 mod steps;
+mod storage;
 mod storm;
 mod ui;
 mod webhooks;
