@@ -2,7 +2,9 @@
 //! rotated-out key (and an invoke key where an admin key is needed) without changing
 //! anything; a key in the query string is never accepted; the inbound trigger route takes only
 //! a valid signing secret; the daemon's logs never hold an API key or a signing secret; every
-//! file in the data dir is private; and `callback_deny` holds against names and redirects.
+//! file in the data dir is private; and `callback_deny` holds against names, redirects and a
+//! name that rebinds between lookups, with every connection made only to the address that was
+//! checked (against a DNS server the test runs).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -739,5 +741,86 @@ fn an_allow_list_refuses_names_and_addresses_outside_it() {
         localhost.requests().is_empty(),
         "{:?}",
         localhost.requests()
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// DNS rebinding and connection pinning, against a DNS server the test controls
+// ------------------------------------------------------------------------------------------
+
+const REBIND_NAME: &str = "rebind.hivelet.test";
+const ALLOWED_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
+const DENIED_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// The name answers first with an allowed address, then with a denied one, each answer with
+/// TTL 0. A sender that checks one lookup and connects with another would take the second
+/// answer to the trap on the denied address; hivelet connects only to the addresses it just
+/// checked, so the first attempt reaches the receiver and the second is refused as `denied`
+/// without a connection (a denial is final: the policy will not change by retrying). Then an answer mixing a denied and an allowed address is
+/// delivered to the allowed one only.
+#[test]
+fn a_name_that_rebinds_to_a_denied_address_is_refused_and_connections_go_only_where_checked() {
+    use crate::support::dns::{can_unshare_mounts, resolv_wrapper, DnsServer};
+    let Some(dns) = DnsServer::start(REBIND_NAME).filter(|_| can_unshare_mounts()) else {
+        eprintln!("DNS rebinding test skipped: needs root for port 53 and a mount namespace");
+        return;
+    };
+    // The receiver fails the first delivery, and closes every connection so that no attempt
+    // can ride on an earlier one: each attempt resolves and connects anew.
+    let (receiver, _) = stub_on("127.0.0.1", |_, seq| {
+        let mut reply = StubReply::text(if seq == 0 { 500 } else { 200 }, "r");
+        reply.headers.push(("Connection".into(), "close".into()));
+        reply
+    });
+    let trap = StubServer::threaded_on(&format!("{DENIED_IP}:{}", receiver.port), |_, _| {
+        StubReply::text(200, "the trap")
+    });
+    let resolv_dir = tempfile::tempdir().unwrap();
+    let wrapper = resolv_wrapper(&dns, resolv_dir.path());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let config = format!("{FAST}\n[security]\ncallback_deny = [\"{DENIED_IP}/32\"]\n");
+    let app = TestApp::builder().config(&config).wrapper(&wrapper).start();
+    let hook = format!("http://{REBIND_NAME}:{}/hook", receiver.port);
+
+    dns.script(&[&[ALLOWED_IP], &[DENIED_IP]]);
+    let rebound = invoke_async(&app, hello("Ada"), &hook);
+    let detail = wait_delivery(&app, &rebound, "failed");
+    let tried = attempts(&detail);
+    assert_eq!(tried.len(), 2, "{detail:#}");
+    assert_eq!(tried[0]["status_code"], 500, "{detail:#}");
+    {
+        let attempt = &tried[1];
+        assert_eq!(attempt["error_kind"], "denied", "{attempt:#}");
+        assert!(attempt["status_code"].is_null(), "{attempt:#}");
+        let message = attempt["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(REBIND_NAME) && message.contains("127.0.0.2"),
+            "the record names the host and the refused address: {attempt:#}"
+        );
+    }
+    assert_eq!(detail["async"]["failure_reason"], "denied", "{detail:#}");
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "only the first attempt connected"
+    );
+    // One fresh lookup per attempt, never a cached answer.
+    let queries = dns.queries();
+    assert_eq!(
+        queries,
+        vec![vec![ALLOWED_IP], vec![DENIED_IP]],
+        "A queries seen by the DNS server"
+    );
+
+    dns.script(&[&[DENIED_IP, ALLOWED_IP]]);
+    let mixed = invoke_async(&app, hello("Bob"), &hook);
+    let detail = wait_delivery(&app, &mixed, "delivered");
+    assert_eq!(attempts(&detail).len(), 1, "{detail:#}");
+    assert_eq!(receiver.requests().len(), 2);
+
+    assert!(
+        trap.requests().is_empty(),
+        "the denied address was connected to: {:?}",
+        trap.requests()
     );
 }

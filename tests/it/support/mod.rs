@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -220,6 +222,7 @@ pub struct AppBuilder {
     files: Vec<(String, String)>,
     examples: bool,
     paths_via: PathsVia,
+    wrapper: Vec<String>,
 }
 
 impl AppBuilder {
@@ -258,6 +261,13 @@ impl AppBuilder {
         self
     }
 
+    /// Runs the daemon through this command, which must `exec` its trailing arguments (the
+    /// daemon binary and its arguments), so the daemon keeps the pid the test signals.
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Lays out the temp dir without starting anything.
     pub fn prepare(self) -> TestApp {
         let tmp = tempfile::Builder::new()
@@ -289,6 +299,7 @@ impl AppBuilder {
             args,
             env: self.env,
             paths_via: self.paths_via,
+            wrapper: self.wrapper,
         }
     }
 
@@ -317,6 +328,7 @@ pub struct TestApp {
     args: Vec<String>,
     env: Vec<(String, String)>,
     paths_via: PathsVia,
+    wrapper: Vec<String>,
 }
 
 impl TestApp {
@@ -328,6 +340,7 @@ impl TestApp {
             files: Vec::new(),
             examples: true,
             paths_via: PathsVia::FlagsBefore,
+            wrapper: Vec::new(),
         }
     }
 
@@ -377,6 +390,21 @@ impl TestApp {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null());
+        if let Some((program, args)) = self.wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped
+                .args(args)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(v) => wrapped.env(key, v),
+                    None => wrapped.env_remove(key),
+                };
+            }
+            wrapped.stdin(Stdio::null());
+            return wrapped;
+        }
         cmd
     }
 
@@ -1072,6 +1100,12 @@ fn serve_connection(
             list.len() - 1
         };
         let reply = responder(&recorded, seq);
+        // A reply may close the connection itself, so the next request must connect anew.
+        let close = close
+            || reply
+                .headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.contains("close"));
         let mut head = format!(
             "HTTP/1.1 {} Stub\r\nContent-Length: {}\r\n",
             reply.status,
@@ -1080,7 +1114,7 @@ fn serve_connection(
         for (k, v) in &reply.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        if close {
+        if close && !head.to_ascii_lowercase().contains("connection: close") {
             head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
