@@ -198,7 +198,7 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Writes a file only its owner can read (0600).
+/// Writes a file only its owner can read (0600), durably.
 pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -214,6 +214,12 @@ pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    // On disk before we go on: the admin key is shown once, and a crash (or a disk that
+    // fails) right after start must not leave its file empty or missing.
+    file.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

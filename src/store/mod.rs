@@ -61,6 +61,28 @@ impl StoreError {
             _ => StoreError::Sqlite(err),
         }
     }
+
+    /// Like [`StoreError::classify`], but an I/O error on a file system that has become
+    /// read-only (ext4 does that after disk errors) says so, since that is what the operator
+    /// has to fix.
+    fn classify_at(db_path: Option<&Path>, err: rusqlite::Error) -> StoreError {
+        let io_failure = err.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure);
+        if io_failure && db_path.is_some_and(file_system_is_read_only) {
+            return StoreError::Unavailable(
+                "The database is read-only: its file system was remounted read-only; the request was not stored."
+                    .into(),
+            );
+        }
+        StoreError::classify(err)
+    }
+}
+
+/// Whether opening `path` for writing fails because its file system is read-only.
+fn file_system_is_read_only(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -202,8 +202,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
 
 /// Applies a batch in one transaction; every command gets its own result.
 fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Written>> {
+    let db_path = conn.path().map(std::path::PathBuf::from);
+    let classify = |err| StoreError::classify_at(db_path.as_deref(), err);
     let failed_all = |err: rusqlite::Error| {
-        let err = StoreError::classify(err);
+        let err = classify(err);
         let msg = err.to_string();
         let unavailable = matches!(err, StoreError::Unavailable(_));
         (0..batch.len())
@@ -225,18 +227,18 @@ fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Writ
         // One statement is atomic on its own (SQLite undoes a failed statement); only
         // commands of several statements need a savepoint, which costs two more statements.
         if !cmd.has_several_statements() {
-            results.push(apply(&tx, cmd).map_err(StoreError::classify));
+            results.push(apply(&tx, cmd).map_err(classify));
             continue;
         }
         let result = match tx.savepoint() {
             Ok(mut sp) => match apply(&sp, cmd) {
-                Ok(written) => sp.commit().map(|_| written).map_err(StoreError::classify),
+                Ok(written) => sp.commit().map(|_| written).map_err(classify),
                 Err(err) => {
                     let _ = sp.rollback();
-                    Err(StoreError::classify(err))
+                    Err(classify(err))
                 }
             },
-            Err(err) => Err(StoreError::classify(err)),
+            Err(err) => Err(classify(err)),
         };
         results.push(result);
     }

@@ -1,8 +1,11 @@
-//! Storage faults (issue 7): the data dir on a small tmpfs that the test fills up. While the
-//! disk is full an invoke answers 503 with a clear error and stores nothing; what was accepted
-//! before is still there; when space returns, service resumes and every accepted run is
-//! delivered. Needs root for `mount` (as CI runs); elsewhere the test says so and skips.
+//! Storage faults (issue 7). A full disk: the data dir on a small tmpfs that the test fills
+//! up; invokes answer 503 and store nothing, what was accepted stays, and service resumes
+//! when space returns. A read-only database: the data dir on an ext4 image that the kernel
+//! turns read-only after an error; invokes answer 503 naming the cause, reads go on, runs in
+//! flight keep their end until the repair, and everything accepted is delivered after it.
+//! Both need root for `mount` (as CI runs); elsewhere the tests say so and skip.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,26 +15,83 @@ use serde_json::{json, Value};
 use crate::delivery::{invoke_async, wait_delivery, FAST};
 use crate::support::*;
 
-/// Unmounts the tmpfs however the test ends (declared before the app, so dropped after it).
-struct Tmpfs(PathBuf);
+/// A file system mounted on a test's data dir, unmounted however the test ends (declared
+/// before the app, so dropped after it).
+struct Mounted(PathBuf);
 
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+impl Mounted {
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mounted> {
         std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| Tmpfs(dir.to_path_buf()))
+        let options = format!("size={size}");
+        run_ok(
+            "mount",
+            &["-t", "tmpfs", "-o", &options, "tmpfs", path_str(dir)],
+        )
+        .then(|| Mounted(dir.to_path_buf()))
+    }
+
+    /// An ext4 file system in `image`, which turns itself read-only on an error, as ext4
+    /// data disks are usually mounted.
+    fn ext4(image: &Path, dir: &Path) -> Option<Mounted> {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let made = run_ok("mkfs.ext4", &["-q", "-F", path_str(image)]);
+        let mounted = made && Self::mount_ext4(image, dir);
+        mounted.then(|| Mounted(dir.to_path_buf()))
+    }
+
+    fn mount_ext4(image: &Path, dir: &Path) -> bool {
+        run_ok(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                path_str(image),
+                path_str(dir),
+            ],
+        )
+    }
+
+    /// The loop device behind this mount, e.g. `loop3`.
+    fn device_name(&self) -> String {
+        let out = Command::new("findmnt")
+            .args(["-no", "SOURCE"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        source.rsplit('/').next().unwrap().to_string()
+    }
+
+    fn options(&self) -> String {
+        let out = Command::new("findmnt")
+            .args(["-no", "OPTIONS"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn run_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Writes to `path` until the file system refuses (ENOSPC).
@@ -49,7 +109,7 @@ fn big_body(i: usize) -> Value {
 #[test]
 fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
     let mut app = TestApp::builder().config(FAST).prepare();
-    let Some(_tmpfs) = Tmpfs::mount(&app.data_dir, "16m") else {
+    let Some(_tmpfs) = Mounted::tmpfs(&app.data_dir, "16m") else {
         eprintln!("storage fault test skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -113,4 +173,150 @@ fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
         wait_delivery(&app, id, "delivered");
     }
     app.kill();
+}
+
+/// Sleeps, so runs are still going when the file system turns read-only.
+const PAUSE_WORKFLOW: &str = r#"
+key = "pause"
+
+[[inputs]]
+name = "name"
+type = "text"
+
+[[steps]]
+id = "wait"
+type = "delay"
+ms = 1500
+
+[output]
+template = "paused {{ name }}"
+"#;
+
+/// The data dir on an ext4 file system that the kernel turns read-only after an error (the
+/// test triggers one through `/sys/fs/ext4/<dev>/trigger_fs_error`, the way a failing disk
+/// would). While it is read-only, invokes get 503 naming the cause, reads keep working, and
+/// runs that were mid-flight keep trying to store their end. Linux refuses to remount a file
+/// system read-write after its journal was aborted, so the repair is what an operator does:
+/// stop, `e2fsck`, mount, start. After it every run accepted before is delivered.
+#[test]
+fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repair() {
+    // A short grace: the paused runs cannot store their end, so a stop waits all of it.
+    let config = format!("{FAST}\n[runs]\nshutdown_grace = \"1s\"\n");
+    let mut app = TestApp::builder()
+        .config(&config)
+        .file("workflows/pause.toml", PAUSE_WORKFLOW)
+        .prepare();
+    let image = app.dir.join("disk.img");
+    let Some(mount) = Mounted::ext4(&image, &app.data_dir) else {
+        eprintln!("read-only database test skipped: cannot mount an ext4 image here (needs root)");
+        return;
+    };
+    let trigger = PathBuf::from(format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        mount.device_name()
+    ));
+    if !trigger.exists() {
+        eprintln!("read-only database test skipped: this kernel has no ext4 trigger_fs_error");
+        return;
+    }
+    app.spawn();
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let hook = format!("{}/hook", receiver.url());
+
+    let delivered_before: Vec<String> = (0..3)
+        .map(|i| invoke_async(&app, hello(&format!("d{i}")), &hook))
+        .collect();
+    for id in &delivered_before {
+        wait_delivery(&app, id, "delivered");
+    }
+    let mid_flight: Vec<String> = (0..3)
+        .map(|i| {
+            let body = json!({"deployment": "pause", "inputs": {"name": format!("p{i}")}});
+            invoke_async(&app, body, &hook)
+        })
+        .collect();
+
+    std::fs::write(&trigger, "hivelet read-only test\n").unwrap();
+    let options = mount.options();
+    assert!(
+        options.split(',').any(|o| o == "ro" || o == "emergency_ro"),
+        "the file system should now be read-only: {options}"
+    );
+
+    for body in [
+        hello("Ro"),
+        json!({"deployment": "hello", "inputs": {"name": "Ro"}, "async": {"enabled": true, "callback_url": hook}}),
+    ] {
+        let r = app.invoke(&body);
+        let err = r.expect_error(503, "unavailable", None);
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("read-only"),
+            "the error names the cause: {err}"
+        );
+    }
+    // Reads still work, and show everything that was accepted.
+    let listed = app.admin_get("/v1/runs?limit=100");
+    listed.expect_status(200);
+    let ids: Vec<String> = listed.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    for id in delivered_before.iter().chain(&mid_flight) {
+        assert!(ids.contains(id), "{id} missing from {ids:?}");
+    }
+    // The paused runs end while nothing can be written; their end waits, it is not dropped.
+    wait_for("a run's end to be retried while read-only", || {
+        app.stderr()
+            .contains("cannot store the run's end yet; retrying")
+            .then_some(())
+    });
+
+    // The operator's repair: stop, check the file system, mount it again, start.
+    app.stop();
+    assert!(run_ok("umount", &[path_str(&app.data_dir)]), "umount");
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-y", path_str(&image)])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(fsck.status.code(), Some(0) | Some(1)),
+        "e2fsck: {fsck:?}"
+    );
+    // Started on a file system mounted read-only, the daemon refuses at once and says
+    // why (a service manager restarts it; nothing is half-served).
+    assert!(run_ok(
+        "mount",
+        &["-o", "loop,ro", path_str(&image), path_str(&app.data_dir)]
+    ));
+    let refused = app.serve_expecting_exit();
+    let (_, stderr) = out_text(&refused);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(run_ok("umount", &[path_str(&app.data_dir)]), "umount");
+    assert!(Mounted::mount_ext4(&image, &app.data_dir), "mount again");
+    app.spawn();
+
+    for id in &mid_flight {
+        let detail = wait_delivery(&app, id, "delivered");
+        assert_eq!(detail["run_status"], "completed", "{detail:#}");
+    }
+    let r = app.invoke(&hello("Back"));
+    r.expect_status(200);
+    let delivered: BTreeSet<String> = receiver
+        .requests()
+        .iter()
+        .filter_map(|req| serde_json::from_slice::<Value>(&req.body).ok())
+        .filter_map(|event| event["request_id"].as_str().map(String::from))
+        .collect();
+    for id in delivered_before.iter().chain(&mid_flight) {
+        assert!(delivered.contains(id), "{id} was never delivered");
+    }
+    app.stop();
+    drop(mount);
 }
