@@ -82,7 +82,9 @@ fn file_system_is_read_only(path: &Path) -> bool {
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .is_err_and(|e| e.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+        // EROFS is 30 on Linux, macOS and the BSDs (`ErrorKind::ReadOnlyFilesystem` needs a
+        // newer Rust than our MSRV).
+        .is_err_and(|e| e.raw_os_error() == Some(30))
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
