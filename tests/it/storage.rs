@@ -106,6 +106,31 @@ fn big_body(i: usize) -> Value {
     json!({"deployment": "hello", "inputs": {"name": format!("n{i}")}, "metadata": {"pad": "x".repeat(200 * 1024)}})
 }
 
+/// Invokes each body with a callback to `hook` and waits until all are delivered.
+fn accepted_and_delivered(
+    app: &TestApp,
+    hook: &str,
+    bodies: impl Iterator<Item = Value>,
+) -> Vec<String> {
+    let ids: Vec<String> = bodies.map(|body| invoke_async(app, body, hook)).collect();
+    for id in &ids {
+        wait_delivery(app, id, "delivered");
+    }
+    ids
+}
+
+/// The request ids `GET /v1/runs` lists (newest 200).
+fn listed_run_ids(app: &TestApp) -> Vec<String> {
+    let listed = app.admin_get("/v1/runs?limit=200");
+    listed.expect_status(200);
+    listed.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
     let mut app = TestApp::builder().config(FAST).prepare();
@@ -117,12 +142,7 @@ fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
     let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let hook = format!("{}/hook", receiver.url());
 
-    let before: Vec<String> = (0..3)
-        .map(|i| invoke_async(&app, big_body(i), &hook))
-        .collect();
-    for id in &before {
-        wait_delivery(&app, id, "delivered");
-    }
+    let before = accepted_and_delivered(&app, &hook, (0..3).map(big_body));
 
     let filler = app.data_dir.join("filler");
     fill(&filler);
@@ -146,14 +166,7 @@ fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
     assert!(refused > 0, "a full disk must refuse some invoke with 503");
 
     // Nothing accepted before was lost; the daemon still answers reads.
-    let listed = app.admin_get("/v1/runs?limit=200");
-    listed.expect_status(200);
-    let ids: Vec<String> = listed.json()["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = listed_run_ids(&app);
     for id in &before {
         assert!(
             ids.contains(id),
@@ -223,12 +236,8 @@ fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repa
     let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let hook = format!("{}/hook", receiver.url());
 
-    let delivered_before: Vec<String> = (0..3)
-        .map(|i| invoke_async(&app, hello(&format!("d{i}")), &hook))
-        .collect();
-    for id in &delivered_before {
-        wait_delivery(&app, id, "delivered");
-    }
+    let delivered_before =
+        accepted_and_delivered(&app, &hook, (0..3).map(|i| hello(&format!("d{i}"))));
     let mid_flight: Vec<String> = (0..3)
         .map(|i| {
             let body = json!({"deployment": "pause", "inputs": {"name": format!("p{i}")}});
@@ -258,14 +267,7 @@ fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repa
         );
     }
     // Reads still work, and show everything that was accepted.
-    let listed = app.admin_get("/v1/runs?limit=100");
-    listed.expect_status(200);
-    let ids: Vec<String> = listed.json()["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = listed_run_ids(&app);
     assert_eq!(ids.len(), 6, "{ids:?}");
     for id in delivered_before.iter().chain(&mid_flight) {
         assert!(ids.contains(id), "{id} missing from {ids:?}");
