@@ -6,7 +6,7 @@
 //! `running` in the store, and go back to the front of the queue when their step is answered
 //! (`Respond`) or times out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::deployments::LiveDeployment;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{NewRun, RunStatus, StepRow, Store, Write, Written};
+use crate::store::{NewRun, RunStatus, Store, Write, Written};
 use crate::workflow;
 use crate::workflow::engine::{Approval, ApprovalAnswer, Resume};
 
@@ -159,6 +159,9 @@ pub struct InvokeActor {
     queue: VecDeque<AdmittedRun>,
     /// Runs waiting at an approval step, by request id; they hold no slot.
     paused: HashMap<String, PausedRun>,
+    /// Running runs asked to cancel. A run can hand itself back as paused after its
+    /// RunActor stopped taking messages; the cancel is then carried out here.
+    cancelling: HashSet<String>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -185,9 +188,30 @@ impl InvokeActor {
                 .into_iter()
                 .map(|p| (p.run.request_id.clone(), p))
                 .collect(),
+            cancelling: HashSet::new(),
             draining: false,
             drain_waiters: Vec::new(),
         }
+    }
+
+    /// Ends a run waiting at its approval step as cancelled: the trace shows the step failed,
+    /// and the returned future stores the end. `None` when the run is not paused.
+    fn cancel_paused(
+        &mut self,
+        request_id: &str,
+        ctx: &mut Context<Self>,
+    ) -> Option<impl std::future::Future<Output = ()>> {
+        let paused = self.paused.remove(request_id)?;
+        if let Some(timer) = paused.timer {
+            ctx.cancel_future(timer);
+        }
+        self.store
+            .write_detached(Write::RecordStep(Box::new(run::cancelled_approval_step(
+                request_id,
+                &paused.waiting,
+            ))));
+        let reporting = self.reporting();
+        Some(async move { run::finish(&reporting, paused.run, Ending::Cancelled).await })
     }
 
     fn slots_in_use(&self) -> usize {
@@ -435,6 +459,7 @@ impl Handler<RunEnded> for InvokeActor {
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
+        self.cancelling.remove(&msg.request_id);
         self.start_queued(ctx);
         self.notify_if_idle();
     }
@@ -455,7 +480,13 @@ impl Handler<RunPaused> for InvokeActor {
                 timer: None,
             },
         );
-        self.arm_timeout(&request_id, ctx);
+        if self.cancelling.remove(&request_id) {
+            if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
+                ctx.spawn(cancelled.into_actor(self));
+            }
+        } else {
+            self.arm_timeout(&request_id, ctx);
+        }
         self.start_queued(ctx);
         self.notify_if_idle();
     }
@@ -527,34 +558,13 @@ impl Handler<Cancel> for InvokeActor {
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(actor) = self.running.get(&msg.request_id) {
             actor.do_send(CancelRun);
+            self.cancelling.insert(msg.request_id);
             return Box::pin(fut::ready(true));
         }
-        if let Some(paused) = self.paused.remove(&msg.request_id) {
-            if let Some(timer) = paused.timer {
-                ctx.cancel_future(timer);
-            }
-            // The trace must not show the step still waiting.
-            let waiting = &paused.waiting;
-            self.store
-                .write_detached(Write::RecordStep(Box::new(StepRow {
-                    request_id: msg.request_id.clone(),
-                    step_index: waiting.step_index as i64,
-                    step_id: waiting.step_id.clone(),
-                    step_type: "approval".into(),
-                    status: "failed".into(),
-                    started_at: waiting.since_ms,
-                    duration_ms: (ids::now_ms() - waiting.since_ms).max(0),
-                    output_json: None,
-                    error: Some(
-                        "the run was cancelled while the step waited for a response".into(),
-                    ),
-                    attempts: 0,
-                    usage_json: None,
-                })));
-            let reporting = self.reporting();
+        if let Some(cancelled) = self.cancel_paused(&msg.request_id, ctx) {
             return Box::pin(
                 async move {
-                    run::finish(&reporting, paused.run, Ending::Cancelled).await;
+                    cancelled.await;
                     true
                 }
                 .into_actor(self),

@@ -119,18 +119,24 @@ impl RunActor {
                         // this step again and waits there.
                         tracing::error!(request_id = %request_id, %err, "could not store the waiting approval step");
                     }
-                    // A cancel that came meanwhile has taken the run and ends it.
-                    let Some(mut run) = act.run.take() else {
-                        return;
-                    };
-                    tracing::info!(request_id = %request_id, step = %record.step_id, "run waits for an approval");
-                    run.resume = Some(resume);
                     let waiting = Waiting {
                         step_id: record.step_id,
                         step_index: record.index,
                         since_ms: record.started_at_ms,
                         timeout_at_ms,
                     };
+                    // A cancel that came meanwhile has taken the run and ends it; the
+                    // `waiting` line just stored must not outlive it.
+                    let Some(mut run) = act.run.take() else {
+                        act.reporting
+                            .store
+                            .write_detached(Write::RecordStep(Box::new(
+                                cancelled_approval_step(&request_id, &waiting),
+                            )));
+                        return;
+                    };
+                    tracing::info!(request_id = %request_id, step = %waiting.step_id, "run waits for an approval");
+                    run.resume = Some(resume);
                     act.paused.do_send(RunPaused { run, waiting });
                     ctx.stop();
                 }),
@@ -151,6 +157,23 @@ impl RunActor {
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
         );
+    }
+}
+
+/// The trace line of an approval step whose run was cancelled while it waited.
+pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> StepRow {
+    StepRow {
+        request_id: request_id.to_string(),
+        step_index: waiting.step_index as i64,
+        step_id: waiting.step_id.clone(),
+        step_type: "approval".into(),
+        status: "failed".into(),
+        started_at: waiting.since_ms,
+        duration_ms: (ids::now_ms() - waiting.since_ms).max(0),
+        output_json: None,
+        error: Some("the run was cancelled while the step waited for a response".into()),
+        attempts: 0,
+        usage_json: None,
     }
 }
 

@@ -364,3 +364,50 @@ fn sync_invoke_of_an_approval_workflow_is_refused() {
         assert_eq!(runs.json()["runs"], json!([]), "nothing is stored: {runs}");
     }
 }
+
+/// A cancel that lands while the approval step's `waiting` line is being stored must still
+/// leave the trace showing the step failed, not waiting on a cancelled run. Many runs are
+/// cancelled right after their 202 to hit that moment.
+#[test]
+fn a_cancel_racing_the_approval_pause_leaves_no_step_waiting() {
+    let app = TestApp::start();
+    app.deploy_ok("expense", &expense(600_000, None));
+    let receiver = receiver();
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..15)
+                        .map(|_| {
+                            let id = invoke_async(&app, "expense", json!({"amount": 5}), &receiver);
+                            app.post_json(
+                                &format!("/v1/runs/{id}/cancel"),
+                                Some(&app.admin_key),
+                                &json!({}),
+                            )
+                            .expect_status(202);
+                            id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    receiver.wait_for_requests(ids.len());
+    for id in &ids {
+        let run = wait_for(&format!("{id} to settle as cancelled"), || {
+            let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+            let waiting = run["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(|s| s["status"] == "waiting"));
+            (run["run_status"] == "cancelled" && !waiting).then_some(run)
+        });
+        if let Some(step) = step_of(&run, "approve") {
+            assert_eq!(step["status"], "failed", "{run:#}");
+        }
+    }
+}
