@@ -82,12 +82,28 @@ pub fn served_routes() -> Vec<(String, String)> {
         .collect()
 }
 
-/// A resource whose wrong methods answer 405 in the envelope.
-pub(crate) fn resource(path: &str) -> Resource {
+/// A resource whose other methods answer 405 in the envelope, with the `Allow` header HTTP
+/// asks for (`allow`: the methods it serves, e.g. `"GET, HEAD"`).
+pub(crate) fn resource(path: &str, allow: &str) -> Resource {
     record("*", path);
-    web::resource(path).default_service(web::to(|| async {
-        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed)
-    }))
+    web::resource(path).default_service(method_not_allowed(allow))
+}
+
+fn method_not_allowed(allow: &str) -> actix_web::Route {
+    let allow = allow.to_string();
+    web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let mut response =
+                actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::ALLOW, value);
+            }
+            response
+        }
+    })
 }
 
 /// A [`resource`] built method by method, each (method, path) recorded for the OpenAPI
@@ -95,12 +111,14 @@ pub(crate) fn resource(path: &str) -> Resource {
 pub(crate) struct Endpoint {
     path: &'static str,
     resource: Resource,
+    methods: Vec<Method>,
 }
 
 pub(crate) fn endpoint(path: &'static str) -> Endpoint {
     Endpoint {
         path,
-        resource: resource(path),
+        resource: resource(path, ""),
+        methods: Vec::new(),
     }
 }
 
@@ -112,7 +130,12 @@ impl Endpoint {
         F::Output: Responder + 'static,
     {
         record(method.as_str(), self.path);
-        self.resource = self.resource.route(web::method(method).to(handler));
+        self.methods.push(method.clone());
+        let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        self.resource = self
+            .resource
+            .route(web::method(method).to(handler))
+            .default_service(method_not_allowed(&allow.join(", ")));
         self
     }
 

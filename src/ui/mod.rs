@@ -19,12 +19,12 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// Registers `GET /` and the page's assets under `/ui/`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        resource("/")
+        resource("/", "GET, HEAD")
             .route(web::get().to(index))
             .route(web::head().to(index)),
     );
-    cfg.service(resource("/ui/app.js").route(web::get().to(app_js)));
-    cfg.service(resource("/ui/app.css").route(web::get().to(app_css)));
+    cfg.service(resource("/ui/app.js", "GET").route(web::get().to(app_js)));
+    cfg.service(resource("/ui/app.css", "GET").route(web::get().to(app_css)));
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {

@@ -335,12 +335,20 @@ fn unknown_route_is_404_in_the_envelope() {
 }
 
 #[test]
-fn wrong_method_is_405_in_the_envelope() {
+fn wrong_method_is_405_in_the_envelope_with_allow() {
     let app = TestApp::start();
     let r = app.admin_get("/v1/workflow/invoke");
     r.expect_error(405, "method_not_allowed", None);
+    assert_eq!(r.header("allow"), Some("POST"), "{r}");
     let r = app.delete("/v1/workflow/invoke", Some(&app.admin_key));
     r.expect_error(405, "method_not_allowed", None);
+    assert_eq!(r.header("allow"), Some("POST"), "{r}");
+    let r = app.delete("/v1/keys", Some(&app.admin_key));
+    r.expect_error(405, "method_not_allowed", None);
+    assert_eq!(r.header("allow"), Some("GET, POST"), "{r}");
+    let r = app.request("TRACE", "/", None, &[], None);
+    r.expect_error(405, "method_not_allowed", None);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{r}");
 }
 
 #[test]
