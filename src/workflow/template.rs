@@ -34,8 +34,21 @@ impl From<minijinja::Error> for TemplateError {
     }
 }
 
+/// Instructions one render or condition may run. Runs render on the daemon's threads, so a
+/// template that loops (or recurses) without end must fail instead of holding one forever;
+/// a million instructions is a few tens of milliseconds, far more than any prompt needs.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Most bytes one render may produce.
+pub const RENDERED_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// `unknown filter: filter nosuch is unknown (line 2)`, without minijinja's template name.
 fn describe(e: &minijinja::Error) -> String {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!(
+            "the template ran too long (over {TEMPLATE_FUEL} instructions; look for a loop or a recursion without end)"
+        );
+    }
     let mut s = e.kind().to_string();
     if let Some(detail) = e.detail() {
         s.push_str(": ");
@@ -66,6 +79,7 @@ thread_local! {
 fn configured_env() -> Environment<'static> {
     {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_formatter(|out, state, value| {
@@ -97,7 +111,7 @@ pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
 pub(crate) fn render_with(src: &str, ctx: &JinjaValue) -> Result<String, TemplateError> {
     COMPILED.with(|cell| {
         if let Ok(template) = cell.borrow().0.get_template(src) {
-            return Ok(template.render(ctx)?);
+            return render_capped(&template, ctx);
         }
         {
             let mut cache = cell.borrow_mut();
@@ -108,8 +122,39 @@ pub(crate) fn render_with(src: &str, ctx: &JinjaValue) -> Result<String, Templat
             cache.1 += 1;
         }
         let cache = cell.borrow();
-        Ok(cache.0.get_template(src)?.render(ctx)?)
+        render_capped(&cache.0.get_template(src)?, ctx)
     })
+}
+
+/// Renders into a buffer that refuses to grow past [`RENDERED_MAX_BYTES`].
+fn render_capped(
+    template: &minijinja::Template<'_, '_>,
+    ctx: &JinjaValue,
+) -> Result<String, TemplateError> {
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > RENDERED_MAX_BYTES {
+                return Err(std::io::Error::other("too long"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    match template.render_captured_to(ctx, &mut out) {
+        Ok(_) => Ok(String::from_utf8(out.0).expect("minijinja writes UTF-8")),
+        Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => Err(TemplateError {
+            message: format!(
+                "the rendered text would be longer than {} MiB",
+                RENDERED_MAX_BYTES >> 20
+            ),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Evaluates a bare expression, compiling it once per thread.
@@ -199,6 +244,38 @@ fn condition_expression(expr: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Found by writing inputs for the `template` fuzz target (fuzz/findings/): each held a
+    /// thread for as long as it liked before the fuel limit.
+    #[test]
+    fn runaway_templates_fail_instead_of_hanging() {
+        let ctx = json!({});
+        for src in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+        ] {
+            let err = render(src, &ctx).unwrap_err();
+            assert!(err.message.contains("ran too long"), "{src}: {err}");
+        }
+        let err = eval_bool(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("ran too long"), "{err}");
+        // An ordinary loop is far inside the limit.
+        let ok = render("{% for i in range(10000) %}{{ i }},{% endfor %}", &ctx).unwrap();
+        assert!(ok.ends_with("9999,"));
+    }
+
+    #[test]
+    fn a_render_longer_than_the_cap_fails() {
+        let src = "{% for i in range(20) %}{{ 'x' * 1048576 }}{% endfor %}";
+        let err = render(src, &json!({})).unwrap_err();
+        assert!(err.message.contains("longer than 16 MiB"), "{err}");
+        let fits = render("{{ 'x' * 1048576 }}", &json!({})).unwrap();
+        assert_eq!(fits.len(), 1 << 20);
+    }
 
     #[test]
     fn renders_lenient_and_unescaped() {

@@ -327,3 +327,32 @@ fn slow_clients_are_cut_off_and_do_not_block_others() {
     );
     still_works(&app);
 }
+
+/// A template that would loop for hours (found while writing the `template` fuzz target)
+/// fails its run with a clear error within the fuel limit, and the daemon keeps serving.
+#[test]
+fn a_runaway_template_fails_its_run_and_the_daemon_keeps_serving() {
+    let app = TestApp::start();
+    app.deploy_ok(
+        "spin",
+        r#"
+key = "spin"
+
+[[steps]]
+id = "spin"
+type = "template"
+template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+"#,
+    );
+    let r = app.invoke(&serde_json::json!({"deployment": "spin"}));
+    let err = r.expect_error(502, "step_failed", None);
+    assert_eq!(err["step"], "spin", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ran too long"),
+        "{err}"
+    );
+    still_works(&app);
+}
