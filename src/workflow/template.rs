@@ -36,7 +36,7 @@ impl From<minijinja::Error> for TemplateError {
 
 /// Instructions one render or condition may run. Runs render on the daemon's threads, so a
 /// template that loops (or recurses) without end must fail instead of holding one forever;
-/// a million instructions is a few tens of milliseconds, far more than any prompt needs.
+/// a million instructions is well under a second, far more than any prompt needs.
 pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
 /// Most bytes one render may produce.
