@@ -6,12 +6,9 @@
 //! recorded and what arrived.
 
 use std::collections::HashSet;
-use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -403,49 +400,24 @@ fn redirects_are_never_followed_and_exhaust_the_schedule() {
 struct SilentListener {
     port: u16,
     accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl SilentListener {
     fn start() -> SilentListener {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, stop) = (accepted.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut held: Vec<TcpStream> = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((socket, _)) => {
-                            held.push(socket);
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        Err(_) => break,
-                    }
-                }
+        let acceptor = {
+            let accepted = accepted.clone();
+            let mut held: Vec<TcpStream> = Vec::new();
+            Acceptor::start("127.0.0.1:0", move |socket| {
+                held.push(socket);
+                accepted.fetch_add(1, Ordering::SeqCst);
             })
         };
         SilentListener {
-            port,
+            port: acceptor.port,
             accepted,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SilentListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _acceptor: acceptor,
         }
     }
 }

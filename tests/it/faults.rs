@@ -6,10 +6,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -146,8 +144,7 @@ struct ResettingReceiver {
     port: u16,
     connections: Arc<AtomicUsize>,
     delivered: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 /// Reads the request head byte by byte, leaving the body unread in the socket.
@@ -210,49 +207,24 @@ fn handle(mut socket: TcpStream, act: Act, delivered: &AtomicUsize) -> std::io::
 
 impl ResettingReceiver {
     fn start(script: Vec<Act>) -> ResettingReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let delivered = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (connections, delivered, stop) =
-                (connections.clone(), delivered.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((socket, _)) => {
-                            let n = connections.fetch_add(1, Ordering::SeqCst);
-                            let act = script.get(n).copied().unwrap_or(Act::Ok);
-                            let delivered = delivered.clone();
-                            std::thread::spawn(move || {
-                                let _ = handle(socket, act, &delivered);
-                            });
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5))
-                        }
-                        Err(_) => break,
-                    }
-                }
+        let acceptor = {
+            let (connections, delivered) = (connections.clone(), delivered.clone());
+            Acceptor::start("127.0.0.1:0", move |socket| {
+                let n = connections.fetch_add(1, Ordering::SeqCst);
+                let act = script.get(n).copied().unwrap_or(Act::Ok);
+                let delivered = delivered.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(socket, act, &delivered);
+                });
             })
         };
         ResettingReceiver {
-            port,
+            port: acceptor.port,
             connections,
             delivered,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for ResettingReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _acceptor: acceptor,
         }
     }
 }

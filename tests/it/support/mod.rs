@@ -9,6 +9,7 @@
 pub mod dns;
 
 use std::fs;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -911,8 +912,7 @@ type Responder = dyn Fn(&Recorded, usize) -> StubReply + Send + Sync;
 pub struct StubServer {
     pub port: u16,
     received: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl StubServer {
@@ -983,39 +983,22 @@ impl StubServer {
         addr: &str,
         responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
     ) -> StubServer {
-        let listener = std::net::TcpListener::bind(addr)
-            .unwrap_or_else(|e| panic!("stub server bind {addr}: {e}"));
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let responder: Arc<Responder> = Arc::new(responder);
-        let thread = {
+        let acceptor = {
             let received = received.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((socket, _)) => {
-                            let received = received.clone();
-                            let responder = responder.clone();
-                            std::thread::spawn(move || {
-                                let _ = serve_connection(socket, &received, &*responder);
-                            });
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5))
-                        }
-                        Err(_) => break,
-                    }
-                }
+            Acceptor::start(addr, move |socket| {
+                let received = received.clone();
+                let responder = responder.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_connection(socket, &received, &*responder);
+                });
             })
         };
         StubServer {
-            port,
+            port: acceptor.port,
             received,
-            stop,
-            thread: Some(thread),
+            _acceptor: acceptor,
         }
     }
 
@@ -1127,7 +1110,44 @@ fn serve_connection(
     }
 }
 
-impl Drop for StubServer {
+/// A TCP listener that hands each connection it accepts to `on_accept`, on one thread of its
+/// own, until dropped. The base of the stub servers and of the raw receivers in fault tests.
+pub struct Acceptor {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    pub fn start(addr: &str, mut on_accept: impl FnMut(TcpStream) + Send + 'static) -> Acceptor {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((socket, _)) => on_accept(socket),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        Acceptor {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
