@@ -158,7 +158,7 @@ fn hello_body() -> Value {
 }
 
 /// The status codes, error kinds and outcomes of a run's attempts, for compact assertions.
-fn summary(attempts: &[Value]) -> Vec<(Value, Value, Value)> {
+pub(crate) fn summary(attempts: &[Value]) -> Vec<(Value, Value, Value)> {
     attempts
         .iter()
         .map(|a| {
@@ -177,13 +177,7 @@ fn summary(attempts: &[Value]) -> Vec<(Value, Value, Value)> {
 
 #[test]
 fn two_500s_then_200_is_delivered_on_the_third_attempt_with_the_same_event() {
-    let receiver = StubServer::threaded(|_, n| {
-        if n < 2 {
-            StubReply::text(500, "down for maintenance")
-        } else {
-            StubReply::text(200, "ok")
-        }
-    });
+    let receiver = StubServer::fails_first(2, 500, "down for maintenance");
     let app = TestApp::start_with(FAST, &[], &[]);
     let secret = signing_secret(&app, "hello");
     let id = invoke_async(&app, hello_body(), &format!("{}/hook", receiver.url()));
@@ -778,13 +772,7 @@ fn check_with_libraries(app: &TestApp, secret: &str, d: &Recorded, n: usize) {
 
 #[test]
 fn official_libraries_accept_every_attempt_and_reject_tampered_or_stale_ones() {
-    let receiver = StubServer::threaded(|_, n| {
-        if n == 0 {
-            StubReply::text(500, "again")
-        } else {
-            StubReply::text(200, "ok")
-        }
-    });
+    let receiver = StubServer::fails_first(1, 500, "again");
     let app = TestApp::start_with(FAST, &[], &[]);
     let secret = signing_secret(&app, "hello");
     let id = invoke_async(&app, hello_body(), &format!("{}/hook", receiver.url()));

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::delivery::{attempts, header_of, invoke_async, run_detail, unix_ms, wait_delivery};
+use crate::delivery::{
+    attempts, header_of, invoke_async, run_detail, summary, unix_ms, wait_delivery,
+};
 use crate::support::*;
 
 /// Three fast retries (4 attempts in all), no jitter, a 2 s attempt timeout.
@@ -21,20 +23,6 @@ retry_schedule = ["100ms", "100ms", "100ms"]
 jitter = 0.0
 attempt_timeout = "2s"
 "#;
-
-/// The status codes, error kinds and outcomes of a run's attempts, for compact assertions.
-fn summary(attempts: &[Value]) -> Vec<(Value, Value, Value)> {
-    attempts
-        .iter()
-        .map(|a| {
-            (
-                a["status_code"].clone(),
-                a["error_kind"].clone(),
-                a["outcome"].clone(),
-            )
-        })
-        .collect()
-}
 
 #[track_caller]
 fn assert_error_text(attempt: &Value) {

@@ -240,13 +240,7 @@ template = "{{ fetch.output }}"
 
 #[test]
 fn failed_attempt_is_retried_with_the_same_event_and_body() {
-    let receiver = StubServer::start(|_, n| {
-        if n == 0 {
-            StubReply::text(500, "try later")
-        } else {
-            StubReply::text(200, "ok")
-        }
-    });
+    let receiver = StubServer::fails_first(1, 500, "try later");
     let app = TestApp::start_with(FAST_RETRIES, &[], &[]);
     let secret = signing_secret(&app, "hello");
     async_invoke(&app, &format!("{}/hook", receiver.url()), json!({}));

@@ -1002,6 +1002,17 @@ impl StubServer {
         }
     }
 
+    /// Answers the first `failures` requests with `status` and `body`, then `200 ok`.
+    pub fn fails_first(failures: usize, status: u16, body: &'static str) -> StubServer {
+        Self::threaded(move |_, n| {
+            if n < failures {
+                StubReply::text(status, body)
+            } else {
+                StubReply::text(200, "ok")
+            }
+        })
+    }
+
     /// [`StubServer::threaded_on`] on `127.0.0.1:0`.
     pub fn threaded(
         responder: impl Fn(&Recorded, usize) -> StubReply + Send + Sync + 'static,
