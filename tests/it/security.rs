@@ -762,7 +762,7 @@ const DENIED_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 fn a_name_that_rebinds_to_a_denied_address_is_refused_and_connections_go_only_where_checked() {
     use crate::support::dns::{can_unshare_mounts, resolv_wrapper, DnsServer};
     let Some(dns) = DnsServer::start(REBIND_NAME).filter(|_| can_unshare_mounts()) else {
-        eprintln!("DNS rebinding test skipped: needs root for port 53 and a mount namespace");
+        skip("DNS rebinding test skipped: needs root for port 53 and a mount namespace");
         return;
     };
     // The receiver fails the first delivery, and closes every connection so that no attempt

@@ -135,7 +135,7 @@ fn listed_run_ids(app: &TestApp) -> Vec<String> {
 fn a_full_disk_gives_503_keeps_what_was_accepted_and_recovers() {
     let mut app = TestApp::builder().config(FAST).prepare();
     let Some(_tmpfs) = Mounted::tmpfs(&app.data_dir, "16m") else {
-        eprintln!("storage fault test skipped: cannot mount a tmpfs here (needs root)");
+        skip("storage fault test skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
     app.spawn();
@@ -221,7 +221,7 @@ fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repa
         .prepare();
     let image = app.dir.join("disk.img");
     let Some(mount) = Mounted::ext4(&image, &app.data_dir) else {
-        eprintln!("read-only database test skipped: cannot mount an ext4 image here (needs root)");
+        skip("read-only database test skipped: cannot mount an ext4 image here (needs root)");
         return;
     };
     let trigger = PathBuf::from(format!(
@@ -229,7 +229,7 @@ fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repa
         mount.device_name()
     ));
     if !trigger.exists() {
-        eprintln!("read-only database test skipped: this kernel has no ext4 trigger_fs_error");
+        skip("read-only database test skipped: this kernel has no ext4 trigger_fs_error");
         return;
     }
     app.spawn();
