@@ -197,12 +197,16 @@ pub enum Synchronous {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub synchronous: Synchronous,
+    /// The most the database may grow to (0: no limit but the disk). Past it invokes get
+    /// 503 until `runs purge` or retention frees pages.
+    pub max_size: HumanSize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             synchronous: Synchronous::Full,
+            max_size: HumanSize(0),
         }
     }
 }

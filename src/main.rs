@@ -49,7 +49,7 @@ fn serve(overrides: hivelet::config::Overrides, args: cli::ServeArgs) -> anyhow:
             config.paths.data_dir.display()
         )
     })?;
-    let store = Store::open(&config.paths.database(), config.file.store.synchronous)?;
+    let store = Store::open(&config.paths.database(), &config.file.store)?;
     let listener = TcpListener::bind(config.bind)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (key `bind`): {e}", config.bind))?;
 

@@ -23,7 +23,7 @@ pub use keys::{KeyRecord, Role};
 pub use runs::{FinishedRun, NewRun, RunRecord, RunStatus, StepRow};
 pub use writer::{Write, Written};
 
-use crate::config::Synchronous;
+use crate::config::{StoreConfig, Synchronous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,10 +62,16 @@ impl StoreError {
         }
     }
 
-    /// Like [`StoreError::classify`], but an I/O error on a file system that has become
-    /// read-only (ext4 does that after disk errors) says so, since that is what the operator
-    /// has to fix.
-    fn classify_at(db_path: Option<&Path>, err: rusqlite::Error) -> StoreError {
+    /// Like [`StoreError::classify`], but says what the operator has to fix: a file system
+    /// that has become read-only (ext4 does that after disk errors), or a full database when
+    /// `store.max_size` is set.
+    fn classify_at(db_path: Option<&Path>, size_limited: bool, err: rusqlite::Error) -> StoreError {
+        if size_limited && err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::Unavailable(
+                "The database is full: it reached store.max_size (or the disk is full); the request was not stored. Free space with `hivelet runs purge` or raise store.max_size."
+                    .into(),
+            );
+        }
         let io_failure = err.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure);
         if io_failure && db_path.is_some_and(file_system_is_read_only) {
             return StoreError::Unavailable(
@@ -119,12 +125,20 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
 
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database, then starts the writer.
-    pub fn open(path: &Path, sync: Synchronous) -> StoreResult<Store> {
+    pub fn open(path: &Path, options: &StoreConfig) -> StoreResult<Store> {
         create_private_file(path)?;
         let mut conn = Connection::open(path)?;
-        configure(&conn, sync)?;
+        configure(&conn, options.synchronous)?;
         migrate::migrate(&mut conn, path)?;
-        let writer = writer::spawn(conn)?;
+        let size_limited = options.max_size.0 > 0;
+        if size_limited {
+            // SQLite keeps the larger of this and the current size, so a database already
+            // over the limit stays usable for reads and deletes.
+            let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            let pages = (options.max_size.0 / page_size).max(1);
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        let writer = writer::spawn(conn, size_limited)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),

@@ -134,11 +134,12 @@ pub(super) struct WriterHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-pub(super) fn spawn(conn: Connection) -> StoreResult<WriterHandle> {
+/// `size_limited`: `store.max_size` is set, so "full" may mean that limit.
+pub(super) fn spawn(conn: Connection, size_limited: bool) -> StoreResult<WriterHandle> {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(conn, rx))
+        .spawn(move || writer_loop(conn, rx, size_limited))
         .map_err(|source| StoreError::Io {
             path: "store-writer thread".into(),
             source,
@@ -177,7 +178,7 @@ impl WriterHandle {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: bool) {
     let mut batch = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -188,7 +189,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
             }
         }
         let clock = std::time::Instant::now();
-        let results = commit_batch(&mut conn, &batch);
+        let results = commit_batch(&mut conn, &batch, size_limited);
         crate::metrics::get().store_commit(batch.len(), clock.elapsed());
         for ((_, reply), result) in batch.drain(..).zip(results) {
             if let Some(reply) = reply {
@@ -201,9 +202,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>) {
 }
 
 /// Applies a batch in one transaction; every command gets its own result.
-fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Written>> {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Queued],
+    size_limited: bool,
+) -> Vec<StoreResult<Written>> {
     let db_path = conn.path().map(std::path::PathBuf::from);
-    let classify = |err| StoreError::classify_at(db_path.as_deref(), err);
+    let classify = |err| StoreError::classify_at(db_path.as_deref(), size_limited, err);
     let failed_all = |err: rusqlite::Error| {
         let err = classify(err);
         let msg = err.to_string();
@@ -226,21 +231,25 @@ fn commit_batch(conn: &mut Connection, batch: &[Queued]) -> Vec<StoreResult<Writ
     for (cmd, _) in batch {
         // One statement is atomic on its own (SQLite undoes a failed statement); only
         // commands of several statements need a savepoint, which costs two more statements.
-        if !cmd.has_several_statements() {
-            results.push(apply(&tx, cmd).map_err(classify));
-            continue;
-        }
-        let result = match tx.savepoint() {
-            Ok(mut sp) => match apply(&sp, cmd) {
-                Ok(written) => sp.commit().map(|_| written).map_err(classify),
+        let outcome = if cmd.has_several_statements() {
+            tx.savepoint().and_then(|mut sp| match apply(&sp, cmd) {
+                Ok(written) => sp.commit().map(|_| written),
                 Err(err) => {
                     let _ = sp.rollback();
-                    Err(classify(err))
+                    Err(err)
                 }
-            },
-            Err(err) => Err(classify(err)),
+            })
+        } else {
+            apply(&tx, cmd)
         };
-        results.push(result);
+        match outcome {
+            Ok(written) => results.push(Ok(written)),
+            // Some errors (SQLITE_FULL, I/O errors, out of memory) make SQLite roll back the
+            // whole transaction: the commands before this one are gone, and the ones after
+            // would run outside any transaction. Nothing in the batch is stored.
+            Err(err) if tx.is_autocommit() => return failed_all(err),
+            Err(err) => results.push(Err(classify(err))),
+        }
     }
     match tx.commit() {
         Ok(()) => results,

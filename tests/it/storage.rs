@@ -322,3 +322,85 @@ fn a_read_only_database_gives_503_keeps_what_was_accepted_and_resumes_after_repa
     app.stop();
     drop(mount);
 }
+
+/// `store.max_size` caps the database where the disk cannot be made small (no root needed):
+/// at the cap invokes get 503 naming it and store nothing, everything accepted before is kept
+/// and delivered, and a purge of delivered runs frees the pages that new runs then use.
+#[test]
+fn a_database_at_its_size_limit_gives_503_and_resumes_after_a_purge() {
+    let config = format!("{FAST}\n[store]\nmax_size = \"4MiB\"\n");
+    let app = TestApp::start_with(&config, &[], &[]);
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let hook = format!("{}/hook", receiver.url());
+
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for i in 0..100 {
+        let mut body = big_body(i);
+        body["async"] = json!({"enabled": true, "callback_url": hook});
+        let r = app.invoke(&body);
+        if r.status == 503 {
+            refusal = Some(r.expect_error(503, "unavailable", None));
+            break;
+        }
+        r.expect_status(202);
+        accepted.push(r.json()["request_id"].as_str().unwrap().to_string());
+    }
+    let refusal = refusal.expect("a 4 MiB database must refuse some 200 KiB invoke");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("store.max_size"),
+        "{refusal}"
+    );
+    assert!(accepted.len() >= 3, "runs fit before the cap: {accepted:?}");
+    let listed = listed_run_ids(&app);
+    for id in &accepted {
+        assert!(
+            listed.contains(id),
+            "{id} accepted before the cap is missing"
+        );
+    }
+
+    // Purge what was delivered: its pages are free again for new runs.
+    let purge = |app: &TestApp| {
+        let now = ids_now_ms().to_string();
+        let r = app.post_json(
+            "/v1/runs/purge",
+            Some(&app.admin_key),
+            &json!({"before": now}),
+        );
+        r.expect_status(200);
+        r.json()["purged"].as_u64().unwrap_or(0)
+    };
+    let mut purged = 0;
+    wait_for("a purge to free room for a new run", || {
+        purged += purge(&app);
+        let mut body = big_body(500);
+        body["async"] = json!({"enabled": true, "callback_url": hook});
+        let r = app.invoke(&body);
+        (r.status == 202).then(|| r.json()["request_id"].as_str().unwrap().to_string())
+    });
+    assert!(purged > 0, "the purge deleted delivered runs");
+    // Every run that got a 202 reached the receiver, including those the cap held up.
+    wait_for("every accepted run to be delivered", || {
+        let delivered: BTreeSet<String> = receiver
+            .requests()
+            .iter()
+            .filter_map(|req| serde_json::from_slice::<Value>(&req.body).ok())
+            .filter_map(|event| event["request_id"].as_str().map(String::from))
+            .collect();
+        accepted
+            .iter()
+            .all(|id| delivered.contains(id))
+            .then_some(())
+    });
+}
+
+fn ids_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
