@@ -106,7 +106,7 @@ fn method_not_allowed(allow: &str) -> actix_web::Route {
     })
 }
 
-/// A [`resource`] built method by method, each (method, path) recorded for the OpenAPI
+/// A resource built method by method, each (method, path) recorded for the OpenAPI
 /// check: `cfg.service(endpoint("/v1/keys").get(list).post(create))`.
 pub(crate) struct Endpoint {
     path: &'static str,
@@ -115,9 +115,11 @@ pub(crate) struct Endpoint {
 }
 
 pub(crate) fn endpoint(path: &'static str) -> Endpoint {
+    record("*", path);
     Endpoint {
         path,
-        resource: resource(path, ""),
+        // The 405 answer (with `Allow`) is added in `register`, once every method is known.
+        resource: web::resource(path),
         methods: Vec::new(),
     }
 }
@@ -131,11 +133,7 @@ impl Endpoint {
     {
         record(method.as_str(), self.path);
         self.methods.push(method.clone());
-        let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
-        self.resource = self
-            .resource
-            .route(web::method(method).to(handler))
-            .default_service(method_not_allowed(&allow.join(", ")));
+        self.resource = self.resource.route(web::method(method).to(handler));
         self
     }
 
@@ -178,7 +176,10 @@ impl Endpoint {
 
 impl HttpServiceFactory for Endpoint {
     fn register(self, config: &mut AppService) {
-        self.resource.register(config)
+        let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        self.resource
+            .default_service(method_not_allowed(&allow.join(", ")))
+            .register(config)
     }
 }
 

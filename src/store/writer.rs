@@ -179,6 +179,10 @@ impl WriterHandle {
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: bool) {
+    let failures = Failures {
+        db_path: conn.path().map(std::path::PathBuf::from),
+        size_limited,
+    };
     let mut batch = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -189,7 +193,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: b
             }
         }
         let clock = std::time::Instant::now();
-        let results = commit_batch(&mut conn, &batch, size_limited);
+        let results = commit_batch(&mut conn, &batch, &failures);
         crate::metrics::get().store_commit(batch.len(), clock.elapsed());
         for ((_, reply), result) in batch.drain(..).zip(results) {
             if let Some(reply) = reply {
@@ -201,14 +205,20 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: b
     }
 }
 
+/// What the writer needs to explain a failed write (see [`StoreError::classify_at`]).
+struct Failures {
+    db_path: Option<std::path::PathBuf>,
+    size_limited: bool,
+}
+
 /// Applies a batch in one transaction; every command gets its own result.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Queued],
-    size_limited: bool,
+    failures: &Failures,
 ) -> Vec<StoreResult<Written>> {
-    let db_path = conn.path().map(std::path::PathBuf::from);
-    let classify = |err| StoreError::classify_at(db_path.as_deref(), size_limited, err);
+    let classify =
+        |err| StoreError::classify_at(failures.db_path.as_deref(), failures.size_limited, err);
     let failed_all = |err: rusqlite::Error| {
         let err = classify(err);
         let msg = err.to_string();
