@@ -377,18 +377,21 @@ fn sigterm_under_load_then_restart_delivers_every_accepted_run() {
     }
 }
 
+/// An API whose first call waits at `gate` (the crash cuts it off); later calls answer.
+fn api_holding_first_call(gate: &Gate) -> StubServer {
+    let gate = gate.clone();
+    StubServer::threaded(move |_, n| {
+        if n == 0 {
+            gate.wait();
+        }
+        StubReply::json(200, &json!({"v": "done"}))
+    })
+}
+
 #[test]
 fn a_run_cut_off_by_a_crash_keeps_its_earlier_steps_in_the_trace() {
     let gate = Gate::new();
-    let api = {
-        let gate = gate.clone();
-        StubServer::threaded(move |_, n| {
-            if n == 0 {
-                gate.wait(); // cut off by the crash
-            }
-            StubReply::json(200, &json!({"v": "done"}))
-        })
-    };
+    let api = api_holding_first_call(&gate);
     let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let mut app = TestApp::start_with(CONFIG, &[], &[]);
     app.deploy_ok(
@@ -467,15 +470,7 @@ template = "{{ prepare.output }} {{ call.output.v }}"
 #[test]
 fn the_step_attempt_cut_off_by_a_crash_stays_in_the_trace() {
     let gate = Gate::new();
-    let api = {
-        let gate = gate.clone();
-        StubServer::threaded(move |_, n| {
-            if n == 0 {
-                gate.wait(); // cut off by the crash
-            }
-            StubReply::json(200, &json!({"v": "done"}))
-        })
-    };
+    let api = api_holding_first_call(&gate);
     let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
     let mut app = TestApp::start_with(CONFIG, &[], &[]);
     app.deploy_ok(
