@@ -76,7 +76,7 @@ pub async fn run(
         pending_events,
     )
     .start();
-    let recovered = actors::invoke::recover(&store, &deployments)?;
+    let recovered = actors::recovery::recover(&store, &deployments)?;
     let invoker = InvokeActor::new(
         store.clone(),
         config.clone(),

@@ -2,9 +2,11 @@
 //! async runs waiting for a slot, and answers only after the run row is durable. Runs it
 //! starts report back with `RunEnded`, which frees the slot for the next queued run.
 //!
-//! It also keeps the runs paused at an approval step (`RunPaused`): they hold no slot, stay
-//! `running` in the store, and go back to the front of the queue when their step is answered
-//! (`Respond`) or times out.
+//! It also keeps the runs paused at an approval step (`RunPaused`) in its `Approvals` book:
+//! they hold no slot, stay `running` in the store, and go back to the front of the queue when
+//! their step is answered (`Respond`) or times out.
+//!
+//! It answers in its own terms (`AdmitError`, `RespondError`); `api/` maps them to HTTP.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -12,18 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::approvals::{Approvals, PausedRun, Respond, RespondError};
+use super::lifecycle::{
+    cancelled_approval_step, finish, AdmittedRun, Ending, PreparedRun, Reporting, RunEnded,
+    RunOutcome, RunPaused,
+};
+use super::recovery::Recovered;
 use super::retry::Enqueue;
-use super::run::{self, CancelRun, Ending, Reporting, RunActor, RunOutcome, Waiting};
+use super::run::{CancelRun, RunActor};
 use crate::config::Config;
-use crate::deployments::LiveDeployment;
-use crate::error::ApiError;
 use crate::ids;
-use crate::store::{NewRun, RunStatus, Store, Write, Written};
+use crate::store::{NewRun, RunStatus, Store, StoreError, Write, Written};
 use crate::workflow;
-use crate::workflow::engine::{Approval, ApprovalAnswer, Resume};
+use crate::workflow::engine::ApprovalAnswer;
 
 /// How the caller waits for the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,36 +40,29 @@ pub enum Mode {
     Async,
 }
 
-/// A validated invoke, ready to be stored and run.
-pub struct PreparedRun {
-    pub deployment: Arc<LiveDeployment>,
-    pub variant: String,
-    pub inputs: Map<String, Value>,
-    pub metadata: Map<String, Value>,
-    pub user: Option<String>,
-    pub callback_url: Option<String>,
-    pub source: &'static str,
-    pub api_key_id: Option<String>,
-}
-
-/// A run admitted and waiting for its slot, or running.
-pub struct AdmittedRun {
-    pub request_id: String,
-    pub prepared: PreparedRun,
-    pub completion: Option<oneshot::Sender<RunOutcome>>,
-    /// When the run (last) started, Unix ms.
-    pub started_at: i64,
-    /// `None` for a run that never started. Otherwise what its earlier executions did (it
-    /// ran before a restart, or waited at an approval step): it continues from there and
-    /// keeps its first `started_at`.
-    pub resume: Option<Resume>,
-}
-
 #[derive(Message)]
-#[rtype(result = "Result<Admitted, ApiError>")]
+#[rtype(result = "Result<Admitted, AdmitError>")]
 pub struct Admit {
     pub run: PreparedRun,
     pub mode: Mode,
+}
+
+/// Why a run was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// Every run slot is taken (or the daemon is draining) and a sync caller cannot wait.
+    #[error("every run slot is in use")]
+    ConcurrencyLimit,
+    /// No slot is free and the queue of async runs is full.
+    #[error("the run queue is full ({max_queued} runs waiting)")]
+    QueueFull {
+        max_queued: usize,
+        /// When a slot is likely to be free again.
+        retry_after: Duration,
+    },
+    /// The run row could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 pub struct Admitted {
@@ -100,52 +99,6 @@ pub struct LoadStats {
     pub waiting_approval: usize,
 }
 
-/// Sent by a RunActor when its run has ended (and its terminal state is stored).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct RunEnded {
-    pub request_id: String,
-}
-
-/// Sent by a RunActor when its run waits at an approval step (the `waiting` trace line is
-/// stored). The run, with its `resume` filled in, comes back to the InvokeActor, which frees
-/// its slot and arms the step's timeout.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct RunPaused {
-    pub run: AdmittedRun,
-    pub waiting: Waiting,
-}
-
-/// Answers the approval step a run waits at, with the step's output (already checked
-/// against the step's choices, see `workflow::engine::approval_output`). The answer is
-/// stored durably, then the run continues. Errors: `Conflict` when the run does not wait at
-/// that step (any more), or the store's error.
-#[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
-pub struct Respond {
-    pub request_id: String,
-    pub step_id: String,
-    pub output: Value,
-}
-
-/// A run waiting at an approval step.
-pub struct PausedRun {
-    pub run: AdmittedRun,
-    pub waiting: Waiting,
-    /// An answer is being stored: a second answer and the timeout give way to it.
-    answering: bool,
-    timer: Option<SpawnHandle>,
-}
-
-/// What a previous process left unfinished, found at start.
-pub struct Recovered {
-    /// Runs to queue again, oldest first.
-    pub runs: Vec<AdmittedRun>,
-    /// Runs waiting at an approval step without an answer.
-    pub paused: Vec<PausedRun>,
-}
-
 pub struct InvokeActor {
     store: Store,
     config: Arc<Config>,
@@ -158,7 +111,7 @@ pub struct InvokeActor {
     starting: usize,
     queue: VecDeque<AdmittedRun>,
     /// Runs waiting at an approval step, by request id; they hold no slot.
-    paused: HashMap<String, PausedRun>,
+    paused: Approvals,
     /// Running runs asked to cancel. A run can hand itself back as paused after its
     /// RunActor stopped taking messages; the cancel is then carried out here.
     cancelling: HashSet<String>,
@@ -167,7 +120,8 @@ pub struct InvokeActor {
 }
 
 impl InvokeActor {
-    /// `recovered`: runs found `queued` or `running` at start (see [`recover`]); they are
+    /// `recovered`: runs found `queued` or `running` at start (see
+    /// [`recover`](super::recovery::recover)); they are
     /// queued again and start as slots allow, or wait again at their approval step.
     pub fn new(
         store: Store,
@@ -183,11 +137,7 @@ impl InvokeActor {
             running: HashMap::new(),
             starting: 0,
             queue: recovered.runs.into(),
-            paused: recovered
-                .paused
-                .into_iter()
-                .map(|p| (p.run.request_id.clone(), p))
-                .collect(),
+            paused: recovered.paused.into_iter().collect(),
             cancelling: HashSet::new(),
             draining: false,
             drain_waiters: Vec::new(),
@@ -201,17 +151,17 @@ impl InvokeActor {
         request_id: &str,
         ctx: &mut Context<Self>,
     ) -> Option<impl std::future::Future<Output = ()>> {
-        let paused = self.paused.remove(request_id)?;
-        if let Some(timer) = paused.timer {
+        let mut paused = self.paused.remove(request_id)?;
+        if let Some(timer) = paused.take_timer() {
             ctx.cancel_future(timer);
         }
         self.store
-            .write_detached(Write::RecordStep(Box::new(run::cancelled_approval_step(
+            .write_detached(Write::RecordStep(Box::new(cancelled_approval_step(
                 request_id,
                 &paused.waiting,
             ))));
         let reporting = self.reporting();
-        Some(async move { run::finish(&reporting, paused.run, Ending::Cancelled).await })
+        Some(async move { finish(&reporting, paused.run, Ending::Cancelled).await })
     }
 
     fn slots_in_use(&self) -> usize {
@@ -267,49 +217,31 @@ impl InvokeActor {
 
     /// Arms the timeout of a paused run's approval step (at once when it is already due).
     fn arm_timeout(&mut self, request_id: &str, ctx: &mut Context<Self>) {
-        let Some(paused) = self.paused.get_mut(request_id) else {
+        let Some(delay) = self.paused.timeout_in(request_id, ids::now_ms()) else {
             return;
         };
-        let Some(at) = paused.waiting.timeout_at_ms else {
-            return;
-        };
-        let delay = Duration::from_millis(u64::try_from(at - ids::now_ms()).unwrap_or(0));
         let id = request_id.to_owned();
-        paused.timer = Some(ctx.run_later(delay, move |act, ctx| {
-            let timed_out = act.paused.get_mut(&id).is_some_and(|p| {
-                p.timer = None;
-                !p.answering
-            });
-            if timed_out {
+        let timer = ctx.run_later(delay, move |act, ctx| {
+            if let Some(paused) = act.paused.time_out(&id) {
                 tracing::info!(request_id = %id, "approval timed out");
-                act.resume_paused(&id, ApprovalAnswer::TimedOut, ctx);
+                act.resume_paused(paused, ApprovalAnswer::TimedOut, ctx);
             }
-        }));
+        });
+        self.paused.set_timer(request_id, timer);
     }
 
-    /// Puts a paused run back at the front of the queue with its step's answer.
-    fn resume_paused(&mut self, request_id: &str, answer: ApprovalAnswer, ctx: &mut Context<Self>) {
-        let Some(paused) = self.paused.remove(request_id) else {
-            return;
-        };
-        if let Some(timer) = paused.timer {
+    /// Puts a run taken out of the book back at the front of the queue with its step's answer.
+    fn resume_paused(
+        &mut self,
+        mut paused: PausedRun,
+        answer: ApprovalAnswer,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(timer) = paused.take_timer() {
             ctx.cancel_future(timer);
         }
-        let PausedRun {
-            mut run, waiting, ..
-        } = paused;
-        run.resume
-            .get_or_insert_with(Resume::default)
-            .approvals
-            .insert(
-                waiting.step_id,
-                Approval {
-                    waiting_since_ms: waiting.since_ms,
-                    answer,
-                },
-            );
         // It was admitted (and ran) before anything in the queue was.
-        self.queue.push_front(run);
+        self.queue.push_front(paused.answered(answer));
         self.start_queued(ctx);
     }
 }
@@ -331,8 +263,7 @@ impl Actor for InvokeActor {
                 "runs still wait at an approval step"
             );
         }
-        let paused: Vec<String> = self.paused.keys().cloned().collect();
-        for request_id in paused {
+        for request_id in self.paused.request_ids() {
             self.arm_timeout(&request_id, ctx);
         }
         self.start_queued(ctx);
@@ -368,18 +299,18 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
 }
 
 impl Handler<Admit> for InvokeActor {
-    type Result = ResponseActFuture<Self, Result<Admitted, ApiError>>;
+    type Result = ResponseActFuture<Self, Result<Admitted, AdmitError>>;
 
     fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
         let limits = &self.config.file.runs;
         let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
         let status = match (msg.mode, slot_free) {
             (_, true) => RunStatus::Running,
-            (Mode::Sync, false) => return Box::pin(fut::ready(Err(ApiError::ConcurrencyLimit))),
+            (Mode::Sync, false) => return Box::pin(fut::ready(Err(AdmitError::ConcurrencyLimit))),
             (Mode::Async, false) if self.queue.len() >= limits.max_queued => {
-                return Box::pin(fut::ready(Err(ApiError::QueueFull {
+                return Box::pin(fut::ready(Err(AdmitError::QueueFull {
                     max_queued: limits.max_queued,
-                    retry_after_secs: 1,
+                    retry_after: Duration::from_secs(1),
                 })))
             }
             (Mode::Async, false) => RunStatus::Queued,
@@ -471,15 +402,7 @@ impl Handler<RunPaused> for InvokeActor {
     fn handle(&mut self, msg: RunPaused, ctx: &mut Context<Self>) {
         let request_id = msg.run.request_id.clone();
         self.running.remove(&request_id);
-        self.paused.insert(
-            request_id.clone(),
-            PausedRun {
-                run: msg.run,
-                waiting: msg.waiting,
-                answering: false,
-                timer: None,
-            },
-        );
+        self.paused.insert(msg.run, msg.waiting);
         if self.cancelling.remove(&request_id) {
             if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
                 ctx.spawn(cancelled.into_actor(self));
@@ -493,26 +416,12 @@ impl Handler<RunPaused> for InvokeActor {
 }
 
 impl Handler<Respond> for InvokeActor {
-    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+    type Result = ResponseActFuture<Self, Result<(), RespondError>>;
 
     fn handle(&mut self, msg: Respond, _ctx: &mut Context<Self>) -> Self::Result {
-        let step = msg.step_id.clone();
-        let not_waiting =
-            move || ApiError::Conflict(format!("Step {step} is not waiting for a response."));
-        let Some(paused) = self
-            .paused
-            .get_mut(&msg.request_id)
-            .filter(|p| p.waiting.step_id == msg.step_id)
-        else {
-            return Box::pin(fut::ready(Err(not_waiting())));
-        };
-        if paused.answering {
-            return Box::pin(fut::ready(Err(ApiError::Conflict(format!(
-                "Step {} is already being answered.",
-                msg.step_id
-            )))));
+        if let Err(err) = self.paused.begin_answer(&msg.request_id, &msg.step_id) {
+            return Box::pin(fut::ready(Err(err)));
         }
-        paused.answering = true;
         let store = self.store.clone();
         let write = Write::AnswerApproval {
             request_id: msg.request_id.clone(),
@@ -522,31 +431,13 @@ impl Handler<Respond> for InvokeActor {
         };
         Box::pin(async move { store.write(write).await }.into_actor(self).map(
             move |written, act, ctx| {
-                let still_paused = act
+                let stored = written.map(|w| matches!(w, Written::Found(true)));
+                let paused = act
                     .paused
-                    .get_mut(&msg.request_id)
-                    .filter(|p| p.waiting.step_id == msg.step_id);
-                match (written, still_paused) {
-                    (Ok(Written::Found(true)), Some(_)) => {
-                        tracing::info!(request_id = %msg.request_id, step = %msg.step_id, "approval answered");
-                        act.resume_paused(&msg.request_id, ApprovalAnswer::Given(msg.output), ctx);
-                        Ok(())
-                    }
-                    // Cancelled while the answer was being stored.
-                    (Ok(_), None) => Err(ApiError::Conflict(
-                        "The run ended while the response was being saved.".into(),
-                    )),
-                    (Ok(_), Some(p)) => {
-                        p.answering = false;
-                        Err(not_waiting())
-                    }
-                    (Err(err), p) => {
-                        if let Some(p) = p {
-                            p.answering = false;
-                        }
-                        Err(err.into())
-                    }
-                }
+                    .end_answer(&msg.request_id, &msg.step_id, stored)?;
+                tracing::info!(request_id = %msg.request_id, step = %msg.step_id, "approval answered");
+                act.resume_paused(paused, ApprovalAnswer::Given(msg.output), ctx);
+                Ok(())
             },
         ))
     }
@@ -581,7 +472,7 @@ impl Handler<Cancel> for InvokeActor {
         let reporting = self.reporting();
         Box::pin(
             async move {
-                run::finish(&reporting, run, Ending::Cancelled).await;
+                finish(&reporting, run, Ending::Cancelled).await;
                 true
             }
             .into_actor(self),
@@ -619,145 +510,4 @@ impl Handler<Load> for InvokeActor {
             waiting_approval: self.paused.len(),
         })
     }
-}
-
-/// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
-/// the deployment version it was admitted with. Their earlier step records stay in the trace.
-/// A run that was `running` continues after its last finished step (see
-/// `run::trace_point`); one waiting at an approval step without an answer waits again.
-/// Marks the step a stopped process was in the middle of as `interrupted`, so the trace shows
-/// the cut-off attempt beside the re-run's. The step is the first one after those that ended;
-/// a run stopped between steps (or waiting on an approval) has none.
-fn record_interrupted_step(
-    store: &Store,
-    def: &workflow::Definition,
-    run: &crate::store::RunRecord,
-    rows: &[crate::store::StepRow],
-    ended_steps: usize,
-) {
-    let Some(step) = def.steps.get(ended_steps) else {
-        return;
-    };
-    if matches!(step.kind, workflow::StepKind::Approval { .. }) {
-        return;
-    }
-    // It started when the step before it ended (or when the run started).
-    let started_at = rows
-        .iter()
-        .filter(|r| (r.step_index as usize) < ended_steps)
-        .map(|r| r.started_at + r.duration_ms)
-        .max()
-        .or(run.started_at)
-        .unwrap_or(run.created_at);
-    if rows
-        .iter()
-        .any(|r| r.step_index as usize == ended_steps && r.started_at == started_at)
-    {
-        return; // already marked by an earlier restart
-    }
-    store.write_detached(Write::RecordStep(Box::new(crate::store::StepRow {
-        request_id: run.request_id.clone(),
-        step_index: ended_steps as i64,
-        step_id: step.id.clone(),
-        step_type: step.kind.type_name().to_string(),
-        status: "interrupted".into(),
-        started_at,
-        duration_ms: 0,
-        output_json: None,
-        error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
-        attempts: 1,
-        usage_json: None,
-    })));
-}
-
-pub fn recover(
-    store: &Store,
-    deployments: &crate::deployments::Deployments,
-) -> Result<Recovered, crate::store::StoreError> {
-    use crate::store::{self, FinishedRun};
-    let unfinished = store.read_blocking(store::runs::load_unfinished)?;
-    let mut recovered = Recovered {
-        runs: Vec::with_capacity(unfinished.len()),
-        paused: Vec::new(),
-    };
-    for run in unfinished {
-        let deployment = match deployments.at_version(store, &run.deployment_key, run.version) {
-            Some(dep) => dep,
-            None => {
-                tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
-                let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
-                store.write_detached(Write::FinishRun(Box::new(FinishedRun {
-                    request_id: run.request_id,
-                    status: RunStatus::Failed,
-                    output_json: None,
-                    error_json: Some(error.to_string()),
-                    ended_at: ids::now_ms(),
-                    event: None,
-                })));
-                continue;
-            }
-        };
-        let as_map = |text: &str| match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        let source = match run.source.as_str() {
-            "webhook" => "webhook",
-            "cli" => "cli",
-            "ui" => "ui",
-            _ => "api",
-        };
-        let point = if run.status == RunStatus::Running {
-            let request_id = run.request_id.clone();
-            let (rows, answers) = store.read_blocking(|conn| {
-                Ok((
-                    store::runs::get_steps(conn, &request_id)?,
-                    store::runs::approval_responses(conn, &request_id)?,
-                ))
-            })?;
-            let point = run::trace_point(&deployment.definition, &rows, &answers);
-            if point.waiting.is_none() {
-                record_interrupted_step(
-                    store,
-                    &deployment.definition,
-                    &run,
-                    &rows,
-                    point.resume.done.len(),
-                );
-            }
-            Some(point)
-        } else {
-            None
-        };
-        let (resume, waiting) = match point {
-            Some(p) => (Some(p.resume), p.waiting),
-            None => (None, None),
-        };
-        let admitted = AdmittedRun {
-            request_id: run.request_id,
-            prepared: PreparedRun {
-                deployment,
-                variant: run.variant,
-                inputs: as_map(&run.inputs_json),
-                metadata: as_map(&run.metadata_json),
-                user: run.user,
-                callback_url: run.callback_url,
-                source,
-                api_key_id: run.api_key_id,
-            },
-            completion: None,
-            started_at: run.started_at.unwrap_or(run.created_at),
-            resume,
-        };
-        match waiting {
-            Some(waiting) => recovered.paused.push(PausedRun {
-                run: admitted,
-                waiting,
-                answering: false,
-                timer: None,
-            }),
-            None => recovered.runs.push(admitted),
-        }
-    }
-    Ok(recovered)
 }

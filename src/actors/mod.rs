@@ -1,13 +1,20 @@
 //! The actors that do the work: `InvokeActor` admits runs and owns the run slots,
 //! `RunActor` executes one run, `RetrySupervisor` schedules deliveries and
 //! `DeliveryActor`s sign and send them.
+//!
+//! Imports go one way: `lifecycle` (the types a run carries between the InvokeActor and its
+//! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `invoke`.
 
+pub mod approvals;
 pub mod delivery;
 pub mod invoke;
+pub mod lifecycle;
+pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod run;
 
-pub use invoke::{Admit, Admitted, InvokeActor, Mode, PreparedRun};
+pub use approvals::{Respond, RespondError};
+pub use invoke::{Admit, AdmitError, Admitted, InvokeActor, Mode};
+pub use lifecycle::{PreparedRun, RunOutcome};
 pub use retry::{Enqueue, RetrySupervisor};
-pub use run::RunOutcome;

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::extract::{Admin, JsonBody};
 use super::requests::load_run;
 use super::{endpoint, AppState};
-use crate::actors::invoke::Respond;
+use crate::actors::Respond;
 use crate::error::ApiError;
 use crate::store::RunStatus;
 use crate::workflow::engine::approval_output;

@@ -2,6 +2,7 @@
 //! One file per resource; business rules live in the actors, the store and `workflow/`.
 
 pub mod access_log;
+mod actor_errors;
 pub mod approvals;
 pub mod deployments;
 pub mod extract;

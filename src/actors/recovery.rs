@@ -1,0 +1,381 @@
+//! Recovery at start: what a previous process left unfinished. Runs found `queued` go back
+//! to the queue; a run found `running` continues after its last finished step, rebuilt from
+//! its stored trace and approval answers (`trace_point`), or waits again at its approval
+//! step. The step a stopped process was in the middle of is marked `interrupted`.
+//!
+//! It runs once, before the InvokeActor starts, which takes the result (`Recovered`).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::approvals::PausedRun;
+use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
+use crate::ids;
+use crate::store::{RunStatus, StepRow, Store, Write};
+use crate::workflow;
+use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
+use crate::workflow::{Definition, OnError, StepKind};
+
+/// What a previous process left unfinished, found at start.
+pub struct Recovered {
+    /// Runs to queue again, oldest first.
+    pub runs: Vec<AdmittedRun>,
+    /// Runs waiting at an approval step without an answer.
+    pub paused: Vec<PausedRun>,
+}
+
+/// Marks the step a stopped process was in the middle of as `interrupted`, so the trace shows
+/// the cut-off attempt beside the re-run's. The step is the first one after those that ended;
+/// a run stopped between steps (or waiting on an approval) has none.
+fn record_interrupted_step(
+    store: &Store,
+    def: &workflow::Definition,
+    run: &crate::store::RunRecord,
+    rows: &[crate::store::StepRow],
+    ended_steps: usize,
+) {
+    let Some(step) = def.steps.get(ended_steps) else {
+        return;
+    };
+    if matches!(step.kind, workflow::StepKind::Approval { .. }) {
+        return;
+    }
+    // It started when the step before it ended (or when the run started).
+    let started_at = rows
+        .iter()
+        .filter(|r| (r.step_index as usize) < ended_steps)
+        .map(|r| r.started_at + r.duration_ms)
+        .max()
+        .or(run.started_at)
+        .unwrap_or(run.created_at);
+    if rows
+        .iter()
+        .any(|r| r.step_index as usize == ended_steps && r.started_at == started_at)
+    {
+        return; // already marked by an earlier restart
+    }
+    store.write_detached(Write::RecordStep(Box::new(crate::store::StepRow {
+        request_id: run.request_id.clone(),
+        step_index: ended_steps as i64,
+        step_id: step.id.clone(),
+        step_type: step.kind.type_name().to_string(),
+        status: "interrupted".into(),
+        started_at,
+        duration_ms: 0,
+        output_json: None,
+        error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
+        attempts: 1,
+        usage_json: None,
+    })));
+}
+
+/// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
+/// the deployment version it was admitted with. Their earlier step records stay in the trace.
+/// A run that was `running` continues after its last finished step (see [`trace_point`]);
+/// one waiting at an approval step without an answer waits again.
+pub fn recover(
+    store: &Store,
+    deployments: &crate::deployments::Deployments,
+) -> Result<Recovered, crate::store::StoreError> {
+    use crate::store::{self, FinishedRun};
+    let unfinished = store.read_blocking(store::runs::load_unfinished)?;
+    let mut recovered = Recovered {
+        runs: Vec::with_capacity(unfinished.len()),
+        paused: Vec::new(),
+    };
+    for run in unfinished {
+        let deployment = match deployments.at_version(store, &run.deployment_key, run.version) {
+            Some(dep) => dep,
+            None => {
+                tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
+                let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
+                store.write_detached(Write::FinishRun(Box::new(FinishedRun {
+                    request_id: run.request_id,
+                    status: RunStatus::Failed,
+                    output_json: None,
+                    error_json: Some(error.to_string()),
+                    ended_at: ids::now_ms(),
+                    event: None,
+                })));
+                continue;
+            }
+        };
+        let as_map = |text: &str| match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let source = match run.source.as_str() {
+            "webhook" => "webhook",
+            "cli" => "cli",
+            "ui" => "ui",
+            _ => "api",
+        };
+        let point = if run.status == RunStatus::Running {
+            let request_id = run.request_id.clone();
+            let (rows, answers) = store.read_blocking(|conn| {
+                Ok((
+                    store::runs::get_steps(conn, &request_id)?,
+                    store::runs::approval_responses(conn, &request_id)?,
+                ))
+            })?;
+            let point = trace_point(&deployment.definition, &rows, &answers);
+            if point.waiting.is_none() {
+                record_interrupted_step(
+                    store,
+                    &deployment.definition,
+                    &run,
+                    &rows,
+                    point.resume.done.len(),
+                );
+            }
+            Some(point)
+        } else {
+            None
+        };
+        let (resume, waiting) = match point {
+            Some(p) => (Some(p.resume), p.waiting),
+            None => (None, None),
+        };
+        let admitted = AdmittedRun {
+            request_id: run.request_id,
+            prepared: PreparedRun {
+                deployment,
+                variant: run.variant,
+                inputs: as_map(&run.inputs_json),
+                metadata: as_map(&run.metadata_json),
+                user: run.user,
+                callback_url: run.callback_url,
+                source,
+                api_key_id: run.api_key_id,
+            },
+            completion: None,
+            started_at: run.started_at.unwrap_or(run.created_at),
+            resume,
+        };
+        match waiting {
+            Some(waiting) => recovered.paused.push(PausedRun::new(admitted, waiting)),
+            None => recovered.runs.push(admitted),
+        }
+    }
+    Ok(recovered)
+}
+
+/// A run's place in its workflow, rebuilt from its stored trace and approval answers.
+#[derive(Debug, Clone, PartialEq)]
+struct TracePoint {
+    /// What to continue from.
+    pub resume: Resume,
+    /// Set when the run waits at an approval step that has no answer yet.
+    pub waiting: Option<Waiting>,
+}
+
+/// Rebuilds where a run stands from its trace (`rows`, ordered by step and start, as
+/// `store::runs::get_steps` reads them) and its approval answers (step id, output JSON).
+///
+/// The steps that finished (completed, skipped, or failed with `on_error = "continue"`) up
+/// to the first that did not are done; a `waiting` approval step after them is answered (an
+/// answer is stored) or still waiting. Anything else (a step cut off by a crash, a lost trace
+/// line) runs again.
+fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)]) -> TracePoint {
+    // The latest line of each step: a step that ran again after a restart has several.
+    let mut latest: HashMap<i64, &StepRow> = HashMap::new();
+    for row in rows {
+        match latest.get(&row.step_index) {
+            Some(seen) if seen.started_at > row.started_at => {}
+            _ => {
+                latest.insert(row.step_index, row);
+            }
+        }
+    }
+    let answers: HashMap<&str, &str> = answers
+        .iter()
+        .map(|(step, response)| (step.as_str(), response.as_str()))
+        .collect();
+    let parse = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let mut point = TracePoint {
+        resume: Resume::default(),
+        waiting: None,
+    };
+    for (index, step) in def.steps.iter().enumerate() {
+        let Some(row) = latest.get(&(index as i64)).filter(|r| r.step_id == step.id) else {
+            break;
+        };
+        let status = match row.status.as_str() {
+            "completed" => StepStatus::Completed,
+            "skipped" => StepStatus::Skipped,
+            "failed" if step.on_error == OnError::Continue => StepStatus::Failed,
+            "waiting" if matches!(step.kind, StepKind::Approval { .. }) => {
+                match answers.get(step.id.as_str()) {
+                    Some(response) => {
+                        let output = serde_json::from_str(response).unwrap_or(Value::Null);
+                        point.resume.approvals.insert(
+                            step.id.clone(),
+                            Approval {
+                                waiting_since_ms: row.started_at,
+                                answer: ApprovalAnswer::Given(output),
+                            },
+                        );
+                    }
+                    None => {
+                        let timeout_ms = match step.kind {
+                            StepKind::Approval { timeout_ms, .. } => timeout_ms,
+                            _ => None,
+                        };
+                        point.waiting = Some(Waiting {
+                            step_id: step.id.clone(),
+                            step_index: index,
+                            since_ms: row.started_at,
+                            timeout_at_ms: timeout_ms.map(|ms| {
+                                row.started_at
+                                    .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+                            }),
+                        });
+                    }
+                }
+                break;
+            }
+            _ => break,
+        };
+        point.resume.done.push(DoneStep {
+            step_id: step.id.clone(),
+            status,
+            output: parse(&row.output_json),
+            error: row.error.clone(),
+        });
+    }
+    point
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const DEF: &str = r#"
+key = "t"
+[[steps]]
+id = "a"
+type = "template"
+template = "x"
+[[steps]]
+id = "b"
+type = "template"
+template = "x"
+on_error = "continue"
+[[steps]]
+id = "c"
+type = "template"
+template = "x"
+when = "false"
+[[steps]]
+id = "ok"
+type = "approval"
+timeout_ms = 1000
+[[steps]]
+id = "d"
+type = "template"
+template = "x"
+"#;
+
+    fn def() -> Definition {
+        let mut def = Definition::from_toml_str(DEF).unwrap();
+        def.validate(&workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        def
+    }
+
+    fn row(index: i64, id: &str, status: &str, started_at: i64, output: Option<&str>) -> StepRow {
+        StepRow {
+            request_id: "req_1".into(),
+            step_index: index,
+            step_id: id.into(),
+            step_type: "template".into(),
+            status: status.into(),
+            started_at,
+            duration_ms: 1,
+            output_json: output.map(str::to_owned),
+            error: (status == "failed").then(|| "boom".to_owned()),
+            attempts: 1,
+            usage_json: None,
+        }
+    }
+
+    fn trace() -> Vec<StepRow> {
+        vec![
+            row(0, "a", "failed", 10, None),
+            row(0, "a", "completed", 20, Some("\"A\"")),
+            row(1, "b", "failed", 30, None),
+            row(2, "c", "skipped", 40, None),
+            row(3, "ok", "waiting", 50, Some("{\"question\": null}")),
+        ]
+    }
+
+    #[test]
+    fn done_steps_then_waiting_approval() {
+        let point = trace_point(&def(), &trace(), &[]);
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.status, d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", StepStatus::Completed, json!("A")),
+                ("b", StepStatus::Failed, Value::Null),
+                ("c", StepStatus::Skipped, Value::Null),
+            ]
+        );
+        assert_eq!(point.resume.done[1].error.as_deref(), Some("boom"));
+        assert!(point.resume.approvals.is_empty());
+        assert_eq!(
+            point.waiting,
+            Some(Waiting {
+                step_id: "ok".into(),
+                step_index: 3,
+                since_ms: 50,
+                timeout_at_ms: Some(1050),
+            })
+        );
+    }
+
+    #[test]
+    fn answered_approval_and_interrupted_steps() {
+        let answers = vec![("ok".to_owned(), "{\"text\": \"fine\"}".to_owned())];
+        let point = trace_point(&def(), &trace(), &answers);
+        assert_eq!(point.waiting, None);
+        assert_eq!(point.resume.done.len(), 3);
+        assert_eq!(
+            point.resume.approvals["ok"],
+            Approval {
+                waiting_since_ms: 50,
+                answer: ApprovalAnswer::Given(json!({"text": "fine"})),
+            }
+        );
+
+        // A failed step that terminates the run runs again; nothing after it is reused.
+        let mut rows = trace();
+        rows[1] = row(0, "a", "failed", 20, None);
+        let point = trace_point(&def(), &rows, &answers);
+        assert!(
+            point.resume.is_empty() && point.waiting.is_none(),
+            "{point:?}"
+        );
+
+        // A trace line lost in a crash ends the reuse there.
+        let rows: Vec<_> = trace().into_iter().filter(|r| r.step_id != "b").collect();
+        let point = trace_point(&def(), &rows, &answers);
+        assert_eq!(point.resume.done.len(), 1);
+        assert!(point.resume.approvals.is_empty() && point.waiting.is_none());
+    }
+}
