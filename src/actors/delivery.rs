@@ -97,6 +97,18 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// What the exchange means for settling the event.
+    fn reply(&self) -> policy::Reply {
+        match (self.status, self.error_kind) {
+            (Some(code), _) => policy::Reply::Status {
+                code,
+                retry_after: self.retry_after,
+            },
+            (None, Some("denied")) => policy::Reply::Refused,
+            (None, _) => policy::Reply::NoAnswer,
+        }
+    }
+
     fn failed(kind: &'static str, message: String) -> Exchange {
         Exchange {
             status: None,
@@ -247,16 +259,42 @@ async fn post(
     }
 }
 
+/// Why an attempt was not sent. It is recorded as a `denied` attempt with this message, and
+/// not retried.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// No secret to sign with (the deployment is gone).
+    #[error("{0}")]
+    NoSecret(String),
+    #[error("cannot sign: {0}")]
+    Sign(#[from] signing::VerifyError),
+    /// The callback URL names an address the callback policy does not allow.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+}
+
+/// Prepare: the signed headers of an attempt, or why it cannot be sent.
+fn prepare(
+    event: &DueEvent,
+    secrets: Result<Vec<String>, String>,
+    policy: &CallbackPolicy,
+    timestamp: i64,
+) -> Result<Vec<(String, String)>, Refusal> {
+    let secrets = secrets.map_err(Refusal::NoSecret)?;
+    let headers = attempt_headers(event, &secrets, timestamp)?;
+    policy.check_ip_literal(&event.callback_url)?;
+    Ok(headers)
+}
+
 /// The headers of one attempt (SPEC §3). None of them is a secret.
 fn attempt_headers(
     event: &DueEvent,
     secrets: &[String],
     timestamp: i64,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, signing::VerifyError> {
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let standard =
-        signing::standard_signature_header(&refs, &event.event_id, timestamp, &event.body)
-            .map_err(|e| format!("cannot sign: {e}"))?;
+        signing::standard_signature_header(&refs, &event.event_id, timestamp, &event.body)?;
     Ok(vec![
         ("Content-Type".into(), "application/json".into()),
         ("User-Agent".into(), USER_AGENT.into()),
@@ -294,14 +332,7 @@ impl Handler<Deliver> for DeliveryActor {
             let started_at = ids::now_ms();
             let clock = std::time::Instant::now();
             let timestamp = started_at / 1000;
-            let prepared = secrets.and_then(|s| attempt_headers(&event, &s, timestamp));
-            let prepared = prepared.and_then(|headers| {
-                policy
-                    .check_ip_literal(&event.callback_url)
-                    .map(|()| headers)
-                    .map_err(|e| e.to_string())
-            });
-            let (headers, exchange) = match prepared {
+            let (headers, exchange) = match prepare(&event, secrets, &policy, timestamp) {
                 Ok(headers) => {
                     let exchange = post(
                         &client,
@@ -313,39 +344,25 @@ impl Handler<Deliver> for DeliveryActor {
                     .await;
                     (headers, exchange)
                 }
-                Err(message) => (Vec::new(), Exchange::failed("denied", message)),
+                Err(refusal) => (Vec::new(), Exchange::failed("denied", refusal.to_string())),
             };
             let duration_ms = clock.elapsed().as_millis() as i64;
             event.attempts += 1;
             event.total_attempts += 1;
-            let delivered = exchange
-                .status
-                .is_some_and(|s| policy::verdict_for_status(s) == Verdict::Delivered);
-            let gone = exchange.status == Some(410);
-            let final_kind = matches!(exchange.error_kind, Some("denied"));
-            let now = ids::now_ms();
-            let retry_delay = if delivered || gone || final_kind {
-                None
-            } else {
-                let schedule: Vec<Duration> = delivery.retry_schedule.iter().map(|d| d.0).collect();
-                let unit: f64 = rand::random::<f64>() * 2.0 - 1.0;
-                policy::next_delay(
-                    &schedule,
-                    event.attempts as u32,
-                    delivery.jitter,
-                    unit,
-                    exchange.status,
-                    exchange.retry_after,
-                )
-            };
-            let retry_at = retry_delay.map(|d| now + d.as_millis() as i64);
-            let (state, outcome, failure_reason) = match (delivered, retry_at) {
-                (true, _) => ("delivered", "delivered", None),
-                (false, Some(_)) => ("retrying", "retrying", None),
-                (false, None) if gone => ("failed", "failed", Some("gone".to_string())),
-                (false, None) if final_kind => ("failed", "failed", Some("denied".to_string())),
-                (false, None) => ("failed", "failed", Some("exhausted".to_string())),
-            };
+            // Settle: what the exchange means for the event, decided by the policy.
+            let reply = exchange.reply();
+            let schedule: Vec<Duration> = delivery.retry_schedule.iter().map(|d| d.0).collect();
+            let unit: f64 = rand::random::<f64>() * 2.0 - 1.0;
+            let settlement = policy::settle(
+                reply,
+                event.attempts as u32,
+                &schedule,
+                delivery.jitter,
+                unit,
+                ids::now_ms(),
+            );
+            let retry_at = settlement.next_attempt_at();
+            let outcome = settlement.as_str();
             let headers_json: Map<String, Value> =
                 headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             let attempt = AttemptRow {
@@ -369,8 +386,8 @@ impl Handler<Deliver> for DeliveryActor {
                 next_attempt_at: retry_at,
             };
             crate::metrics::get().attempt(outcome, clock.elapsed());
-            match outcome {
-                "delivered" => {
+            match settlement {
+                policy::Settlement::Delivered => {
                     tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered")
                 }
                 _ => tracing::warn!(
@@ -383,11 +400,13 @@ impl Handler<Deliver> for DeliveryActor {
                 ),
             }
             let update = EventUpdate {
-                state,
+                state: settlement.as_str(),
                 attempts: event.attempts,
                 total_attempts: event.total_attempts,
                 next_attempt_at: retry_at,
-                failure_reason,
+                failure_reason: settlement
+                    .failure_reason()
+                    .map(|reason| reason.as_str().to_string()),
             };
             let recorded = store
                 .write(Write::RecordAttempt(Box::new(attempt), update))
@@ -400,17 +419,85 @@ impl Handler<Deliver> for DeliveryActor {
                     Some(ids::now_ms() + 1000)
                 }
             };
-            let counts = if matches!(exchange.error_kind, Some("denied")) {
-                None
-            } else {
-                Some(delivered)
-            };
             reply_to.do_send(AttemptFinished {
                 event,
                 retry_at,
-                counts_for_breaker: counts,
+                counts_for_breaker: reply.counts_for_breaker(),
             });
         };
         ctx.spawn(tracing::Instrument::instrument(work, span).into_actor(self));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_c2VjcmV0LWZvci10ZXN0cw==";
+
+    fn event(url: &str) -> DueEvent {
+        DueEvent {
+            event_id: "evt_1".into(),
+            request_id: "req_1".into(),
+            deployment_key: "t".into(),
+            callback_url: url.into(),
+            body: bytes::Bytes::from_static(b"{\"ok\":true}"),
+            series: 1,
+            attempts: 0,
+            total_attempts: 0,
+            next_attempt_at: 0,
+        }
+    }
+
+    #[test]
+    fn prepared_headers_verify_as_a_receiver_checks_them() {
+        let event = event("http://127.0.0.1:9/hook");
+        let headers = prepare(
+            &event,
+            Ok(vec![SECRET.into()]),
+            &CallbackPolicy::default(),
+            1_700_000_000,
+        )
+        .unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("X-Fetch-Hive-Request-Id"), Some("req_1"));
+        assert_eq!(header("webhook-id"), Some("evt_1"));
+        let received = signing::ReceivedHeaders {
+            webhook_id: header("webhook-id"),
+            webhook_timestamp: header("webhook-timestamp"),
+            webhook_signature: header("webhook-signature"),
+            fetch_hive_signature: header("X-Fetch-Hive-Signature"),
+        };
+        signing::verify(SECRET, &received, &event.body, 1_700_000_000).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_says_why_the_attempt_was_not_sent() {
+        let open = CallbackPolicy::default();
+        let refused = |event: &DueEvent, secrets, policy| {
+            prepare(event, secrets, policy, 0).unwrap_err().to_string()
+        };
+        let hook = event("http://127.0.0.1:9/hook");
+        assert_eq!(
+            refused(&hook, Err("deployment t was deleted".into()), &open),
+            "deployment t was deleted"
+        );
+        assert_eq!(
+            refused(&hook, Ok(vec!["whsec_!!".into()]), &open),
+            "cannot sign: the secret is not a valid whsec_ secret (the part after whsec_ must be base64)"
+        );
+        let deny = CallbackPolicy::new(&[], &["10.0.0.0/8".into()]);
+        let message = refused(
+            &event("http://10.1.2.3/hook"),
+            Ok(vec![SECRET.into()]),
+            &deny,
+        );
+        assert!(message.contains("10.1.2.3"), "{message}");
+        assert!(prepare(&hook, Ok(vec![SECRET.into()]), &deny, 0).is_ok());
     }
 }

@@ -1,5 +1,6 @@
-//! Retry timing as pure functions: the schedule, jitter, `Retry-After`, and what each
-//! response means. No clocks or randomness inside; callers pass them in.
+//! Retry timing as pure functions: the schedule, jitter, `Retry-After`, what each
+//! response means, and how an attempt settles its event (`settle`). No clocks or randomness
+//! inside; callers pass them in.
 
 use std::time::Duration;
 
@@ -80,6 +81,116 @@ pub fn next_delay(
         _ => None,
     };
     Some(honour_retry_after(scheduled, retry_after))
+}
+
+/// What an attempt got back, as far as settling its event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The receiver answered with this status (and `Retry-After`, when it sent one).
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: a timeout, or a connection, DNS or TLS failure. Worth another try.
+    NoAnswer,
+    /// Never sent: the destination is not allowed, or the event could not be signed. Trying
+    /// again cannot help.
+    Refused,
+}
+
+impl Reply {
+    /// Whether the destination itself succeeded or failed, for the circuit breaker; `None`
+    /// when it was never tried.
+    pub fn counts_for_breaker(self) -> Option<bool> {
+        match self {
+            Reply::Status { code, .. } => Some(verdict_for_status(code) == Verdict::Delivered),
+            Reply::NoAnswer => Some(false),
+            Reply::Refused => None,
+        }
+    }
+}
+
+/// Why an event gets no more attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The receiver answered `410 Gone`.
+    Gone,
+    /// The attempt was refused before it was sent (see [`Reply::Refused`]).
+    Denied,
+    /// The retry schedule has no attempt left.
+    Exhausted,
+}
+
+impl FailureReason {
+    /// The event's stored `failure_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Gone => "gone",
+            FailureReason::Denied => "denied",
+            FailureReason::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Where an event stands after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    /// Try again at this time (Unix ms).
+    RetryAt(i64),
+    Failed(FailureReason),
+}
+
+impl Settlement {
+    /// The event's state, and the attempt's outcome, as stored (they share their names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settlement::Delivered => "delivered",
+            Settlement::RetryAt(_) => "retrying",
+            Settlement::Failed(_) => "failed",
+        }
+    }
+
+    pub fn next_attempt_at(self) -> Option<i64> {
+        match self {
+            Settlement::RetryAt(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    pub fn failure_reason(self) -> Option<FailureReason> {
+        match self {
+            Settlement::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// How attempt number `attempt` (1-based, within the current series) settles its event, at
+/// `now_ms`: delivered on a 2xx, failed on a `410 Gone` or a refusal, otherwise retried as
+/// the schedule allows (`unit`, in [-1, 1], draws the jitter; a `Retry-After` on a 429 or
+/// 503 can push the retry back), failed once it is exhausted.
+pub fn settle(
+    reply: Reply,
+    attempt: u32,
+    schedule: &[Duration],
+    jitter: f64,
+    unit: f64,
+    now_ms: i64,
+) -> Settlement {
+    let (status, retry_after) = match reply {
+        Reply::Refused => return Settlement::Failed(FailureReason::Denied),
+        Reply::NoAnswer => (None, None),
+        Reply::Status { code, retry_after } => match verdict_for_status(code) {
+            Verdict::Delivered => return Settlement::Delivered,
+            Verdict::Gone => return Settlement::Failed(FailureReason::Gone),
+            Verdict::Retry => (Some(code), retry_after),
+        },
+    };
+    match next_delay(schedule, attempt, jitter, unit, status, retry_after) {
+        Some(delay) => Settlement::RetryAt(now_ms + delay.as_millis() as i64),
+        None => Settlement::Failed(FailureReason::Exhausted),
+    }
 }
 
 /// Per-destination failure tracking: after `BREAKER_FAILURE_THRESHOLD` failures in a row
@@ -188,6 +299,113 @@ mod tests {
         assert_eq!(verdict_for_status(301), Verdict::Retry);
         assert_eq!(verdict_for_status(410), Verdict::Gone);
         assert_eq!(verdict_for_status(500), Verdict::Retry);
+    }
+
+    fn status(code: u16) -> Reply {
+        Reply::Status {
+            code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_2xx_delivers_and_a_410_or_a_refusal_ends_at_once() {
+        let s = default_schedule();
+        assert_eq!(
+            settle(status(204), 1, &s, 0.1, 0.5, 0),
+            Settlement::Delivered
+        );
+        assert_eq!(
+            settle(status(200), 8, &s, 0.1, 0.5, 0),
+            Settlement::Delivered,
+            "the last attempt can still deliver"
+        );
+        assert_eq!(
+            settle(status(410), 1, &s, 0.1, 0.5, 0),
+            Settlement::Failed(FailureReason::Gone)
+        );
+        assert_eq!(
+            settle(Reply::Refused, 1, &s, 0.1, 0.5, 0),
+            Settlement::Failed(FailureReason::Denied)
+        );
+    }
+
+    #[test]
+    fn other_failures_retry_on_the_schedule_until_it_is_exhausted() {
+        let s = default_schedule();
+        let now = 1_000_000;
+        assert_eq!(
+            settle(status(500), 1, &s, 0.0, 0.0, now),
+            Settlement::RetryAt(now + 5_000)
+        );
+        assert_eq!(
+            settle(Reply::NoAnswer, 2, &s, 0.1, 1.0, now),
+            Settlement::RetryAt(now + 330_000),
+            "jitter drawn at the top of its range"
+        );
+        assert_eq!(
+            settle(status(302), 7, &s, 0.0, 0.0, now),
+            Settlement::RetryAt(now + 36_000_000)
+        );
+        assert_eq!(
+            settle(status(500), 8, &s, 0.0, 0.0, now),
+            Settlement::Failed(FailureReason::Exhausted)
+        );
+        assert_eq!(
+            settle(Reply::NoAnswer, 8, &s, 0.0, 0.0, now),
+            Settlement::Failed(FailureReason::Exhausted)
+        );
+    }
+
+    #[test]
+    fn retry_after_moves_a_retry_only_on_429_and_503() {
+        let s = default_schedule();
+        let asked = |code| Reply::Status {
+            code,
+            retry_after: Some(Duration::from_secs(8)),
+        };
+        assert_eq!(
+            settle(asked(503), 1, &s, 0.0, 0.0, 0),
+            Settlement::RetryAt(8_000)
+        );
+        assert_eq!(
+            settle(asked(429), 1, &s, 0.0, 0.0, 0),
+            Settlement::RetryAt(8_000)
+        );
+        assert_eq!(
+            settle(asked(500), 1, &s, 0.0, 0.0, 0),
+            Settlement::RetryAt(5_000)
+        );
+    }
+
+    #[test]
+    fn a_settlement_names_the_stored_state() {
+        let failed = Settlement::Failed(FailureReason::Exhausted);
+        assert_eq!(
+            (
+                failed.as_str(),
+                failed.next_attempt_at(),
+                failed.failure_reason().map(FailureReason::as_str)
+            ),
+            ("failed", None, Some("exhausted"))
+        );
+        let retry = Settlement::RetryAt(42);
+        assert_eq!(
+            (retry.as_str(), retry.next_attempt_at()),
+            ("retrying", Some(42))
+        );
+        assert_eq!(Settlement::Delivered.as_str(), "delivered");
+        assert_eq!(FailureReason::Gone.as_str(), "gone");
+        assert_eq!(FailureReason::Denied.as_str(), "denied");
+    }
+
+    #[test]
+    fn only_a_destination_that_was_tried_counts_for_the_breaker() {
+        assert_eq!(status(200).counts_for_breaker(), Some(true));
+        assert_eq!(status(500).counts_for_breaker(), Some(false));
+        assert_eq!(status(410).counts_for_breaker(), Some(false));
+        assert_eq!(Reply::NoAnswer.counts_for_breaker(), Some(false));
+        assert_eq!(Reply::Refused.counts_for_breaker(), None);
     }
 
     #[test]
