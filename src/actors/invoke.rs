@@ -40,6 +40,8 @@ pub enum Mode {
     Async,
 }
 
+/// Admits a run: stores its row, then starts it, or queues it when no slot is free. Answers
+/// once the row is durable.
 #[derive(Message)]
 #[rtype(result = "Result<Admitted, AdmitError>")]
 pub struct Admit {
