@@ -19,6 +19,7 @@ use crate::store::{StepRow, Write};
 use crate::workflow::engine::{Execution, Pause, StepStatus};
 use crate::workflow::{self, RunContext, RunFailure, StepRecord};
 
+/// Stops the run's steps where they are and ends it as `cancelled`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct CancelRun;
