@@ -15,7 +15,9 @@ use crate::delivery::destination::{CallbackPolicy, DestinationError, PolicyResol
 use crate::delivery::policy::{self, Verdict, RESPONSE_BODY_MAX_BYTES};
 use crate::ids;
 use crate::signing;
-use crate::store::{AttemptRow, DueEvent, EventUpdate, Store, Write};
+use crate::store::{
+    AttemptOutcome, AttemptRow, DueEvent, ErrorKind, EventState, EventUpdate, RecordAttempt, Store,
+};
 
 /// `User-Agent` of every attempt.
 pub const USER_AGENT: &str = concat!("hivelet/", env!("CARGO_PKG_VERSION"));
@@ -89,7 +91,7 @@ impl Actor for DeliveryActor {
 /// What the HTTP exchange produced.
 struct Exchange {
     status: Option<u16>,
-    error_kind: Option<&'static str>,
+    error_kind: Option<ErrorKind>,
     error_message: Option<String>,
     response_headers: Option<Map<String, Value>>,
     response_body: Option<String>,
@@ -97,7 +99,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn failed(kind: &'static str, message: String) -> Exchange {
+    fn failed(kind: ErrorKind, message: String) -> Exchange {
         Exchange {
             status: None,
             error_kind: Some(kind),
@@ -110,35 +112,38 @@ impl Exchange {
 }
 
 /// Maps a client error to the attempt record's error kind.
-fn classify(err: &awc::error::SendRequestError) -> (&'static str, String) {
+fn classify(err: &awc::error::SendRequestError) -> (ErrorKind, String) {
     use awc::error::{ConnectError, SendRequestError};
     match err {
-        SendRequestError::Timeout => ("timeout", "no response within the attempt timeout".into()),
+        SendRequestError::Timeout => (
+            ErrorKind::Timeout,
+            "no response within the attempt timeout".into(),
+        ),
         SendRequestError::Connect(ConnectError::Timeout) => {
-            ("timeout", "connecting timed out".into())
+            (ErrorKind::Timeout, "connecting timed out".into())
         }
         SendRequestError::Connect(ConnectError::Resolver(inner)) => {
             match inner.downcast_ref::<DestinationError>() {
-                Some(DestinationError::Denied(msg)) => ("denied", msg.clone()),
-                Some(DestinationError::Dns(msg)) => ("dns", msg.clone()),
-                None => ("dns", inner.to_string()),
+                Some(DestinationError::Denied(msg)) => (ErrorKind::Denied, msg.clone()),
+                Some(DestinationError::Dns(msg)) => (ErrorKind::Dns, msg.clone()),
+                None => (ErrorKind::Dns, inner.to_string()),
             }
         }
         SendRequestError::Connect(ConnectError::Unresolved)
-        | SendRequestError::Connect(ConnectError::NoRecords) => ("dns", err.to_string()),
+        | SendRequestError::Connect(ConnectError::NoRecords) => (ErrorKind::Dns, err.to_string()),
         SendRequestError::Connect(ConnectError::SslIsNotSupported) => (
-            "tls",
+            ErrorKind::Tls,
             "this URL scheme needs TLS, which is not available".into(),
         ),
         SendRequestError::Connect(ConnectError::Io(io)) if is_tls_error(io) => {
-            ("tls", format!("TLS handshake failed: {io}"))
+            (ErrorKind::Tls, format!("TLS handshake failed: {io}"))
         }
         SendRequestError::Connect(ConnectError::Disconnected) => (
-            "connect",
+            ErrorKind::Connect,
             "the receiver closed the connection without answering".into(),
         ),
-        SendRequestError::Connect(other) => ("connect", other.to_string()),
-        other => ("connect", other.to_string()),
+        SendRequestError::Connect(other) => (ErrorKind::Connect, other.to_string()),
+        other => (ErrorKind::Connect, other.to_string()),
     }
 }
 
@@ -212,17 +217,17 @@ async fn post(
     let (error_kind, error_message) = match (verdict, read, body_error) {
         (Verdict::Delivered, _, _) => (None, None),
         (_, Err(_), _) => (
-            Some("timeout"),
+            Some(ErrorKind::Timeout),
             Some(format!(
                 "HTTP {status}, then the body did not finish in time"
             )),
         ),
         (_, _, Some(e)) => (
-            Some("connect"),
+            Some(ErrorKind::Connect),
             Some(format!("HTTP {status}, then the connection failed: {e}")),
         ),
         _ if (300..400).contains(&status) => (
-            Some("redirect"),
+            Some(ErrorKind::Redirect),
             Some(format!(
                 "HTTP {status} redirect to {} (redirects are not followed)",
                 response_headers
@@ -232,10 +237,10 @@ async fn post(
             )),
         ),
         _ if status == 413 => (
-            Some("too_large"),
+            Some(ErrorKind::TooLarge),
             Some("HTTP 413: the receiver refused the body size".into()),
         ),
-        _ => (Some("http_status"), Some(format!("HTTP {status}"))),
+        _ => (Some(ErrorKind::HttpStatus), Some(format!("HTTP {status}"))),
     };
     Exchange {
         status: Some(status),
@@ -313,7 +318,7 @@ impl Handler<Deliver> for DeliveryActor {
                     .await;
                     (headers, exchange)
                 }
-                Err(message) => (Vec::new(), Exchange::failed("denied", message)),
+                Err(message) => (Vec::new(), Exchange::failed(ErrorKind::Denied, message)),
             };
             let duration_ms = clock.elapsed().as_millis() as i64;
             event.attempts += 1;
@@ -322,7 +327,7 @@ impl Handler<Deliver> for DeliveryActor {
                 .status
                 .is_some_and(|s| policy::verdict_for_status(s) == Verdict::Delivered);
             let gone = exchange.status == Some(410);
-            let final_kind = matches!(exchange.error_kind, Some("denied"));
+            let final_kind = exchange.error_kind == Some(ErrorKind::Denied);
             let now = ids::now_ms();
             let retry_delay = if delivered || gone || final_kind {
                 None
@@ -340,11 +345,23 @@ impl Handler<Deliver> for DeliveryActor {
             };
             let retry_at = retry_delay.map(|d| now + d.as_millis() as i64);
             let (state, outcome, failure_reason) = match (delivered, retry_at) {
-                (true, _) => ("delivered", "delivered", None),
-                (false, Some(_)) => ("retrying", "retrying", None),
-                (false, None) if gone => ("failed", "failed", Some("gone".to_string())),
-                (false, None) if final_kind => ("failed", "failed", Some("denied".to_string())),
-                (false, None) => ("failed", "failed", Some("exhausted".to_string())),
+                (true, _) => (EventState::Delivered, AttemptOutcome::Delivered, None),
+                (false, Some(_)) => (EventState::Retrying, AttemptOutcome::Retrying, None),
+                (false, None) if gone => (
+                    EventState::Failed,
+                    AttemptOutcome::Failed,
+                    Some("gone".to_string()),
+                ),
+                (false, None) if final_kind => (
+                    EventState::Failed,
+                    AttemptOutcome::Failed,
+                    Some("denied".to_string()),
+                ),
+                (false, None) => (
+                    EventState::Failed,
+                    AttemptOutcome::Failed,
+                    Some("exhausted".to_string()),
+                ),
             };
             let headers_json: Map<String, Value> =
                 headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
@@ -357,7 +374,7 @@ impl Handler<Deliver> for DeliveryActor {
                 url: event.callback_url.clone(),
                 request_headers_json: Value::Object(headers_json).to_string(),
                 status_code: exchange.status.map(i64::from),
-                error_kind: exchange.error_kind.map(str::to_string),
+                error_kind: exchange.error_kind,
                 error_message: exchange.error_message.clone(),
                 response_headers_json: exchange
                     .response_headers
@@ -365,19 +382,19 @@ impl Handler<Deliver> for DeliveryActor {
                 response_body: exchange.response_body,
                 started_at,
                 duration_ms,
-                outcome: outcome.to_string(),
+                outcome,
                 next_attempt_at: retry_at,
             };
-            crate::metrics::get().attempt(outcome, clock.elapsed());
+            crate::metrics::get().attempt(outcome.as_str(), clock.elapsed());
             match outcome {
-                "delivered" => {
+                AttemptOutcome::Delivered => {
                     tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered")
                 }
                 _ => tracing::warn!(
                     status = ?exchange.status,
-                    error_kind = ?exchange.error_kind,
+                    error_kind = ?exchange.error_kind.map(ErrorKind::as_str),
                     error = exchange.error_message.as_deref().unwrap_or(""),
-                    outcome,
+                    outcome = outcome.as_str(),
                     next_attempt_at = ?retry_at.map(ids::rfc3339),
                     "webhook attempt failed"
                 ),
@@ -389,9 +406,7 @@ impl Handler<Deliver> for DeliveryActor {
                 next_attempt_at: retry_at,
                 failure_reason,
             };
-            let recorded = store
-                .write(Write::RecordAttempt(Box::new(attempt), update))
-                .await;
+            let recorded = store.write(RecordAttempt { attempt, update }).await;
             let retry_at = match recorded {
                 Ok(_) => retry_at,
                 Err(err) => {
@@ -400,7 +415,7 @@ impl Handler<Deliver> for DeliveryActor {
                     Some(ids::now_ms() + 1000)
                 }
             };
-            let counts = if matches!(exchange.error_kind, Some("denied")) {
+            let counts = if exchange.error_kind == Some(ErrorKind::Denied) {
                 None
             } else {
                 Some(delivered)

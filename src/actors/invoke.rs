@@ -21,7 +21,10 @@ use crate::config::Config;
 use crate::deployments::LiveDeployment;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{NewRun, RunStatus, Store, Write, Written};
+use crate::store::{
+    AnswerApproval, FinishRun, InsertRun, MarkRunning, NewRun, RecordStep, RunSource, RunStatus,
+    StepStatus, Store,
+};
 use crate::workflow;
 use crate::workflow::engine::{Approval, ApprovalAnswer, Resume};
 
@@ -42,7 +45,7 @@ pub struct PreparedRun {
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
     pub callback_url: Option<String>,
-    pub source: &'static str,
+    pub source: RunSource,
     pub api_key_id: Option<String>,
 }
 
@@ -206,10 +209,10 @@ impl InvokeActor {
             ctx.cancel_future(timer);
         }
         self.store
-            .write_detached(Write::RecordStep(Box::new(run::cancelled_approval_step(
+            .write_detached(RecordStep(run::cancelled_approval_step(
                 request_id,
                 &paused.waiting,
-            ))));
+            )));
         let reporting = self.reporting();
         Some(async move { run::finish(&reporting, paused.run, Ending::Cancelled).await })
     }
@@ -248,7 +251,7 @@ impl InvokeActor {
             if run.resume.is_none() {
                 run.started_at = ids::now_ms();
             }
-            self.store.write_detached(Write::MarkRunning {
+            self.store.write_detached(MarkRunning {
                 request_id: run.request_id.clone(),
                 started_at: run.started_at,
             });
@@ -421,7 +424,7 @@ impl Handler<Admit> for InvokeActor {
         }
         let store = self.store.clone();
         Box::pin(
-            async move { store.write(Write::InsertRun(Box::new(row))).await }
+            async move { store.write(InsertRun(row)).await }
                 .into_actor(self)
                 .map(move |stored, act, ctx| {
                     if status == RunStatus::Running {
@@ -514,7 +517,7 @@ impl Handler<Respond> for InvokeActor {
         }
         paused.answering = true;
         let store = self.store.clone();
-        let write = Write::AnswerApproval {
+        let write = AnswerApproval {
             request_id: msg.request_id.clone(),
             step_id: msg.step_id.clone(),
             response_json: msg.output.to_string(),
@@ -527,7 +530,7 @@ impl Handler<Respond> for InvokeActor {
                     .get_mut(&msg.request_id)
                     .filter(|p| p.waiting.step_id == msg.step_id);
                 match (written, still_paused) {
-                    (Ok(Written::Found(true)), Some(_)) => {
+                    (Ok(true), Some(_)) => {
                         tracing::info!(request_id = %msg.request_id, step = %msg.step_id, "approval answered");
                         act.resume_paused(&msg.request_id, ApprovalAnswer::Given(msg.output), ctx);
                         Ok(())
@@ -655,27 +658,27 @@ fn record_interrupted_step(
     {
         return; // already marked by an earlier restart
     }
-    store.write_detached(Write::RecordStep(Box::new(crate::store::StepRow {
+    store.write_detached(RecordStep(crate::store::StepRow {
         request_id: run.request_id.clone(),
         step_index: ended_steps as i64,
         step_id: step.id.clone(),
         step_type: step.kind.type_name().to_string(),
-        status: "interrupted".into(),
+        status: StepStatus::Interrupted,
         started_at,
         duration_ms: 0,
         output_json: None,
         error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
         attempts: 1,
         usage_json: None,
-    })));
+    }));
 }
 
 pub fn recover(
     store: &Store,
     deployments: &crate::deployments::Deployments,
 ) -> Result<Recovered, crate::store::StoreError> {
-    use crate::store::{self, FinishedRun};
-    let unfinished = store.read_blocking(store::runs::load_unfinished)?;
+    use crate::store::FinishedRun;
+    let unfinished = store.unfinished_runs_blocking()?;
     let mut recovered = Recovered {
         runs: Vec::with_capacity(unfinished.len()),
         paused: Vec::new(),
@@ -686,14 +689,14 @@ pub fn recover(
             None => {
                 tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
                 let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
-                store.write_detached(Write::FinishRun(Box::new(FinishedRun {
+                store.write_detached(FinishRun(FinishedRun {
                     request_id: run.request_id,
                     status: RunStatus::Failed,
                     output_json: None,
                     error_json: Some(error.to_string()),
                     ended_at: ids::now_ms(),
                     event: None,
-                })));
+                }));
                 continue;
             }
         };
@@ -701,20 +704,8 @@ pub fn recover(
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
-        let source = match run.source.as_str() {
-            "webhook" => "webhook",
-            "cli" => "cli",
-            "ui" => "ui",
-            _ => "api",
-        };
         let point = if run.status == RunStatus::Running {
-            let request_id = run.request_id.clone();
-            let (rows, answers) = store.read_blocking(|conn| {
-                Ok((
-                    store::runs::get_steps(conn, &request_id)?,
-                    store::runs::approval_responses(conn, &request_id)?,
-                ))
-            })?;
+            let (rows, answers) = store.trace_blocking(&run.request_id)?;
             let point = run::trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() {
                 record_interrupted_step(
@@ -742,7 +733,7 @@ pub fn recover(
                 metadata: as_map(&run.metadata_json),
                 user: run.user,
                 callback_url: run.callback_url,
-                source,
+                source: run.source,
                 api_key_id: run.api_key_id,
             },
             completion: None,

@@ -17,7 +17,9 @@ use super::invoke::{AdmittedRun, RunEnded, RunPaused};
 use super::retry::Enqueue;
 use crate::delivery::event::{self, EventFacts};
 use crate::ids;
-use crate::store::{DueEvent, FinishedRun, NewEvent, RunStatus, StepRow, Store, Write};
+use crate::store::{
+    DueEvent, FinishRun, FinishedRun, NewEvent, RecordStep, RunStatus, StepRow, Store,
+};
 use crate::workflow::engine::{
     Approval, ApprovalAnswer, DoneStep, Execution, Pause, Resume, StepStatus,
 };
@@ -91,7 +93,7 @@ impl RunActor {
             record.status = StepStatus::Failed;
             record.output = None;
             record.error = Some("approval steps need an async run".into());
-            store.write_detached(Write::RecordStep(Box::new(step_row(&request_id, &record))));
+            store.write_detached(RecordStep(step_row(&request_id, &record)));
             let failure = RunFailure {
                 message: format!(
                     "step {} is an approval step, which only runs asynchronously",
@@ -111,7 +113,7 @@ impl RunActor {
             ..
         } = pause;
         ctx.spawn(
-            async move { store.write(Write::RecordStep(Box::new(row))).await }
+            async move { store.write(RecordStep(row)).await }
                 .into_actor(self)
                 .map(move |written, act, ctx| {
                     if let Err(err) = written {
@@ -130,8 +132,9 @@ impl RunActor {
                     let Some(mut run) = act.run.take() else {
                         act.reporting
                             .store
-                            .write_detached(Write::RecordStep(Box::new(
-                                cancelled_approval_step(&request_id, &waiting),
+                            .write_detached(RecordStep(cancelled_approval_step(
+                                &request_id,
+                                &waiting,
                             )));
                         return;
                     };
@@ -167,7 +170,7 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
         step_index: waiting.step_index as i64,
         step_id: waiting.step_id.clone(),
         step_type: "approval".into(),
-        status: "failed".into(),
+        status: StepStatus::Failed,
         started_at: waiting.since_ms,
         duration_ms: (ids::now_ms() - waiting.since_ms).max(0),
         output_json: None,
@@ -183,7 +186,7 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         step_index: rec.index as i64,
         step_id: rec.step_id.clone(),
         step_type: rec.step_type.to_string(),
-        status: rec.status.as_str().to_string(),
+        status: rec.status,
         started_at: rec.started_at_ms,
         duration_ms: rec.duration_ms,
         output_json: rec.output.as_ref().map(Value::to_string),
@@ -218,7 +221,7 @@ impl Actor for RunActor {
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let steps = async move {
             let mut on_step = |rec: &StepRecord| {
-                store.write_detached(Write::RecordStep(Box::new(step_row(&request_id, rec))));
+                store.write_detached(RecordStep(step_row(&request_id, rec)));
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };
@@ -252,14 +255,11 @@ impl Handler<CancelRun> for RunActor {
 async fn write_until_stored(
     store: &crate::store::Store,
     request_id: &str,
-    cmd: Write,
-) -> Result<crate::store::Written, crate::store::StoreError> {
-    let Write::FinishRun(done) = cmd else {
-        return store.write(cmd).await;
-    };
+    done: FinishedRun,
+) -> Result<bool, crate::store::StoreError> {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match store.write(Write::FinishRun(done.clone())).await {
+        match store.write(FinishRun(done.clone())).await {
             Err(crate::store::StoreError::Unavailable(why)) => {
                 tracing::warn!(request_id = %request_id, %why, retry_in = ?delay, "cannot store the run's end yet; retrying");
                 actix_rt::time::sleep(delay).await;
@@ -298,7 +298,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
     let event = prepared.callback_url.as_ref().map(|url| {
         let body = event::render_body(&EventFacts {
             request_id: &request_id,
-            run_status: status.as_str(),
+            run_status: status,
             deployment: &prepared.deployment.key,
             variant: &prepared.variant,
             version: prepared.deployment.version,
@@ -312,7 +312,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         NewEvent {
             event_id: ids::event_id(),
             deployment_key: prepared.deployment.key.clone(),
-            event_type: event::event_type(status.as_str()).to_string(),
+            event_type: event::event_type(status).to_string(),
             callback_url: url.clone(),
             body,
         }
@@ -343,14 +343,8 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         None => tracing::info!(status = status.as_str(), "run ended"),
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
-    match write_until_stored(
-        &reporting.store,
-        &request_id,
-        Write::FinishRun(Box::new(done)),
-    )
-    .await
-    {
-        Ok(written) if written.found() => {
+    match write_until_stored(&reporting.store, &request_id, done).await {
+        Ok(true) => {
             let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);
             crate::metrics::get()
                 .run_ended(status.as_str(), std::time::Duration::from_millis(ran_ms));
@@ -358,7 +352,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
                 reporting.supervisor.do_send(Enqueue(due));
             }
         }
-        Ok(_) => {
+        Ok(false) => {
             tracing::info!(request_id = %request_id, "run had already ended (cancelled); result dropped")
         }
         Err(err) => {
@@ -434,11 +428,11 @@ pub(super) fn trace_point(
         let Some(row) = latest.get(&(index as i64)).filter(|r| r.step_id == step.id) else {
             break;
         };
-        let status = match row.status.as_str() {
-            "completed" => StepStatus::Completed,
-            "skipped" => StepStatus::Skipped,
-            "failed" if step.on_error == OnError::Continue => StepStatus::Failed,
-            "waiting" if matches!(step.kind, StepKind::Approval { .. }) => {
+        let status = match row.status {
+            StepStatus::Completed => StepStatus::Completed,
+            StepStatus::Skipped => StepStatus::Skipped,
+            StepStatus::Failed if step.on_error == OnError::Continue => StepStatus::Failed,
+            StepStatus::Waiting if matches!(step.kind, StepKind::Approval { .. }) => {
                 match answers.get(step.id.as_str()) {
                     Some(response) => {
                         let output = serde_json::from_str(response).unwrap_or(Value::Null);
@@ -520,17 +514,23 @@ template = "x"
         def
     }
 
-    fn row(index: i64, id: &str, status: &str, started_at: i64, output: Option<&str>) -> StepRow {
+    fn row(
+        index: i64,
+        id: &str,
+        status: StepStatus,
+        started_at: i64,
+        output: Option<&str>,
+    ) -> StepRow {
         StepRow {
             request_id: "req_1".into(),
             step_index: index,
             step_id: id.into(),
             step_type: "template".into(),
-            status: status.into(),
+            status,
             started_at,
             duration_ms: 1,
             output_json: output.map(str::to_owned),
-            error: (status == "failed").then(|| "boom".to_owned()),
+            error: (status == StepStatus::Failed).then(|| "boom".to_owned()),
             attempts: 1,
             usage_json: None,
         }
@@ -538,11 +538,17 @@ template = "x"
 
     fn trace() -> Vec<StepRow> {
         vec![
-            row(0, "a", "failed", 10, None),
-            row(0, "a", "completed", 20, Some("\"A\"")),
-            row(1, "b", "failed", 30, None),
-            row(2, "c", "skipped", 40, None),
-            row(3, "ok", "waiting", 50, Some("{\"question\": null}")),
+            row(0, "a", StepStatus::Failed, 10, None),
+            row(0, "a", StepStatus::Completed, 20, Some("\"A\"")),
+            row(1, "b", StepStatus::Failed, 30, None),
+            row(2, "c", StepStatus::Skipped, 40, None),
+            row(
+                3,
+                "ok",
+                StepStatus::Waiting,
+                50,
+                Some("{\"question\": null}"),
+            ),
         ]
     }
 
@@ -592,7 +598,7 @@ template = "x"
 
         // A failed step that terminates the run runs again; nothing after it is reused.
         let mut rows = trace();
-        rows[1] = row(0, "a", "failed", 20, None);
+        rows[1] = row(0, "a", StepStatus::Failed, 20, None);
         let point = trace_point(&def(), &rows, &answers);
         assert!(
             point.resume.is_empty() && point.waiting.is_none(),

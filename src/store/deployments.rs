@@ -2,8 +2,6 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::writer::Written;
-
 /// A deploy: a validated definition (as JSON) for `key`.
 #[derive(Debug, Clone)]
 pub struct NewDeploymentVersion {
@@ -42,13 +40,22 @@ impl std::fmt::Debug for DeploymentRecord {
     }
 }
 
+/// What a deploy stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deployed {
+    /// The version it created.
+    pub version: i64,
+    /// Whether the deployment is new (it got the command's id and signing secret).
+    pub created: bool,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VersionInfo {
     pub version: i64,
     pub created_at: i64,
 }
 
-pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Result<Written> {
+pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Result<Deployed> {
     let existing: Option<i64> = conn
         .prepare_cached("SELECT current_version FROM deployments WHERE key = ?1")?
         .query_row([&dep.key], |row| row.get(0))
@@ -76,7 +83,7 @@ pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Re
         "INSERT INTO deployment_versions (deployment_key, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute((&dep.key, version, &dep.definition_json, dep.at))?;
-    Ok(Written::Deployed { version, created })
+    Ok(Deployed { version, created })
 }
 
 pub(super) fn rotate_secret(

@@ -3,39 +3,7 @@
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-/// A run's lifecycle state (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunStatus> {
-        Some(match text {
-            "queued" => RunStatus::Queued,
-            "running" => RunStatus::Running,
-            "completed" => RunStatus::Completed,
-            "failed" => RunStatus::Failed,
-            "cancelled" => RunStatus::Cancelled,
-            _ => return None,
-        })
-    }
-}
+use crate::domain::{EventState, RunDelivery, RunSource, RunStatus, StepStatus};
 
 /// A run as admitted. JSON columns are pre-serialized by the caller.
 #[derive(Debug, Clone)]
@@ -45,8 +13,7 @@ pub struct NewRun {
     pub variant: String,
     pub version: i64,
     pub status: RunStatus,
-    /// `api`, `webhook`, `cli` or `ui`.
-    pub source: &'static str,
+    pub source: RunSource,
     pub callback_url: Option<String>,
     pub api_key_id: Option<String>,
     pub inputs_json: String,
@@ -75,7 +42,7 @@ pub struct StepRow {
     pub step_index: i64,
     pub step_id: String,
     pub step_type: String,
-    pub status: String,
+    pub status: StepStatus,
     pub started_at: i64,
     pub duration_ms: i64,
     pub output_json: Option<String>,
@@ -92,8 +59,8 @@ pub struct RunRecord {
     pub variant: String,
     pub version: i64,
     pub status: RunStatus,
-    pub source: String,
-    pub delivery: String,
+    pub source: RunSource,
+    pub delivery: RunDelivery,
     pub callback_url: Option<String>,
     pub api_key_id: Option<String>,
     pub inputs_json: String,
@@ -119,9 +86,9 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":deployment_key": run.deployment_key,
         ":variant": run.variant,
         ":version": run.version,
-        ":status": run.status.as_str(),
+        ":status": run.status,
         ":source": run.source,
-        ":delivery": if run.callback_url.is_some() { "callback" } else { "direct" },
+        ":delivery": if run.callback_url.is_some() { RunDelivery::Callback } else { RunDelivery::Direct },
         ":callback_url": run.callback_url,
         ":api_key_id": run.api_key_id,
         ":inputs": run.inputs_json,
@@ -207,7 +174,7 @@ pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<
     )?;
     let ended = stmt.execute(rusqlite::params![
         done.request_id,
-        done.status.as_str(),
+        done.status,
         done.output_json,
         done.error_json,
         done.ended_at
@@ -241,13 +208,12 @@ const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status,
     ended_at, duration_ms";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
-    let status: String = row.get(4)?;
     Ok(RunRecord {
         request_id: row.get(0)?,
         deployment_key: row.get(1)?,
         variant: row.get(2)?,
         version: row.get(3)?,
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        status: row.get(4)?,
         source: row.get(5)?,
         delivery: row.get(6)?,
         callback_url: row.get(7)?,
@@ -334,7 +300,7 @@ pub(super) fn purge_finished(
                    AND r.status IN ('completed', 'failed', 'cancelled')
                    AND r.ended_at < ?2
                    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.request_id
-                                   AND e.state IN ('pending', 'sending', 'retrying'))
+                                   AND e.state IN ('pending', 'retrying'))
                  ORDER BY r.request_id LIMIT ?3)",
         )?
         .execute(rusqlite::params![
@@ -368,10 +334,9 @@ pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
 pub struct RunFilter {
     pub deployment: Option<String>,
     pub variant: Option<String>,
-    pub status: Option<String>,
-    /// `callback` or `direct`.
-    pub delivery: Option<String>,
-    pub source: Option<String>,
+    pub status: Option<RunStatus>,
+    pub delivery: Option<RunDelivery>,
+    pub source: Option<RunSource>,
     pub api_key_id: Option<String>,
     pub user: Option<String>,
     /// Inclusive lower bound on `created_at` (Unix ms).
@@ -389,7 +354,7 @@ pub struct RunFilter {
 #[derive(Debug, Clone)]
 pub struct RunListItem {
     pub run: RunRecord,
-    pub delivery_state: Option<String>,
+    pub delivery_state: Option<EventState>,
     pub attempts: Option<i64>,
 }
 
@@ -407,19 +372,23 @@ pub fn list_runs(conn: &Connection, filter: &RunFilter) -> rusqlite::Result<Vec<
         RUN_COLUMNS.split(',').map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
     );
     let mut args: Vec<Sql> = Vec::new();
-    let mut eq = |sql: &mut String, column: &str, value: &Option<String>| {
+    let mut eq = |sql: &mut String, column: &str, value: Option<&str>| {
         if let Some(v) = value {
             sql.push_str(&format!(" AND {column} = ?"));
-            args.push(Sql::Text(v.clone()));
+            args.push(Sql::Text(v.to_owned()));
         }
     };
-    eq(&mut sql, "r.deployment_key", &filter.deployment);
-    eq(&mut sql, "r.variant", &filter.variant);
-    eq(&mut sql, "r.status", &filter.status);
-    eq(&mut sql, "r.delivery", &filter.delivery);
-    eq(&mut sql, "r.source", &filter.source);
-    eq(&mut sql, "r.api_key_id", &filter.api_key_id);
-    eq(&mut sql, "r.user", &filter.user);
+    eq(&mut sql, "r.deployment_key", filter.deployment.as_deref());
+    eq(&mut sql, "r.variant", filter.variant.as_deref());
+    eq(&mut sql, "r.status", filter.status.map(RunStatus::as_str));
+    eq(
+        &mut sql,
+        "r.delivery",
+        filter.delivery.map(RunDelivery::as_str),
+    );
+    eq(&mut sql, "r.source", filter.source.map(RunSource::as_str));
+    eq(&mut sql, "r.api_key_id", filter.api_key_id.as_deref());
+    eq(&mut sql, "r.user", filter.user.as_deref());
     if let Some(ms) = filter.since_ms {
         sql.push_str(" AND r.request_id >= ?");
         args.push(Sql::Text(request_id_at(ms)));
