@@ -705,7 +705,8 @@ pub fn recover(
             _ => Map::new(),
         };
         let point = if run.status == RunStatus::Running {
-            let (rows, answers) = store.trace_blocking(&run.request_id)?;
+            let trace = store.trace_blocking(&run.request_id)?;
+            let (rows, answers) = (trace.steps, trace.approvals);
             let point = run::trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() {
                 record_interrupted_step(

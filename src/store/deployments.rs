@@ -110,7 +110,7 @@ pub(super) fn delete(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
 }
 
 /// Every deployment with its current definition.
-pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
+pub(super) fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.key, d.id, d.description, d.current_version, v.definition, d.signing_secret,
                 d.previous_secret, d.previous_secret_until, d.created_at, d.updated_at
@@ -135,11 +135,7 @@ pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
     rows.collect()
 }
 
-pub fn load_one(conn: &Connection, key: &str) -> rusqlite::Result<Option<DeploymentRecord>> {
-    Ok(load_all(conn)?.into_iter().find(|d| d.key == key))
-}
-
-pub fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInfo>> {
+pub(super) fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT version, created_at FROM deployment_versions WHERE deployment_key = ?1 ORDER BY version",
     )?;
@@ -153,7 +149,7 @@ pub fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInf
 }
 
 /// The definition a given version ran with.
-pub fn definition_at(
+pub(super) fn definition_at(
     conn: &Connection,
     key: &str,
     version: i64,

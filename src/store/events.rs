@@ -187,7 +187,7 @@ fn due_from_row(row: &Row<'_>) -> rusqlite::Result<DueEvent> {
 }
 
 /// Every event still to deliver (an attempt cut short by a crash counts as due).
-pub fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
+pub(super) fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
     let mut stmt = conn.prepare(&format!(
         "{DUE_SELECT} WHERE state IN ('pending', 'retrying') ORDER BY next_attempt_at"
     ))?;
@@ -195,7 +195,10 @@ pub fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
     rows.collect()
 }
 
-pub fn event_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<EventRecord>> {
+pub(super) fn event_for_run(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<EventRecord>> {
     conn.prepare_cached(
         "SELECT event_id, request_id, event_type, callback_url, state, series, attempts, total_attempts,
                 next_attempt_at, failure_reason, created_at, updated_at
@@ -220,7 +223,10 @@ pub fn event_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Op
     .optional()
 }
 
-pub fn attempts_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<AttemptRow>> {
+pub(super) fn attempts_for_run(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT attempt_id, event_id, request_id, attempt_number, series, url, request_headers, status_code,
                 error_kind, error_message, response_headers, response_body, started_at, duration_ms, outcome,

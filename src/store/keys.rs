@@ -76,7 +76,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 /// Every key, revoked ones included, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
+pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, role, key_hash, key_prefix, created_at, last_used_at, revoked_at
          FROM api_keys ORDER BY created_at, id",

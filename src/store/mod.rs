@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use backup::backup;
+pub use backup::{backup, BackupError};
 pub use commands::*;
 pub use deployments::{Deployed, DeploymentRecord, NewDeploymentVersion, VersionInfo};
 pub use events::{AttemptRow, DueEvent, EventRecord, EventUpdate, NewEvent};
 pub use keys::{KeyRecord, Role};
-pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow};
+pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow, StoredTrace};
 pub use writer::Apply;
 
 pub use crate::domain::{
@@ -292,17 +292,14 @@ impl Store {
         self.read_blocking(runs::load_unfinished)
     }
 
-    /// A run's step trace and its stored approval answers (step id, response JSON), read
-    /// together on the calling thread (start-up).
-    pub fn trace_blocking(
-        &self,
-        request_id: &str,
-    ) -> StoreResult<(Vec<StepRow>, Vec<(String, String)>)> {
+    /// A run's step trace and its stored approval answers, read together on the calling
+    /// thread (start-up).
+    pub fn trace_blocking(&self, request_id: &str) -> StoreResult<StoredTrace> {
         self.read_blocking(|conn| {
-            Ok((
-                runs::get_steps(conn, request_id)?,
-                runs::approval_responses(conn, request_id)?,
-            ))
+            Ok(StoredTrace {
+                steps: runs::get_steps(conn, request_id)?,
+                approvals: runs::approval_responses(conn, request_id)?,
+            })
         })
     }
 

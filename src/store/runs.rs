@@ -51,6 +51,14 @@ pub struct StepRow {
     pub usage_json: Option<String>,
 }
 
+/// What a run recorded of its steps: the trace (oldest line first), and the approval
+/// answers as step id and response JSON.
+#[derive(Debug, Clone, Default)]
+pub struct StoredTrace {
+    pub steps: Vec<StepRow>,
+    pub approvals: Vec<(String, String)>,
+}
+
 /// A stored run, as read back.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
@@ -155,7 +163,7 @@ pub(super) fn answer_approval(
 }
 
 /// The stored approval answers of a run: step id and response JSON.
-pub fn approval_responses(
+pub(super) fn approval_responses(
     conn: &Connection,
     request_id: &str,
 ) -> rusqlite::Result<Vec<(String, String)>> {
@@ -230,14 +238,14 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-pub fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+pub(super) fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RunRecord>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE request_id = ?1"
     ))?;
     stmt.query_row([request_id], run_from_row).optional()
 }
 
-pub fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
+pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, step_index, step_id, step_type, status, started_at, duration_ms,
                 output, error, attempts, usage
@@ -262,7 +270,7 @@ pub fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<St
 }
 
 /// The stored first response for an idempotency key, if it is younger than `since`.
-pub fn find_idempotent(
+pub(super) fn find_idempotent(
     conn: &Connection,
     api_key_id: &str,
     idempotency_key: &str,
@@ -321,7 +329,7 @@ pub(super) fn purge_finished(
 }
 
 /// Runs left `queued` or `running` (by a crash or a stop), oldest first.
-pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
+pub(super) fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at, request_id"
     ))?;
@@ -365,7 +373,10 @@ fn request_id_at(ms: i64) -> String {
 }
 
 /// Newest first, at most `filter.limit` (+1 to tell whether another page exists).
-pub fn list_runs(conn: &Connection, filter: &RunFilter) -> rusqlite::Result<Vec<RunListItem>> {
+pub(super) fn list_runs(
+    conn: &Connection,
+    filter: &RunFilter,
+) -> rusqlite::Result<Vec<RunListItem>> {
     use rusqlite::types::Value as Sql;
     let mut sql = format!(
         "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.request_id = r.request_id WHERE 1 = 1",
