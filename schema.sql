@@ -1,4 +1,6 @@
--- hivelet schema, version 1. Later changes append numbered migrations in src/store/migrate.rs.
+-- hivelet schema, version 2: the whole current schema, which a new database gets at once. Each
+-- change also appends a numbered migration in src/store/migrate.rs that takes an existing
+-- database from the version before to the same tables.
 -- Times are Unix milliseconds (*_at), durations end in _ms, ids are prefixed text.
 
 CREATE TABLE deployments (
@@ -61,7 +63,7 @@ CREATE TABLE run_steps (
     step_index   INTEGER NOT NULL,
     step_id      TEXT NOT NULL,
     step_type    TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted')),
+    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted', 'reused')),
     started_at   INTEGER NOT NULL,
     duration_ms  INTEGER NOT NULL,
     output       TEXT,
@@ -98,7 +100,7 @@ CREATE TABLE events (
     event_type      TEXT NOT NULL,
     callback_url    TEXT NOT NULL,
     body            BLOB NOT NULL,                      -- the exact bytes sent on every attempt
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'retrying', 'delivered', 'failed')),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'delivered', 'failed')),
     series          INTEGER NOT NULL DEFAULT 1,         -- 1 + redeliveries
     attempts        INTEGER NOT NULL DEFAULT 0,         -- attempts in the current series
     total_attempts  INTEGER NOT NULL DEFAULT 0,         -- attempts ever made
@@ -107,7 +109,7 @@ CREATE TABLE events (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'sending', 'retrying');
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
 
 -- One HTTP POST of an event. Request headers never include a secret.
 CREATE TABLE attempts (

@@ -9,7 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::ids;
-use crate::store::{self, NewDeploymentVersion, Store, StoreError, Write, Written};
+use crate::store::{
+    DeleteDeployment, Deployed, NewDeploymentVersion, PutDeployment, RotateSecret, Store,
+    StoreError,
+};
 use crate::workflow::{Definition, DefinitionError, ValidateOptions};
 
 /// The example a fresh install deploys.
@@ -55,7 +58,9 @@ impl LiveDeployment {
         self.definition.variants.get(variant).map(|v| &v.vars)
     }
 
-    fn from_record(record: store::DeploymentRecord) -> Result<LiveDeployment, DefinitionError> {
+    fn from_record(
+        record: crate::store::DeploymentRecord,
+    ) -> Result<LiveDeployment, DefinitionError> {
         let definition = Definition::from_json_str(&record.definition_json)?;
         Ok(LiveDeployment {
             key: record.key,
@@ -88,7 +93,7 @@ pub struct Deployments {
 impl Deployments {
     /// Loads every deployment's current version from the store.
     pub fn load(store: &Store) -> Result<Deployments, StoreError> {
-        let records = store.read_blocking(store::deployments::load_all)?;
+        let records = store.deployments_blocking()?;
         let mut live = HashMap::with_capacity(records.len());
         for record in records {
             let key = record.key.clone();
@@ -125,10 +130,7 @@ impl Deployments {
         if live.version == version {
             return Some(live);
         }
-        let text = store
-            .read_blocking(|conn| store::deployments::definition_at(conn, key, version))
-            .ok()
-            .flatten()?;
+        let text = store.definition_at_blocking(key, version).ok().flatten()?;
         let definition = Definition::from_json_str(&text).ok()?;
         Some(Arc::new(LiveDeployment {
             key: live.key.clone(),
@@ -175,11 +177,7 @@ impl Deployments {
             cmd.new_deployment_id.clone(),
             cmd.new_signing_secret.clone(),
         );
-        let Written::Deployed { version, created } =
-            store.write(Write::PutDeployment(Box::new(cmd))).await?
-        else {
-            unreachable!("PutDeployment answers Deployed")
-        };
+        let Deployed { version, created } = store.write(PutDeployment(cmd)).await?;
         let mut live = self.live.write().expect("deployments lock");
         let previous = live.get(&definition.key).cloned();
         let dep = match previous.filter(|_| !created) {
@@ -221,12 +219,12 @@ impl Deployments {
     ) -> Result<Option<Arc<LiveDeployment>>, StoreError> {
         let new_secret = ids::signing_secret();
         let previous_until = ids::now_ms() + overlap.as_millis() as i64;
-        let cmd = Write::RotateSecret {
+        let cmd = RotateSecret {
             key: key.to_string(),
             new_secret: new_secret.clone(),
             previous_until,
         };
-        if !store.write(cmd).await?.found() {
+        if !store.write(cmd).await? {
             return Ok(None);
         }
         let mut live = self.live.write().expect("deployments lock");
@@ -251,12 +249,12 @@ impl Deployments {
     /// Removes a deployment and its versions. Runs already stored keep their rows.
     pub async fn delete(&self, store: &Store, key: &str) -> Result<bool, StoreError> {
         let found = store
-            .write(Write::DeleteDeployment {
+            .write(DeleteDeployment {
                 key: key.to_string(),
             })
             .await?;
         self.live.write().expect("deployments lock").remove(key);
-        Ok(found.found())
+        Ok(found)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::ids;
-use crate::store::{self, KeyRecord, Role, Store, StoreError, Write};
+use crate::store::{InsertKey, KeyRecord, RevokeKey, Role, RotateKey, Store, StoreError, TouchKey};
 
 /// How often a key's `last_used_at` is written at most.
 const TOUCH_INTERVAL_MS: i64 = 60_000;
@@ -47,7 +47,7 @@ fn masked_prefix(key: &str) -> String {
 impl KeyRing {
     pub fn load(store: &Store) -> Result<KeyRing, StoreError> {
         let ring = KeyRing::default();
-        for key in store.read_blocking(store::keys::list)? {
+        for key in store.list_keys_blocking()? {
             if key.revoked_at.is_none() {
                 ring.insert(&key);
             }
@@ -85,7 +85,7 @@ impl KeyRing {
         let key = keys.get_mut(&hash)?;
         if now - key.last_touch_ms > TOUCH_INTERVAL_MS {
             key.last_touch_ms = now;
-            store.write_detached(Write::TouchKey {
+            store.write_detached(TouchKey {
                 id: key.id.clone(),
                 at: now,
             });
@@ -113,9 +113,7 @@ impl KeyRing {
             last_used_at: None,
             revoked_at: None,
         };
-        store
-            .write(Write::InsertKey(Box::new(record.clone())))
-            .await?;
+        store.write(InsertKey(record.clone())).await?;
         self.insert(&record);
         Ok(IssuedKey { record, key })
     }
@@ -123,20 +121,15 @@ impl KeyRing {
     /// Replaces a key's secret; the old secret stops working at once.
     pub async fn rotate(&self, store: &Store, id: &str) -> Result<Option<String>, StoreError> {
         let key = ids::api_key_secret();
-        let cmd = Write::RotateKey {
+        let cmd = RotateKey {
             id: id.to_string(),
             key_hash: hash_key(&key),
             key_prefix: masked_prefix(&key),
         };
-        if !store.write(cmd).await?.found() {
+        if !store.write(cmd).await? {
             return Ok(None);
         }
-        let record = store
-            .read({
-                let id = id.to_string();
-                move |conn| Ok(store::keys::list(conn)?.into_iter().find(|k| k.id == id))
-            })
-            .await?;
+        let record = store.key(id.to_string()).await?;
         self.remove_id(id);
         if let Some(record) = record {
             self.insert(&record);
@@ -146,12 +139,12 @@ impl KeyRing {
 
     pub async fn revoke(&self, store: &Store, id: &str) -> Result<bool, StoreError> {
         let found = store
-            .write(Write::RevokeKey {
+            .write(RevokeKey {
                 id: id.to_string(),
                 at: ids::now_ms(),
             })
             .await?;
         self.remove_id(id);
-        Ok(found.found())
+        Ok(found)
     }
 }

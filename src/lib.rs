@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod deployments;
+pub mod domain;
 pub mod error;
 pub mod ids;
 pub mod keyring;
@@ -68,7 +69,7 @@ pub async fn run(
     .await
     .map_err(anyhow::Error::msg)?;
 
-    let pending_events = store.read_blocking(store::events::load_due)?;
+    let pending_events = store.load_due_events_blocking()?;
     let supervisor = RetrySupervisor::new(
         store.clone(),
         config.clone(),

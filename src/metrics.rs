@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::domain::{AttemptOutcome, RunStatus};
+
 /// The `Content-Type` of [`encode`]'s output (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -186,11 +188,17 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "hivelet's version", build_info);
         // Every label value exists from the start, so a scrape shows 0 rather than nothing.
-        for status in ["completed", "failed", "cancelled"] {
+        for status in [
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
+            let status = status.as_str();
             let _ = m.runs_ended.get_or_create(&StatusLabel { status });
             let _ = m.run_duration.get_or_create(&StatusLabel { status });
         }
-        for outcome in ["delivered", "retrying", "failed"] {
+        for outcome in AttemptOutcome::ALL {
+            let outcome = outcome.as_str();
             let _ = m.deliveries.get_or_create(&OutcomeLabel { outcome });
         }
         for mode in ["sync", "async"] {

@@ -249,7 +249,7 @@ mod tests {
                 metadata: Map::new(),
                 user: None,
                 callback_url: Some("http://127.0.0.1:1/hook".into()),
-                source: "api",
+                source: crate::store::RunSource::Api,
                 api_key_id: None,
             },
             completion: None,

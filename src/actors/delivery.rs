@@ -15,7 +15,7 @@ use crate::delivery::destination::{CallbackPolicy, DestinationError, PolicyResol
 use crate::delivery::policy::{self, Verdict, RESPONSE_BODY_MAX_BYTES};
 use crate::ids;
 use crate::signing;
-use crate::store::{AttemptRow, DueEvent, EventUpdate, Store, Write};
+use crate::store::{AttemptRow, DueEvent, ErrorKind, EventUpdate, RecordAttempt, Store};
 
 /// `User-Agent` of every attempt.
 pub const USER_AGENT: &str = concat!("hivelet/", env!("CARGO_PKG_VERSION"));
@@ -89,7 +89,7 @@ impl Actor for DeliveryActor {
 /// What the HTTP exchange produced.
 struct Exchange {
     status: Option<u16>,
-    error_kind: Option<&'static str>,
+    error_kind: Option<ErrorKind>,
     error_message: Option<String>,
     response_headers: Option<Map<String, Value>>,
     response_body: Option<String>,
@@ -104,12 +104,12 @@ impl Exchange {
                 code,
                 retry_after: self.retry_after,
             },
-            (None, Some("denied")) => policy::Reply::Refused,
+            (None, Some(ErrorKind::Denied)) => policy::Reply::Refused,
             (None, _) => policy::Reply::NoAnswer,
         }
     }
 
-    fn failed(kind: &'static str, message: String) -> Exchange {
+    fn failed(kind: ErrorKind, message: String) -> Exchange {
         Exchange {
             status: None,
             error_kind: Some(kind),
@@ -122,35 +122,38 @@ impl Exchange {
 }
 
 /// Maps a client error to the attempt record's error kind.
-fn classify(err: &awc::error::SendRequestError) -> (&'static str, String) {
+fn classify(err: &awc::error::SendRequestError) -> (ErrorKind, String) {
     use awc::error::{ConnectError, SendRequestError};
     match err {
-        SendRequestError::Timeout => ("timeout", "no response within the attempt timeout".into()),
+        SendRequestError::Timeout => (
+            ErrorKind::Timeout,
+            "no response within the attempt timeout".into(),
+        ),
         SendRequestError::Connect(ConnectError::Timeout) => {
-            ("timeout", "connecting timed out".into())
+            (ErrorKind::Timeout, "connecting timed out".into())
         }
         SendRequestError::Connect(ConnectError::Resolver(inner)) => {
             match inner.downcast_ref::<DestinationError>() {
-                Some(DestinationError::Denied(msg)) => ("denied", msg.clone()),
-                Some(DestinationError::Dns(msg)) => ("dns", msg.clone()),
-                None => ("dns", inner.to_string()),
+                Some(DestinationError::Denied(msg)) => (ErrorKind::Denied, msg.clone()),
+                Some(DestinationError::Dns(msg)) => (ErrorKind::Dns, msg.clone()),
+                None => (ErrorKind::Dns, inner.to_string()),
             }
         }
         SendRequestError::Connect(ConnectError::Unresolved)
-        | SendRequestError::Connect(ConnectError::NoRecords) => ("dns", err.to_string()),
+        | SendRequestError::Connect(ConnectError::NoRecords) => (ErrorKind::Dns, err.to_string()),
         SendRequestError::Connect(ConnectError::SslIsNotSupported) => (
-            "tls",
+            ErrorKind::Tls,
             "this URL scheme needs TLS, which is not available".into(),
         ),
         SendRequestError::Connect(ConnectError::Io(io)) if is_tls_error(io) => {
-            ("tls", format!("TLS handshake failed: {io}"))
+            (ErrorKind::Tls, format!("TLS handshake failed: {io}"))
         }
         SendRequestError::Connect(ConnectError::Disconnected) => (
-            "connect",
+            ErrorKind::Connect,
             "the receiver closed the connection without answering".into(),
         ),
-        SendRequestError::Connect(other) => ("connect", other.to_string()),
-        other => ("connect", other.to_string()),
+        SendRequestError::Connect(other) => (ErrorKind::Connect, other.to_string()),
+        other => (ErrorKind::Connect, other.to_string()),
     }
 }
 
@@ -224,17 +227,17 @@ async fn post(
     let (error_kind, error_message) = match (verdict, read, body_error) {
         (Verdict::Delivered, _, _) => (None, None),
         (_, Err(_), _) => (
-            Some("timeout"),
+            Some(ErrorKind::Timeout),
             Some(format!(
                 "HTTP {status}, then the body did not finish in time"
             )),
         ),
         (_, _, Some(e)) => (
-            Some("connect"),
+            Some(ErrorKind::Connect),
             Some(format!("HTTP {status}, then the connection failed: {e}")),
         ),
         _ if (300..400).contains(&status) => (
-            Some("redirect"),
+            Some(ErrorKind::Redirect),
             Some(format!(
                 "HTTP {status} redirect to {} (redirects are not followed)",
                 response_headers
@@ -244,10 +247,10 @@ async fn post(
             )),
         ),
         _ if status == 413 => (
-            Some("too_large"),
+            Some(ErrorKind::TooLarge),
             Some("HTTP 413: the receiver refused the body size".into()),
         ),
-        _ => (Some("http_status"), Some(format!("HTTP {status}"))),
+        _ => (Some(ErrorKind::HttpStatus), Some(format!("HTTP {status}"))),
     };
     Exchange {
         status: Some(status),
@@ -344,7 +347,10 @@ impl Handler<Deliver> for DeliveryActor {
                     .await;
                     (headers, exchange)
                 }
-                Err(refusal) => (Vec::new(), Exchange::failed("denied", refusal.to_string())),
+                Err(refusal) => (
+                    Vec::new(),
+                    Exchange::failed(ErrorKind::Denied, refusal.to_string()),
+                ),
             };
             let duration_ms = clock.elapsed().as_millis() as i64;
             event.attempts += 1;
@@ -362,7 +368,7 @@ impl Handler<Deliver> for DeliveryActor {
                 ids::now_ms(),
             );
             let retry_at = settlement.next_attempt_at();
-            let outcome = settlement.as_str();
+            let outcome = settlement.outcome();
             let headers_json: Map<String, Value> =
                 headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             let attempt = AttemptRow {
@@ -374,7 +380,7 @@ impl Handler<Deliver> for DeliveryActor {
                 url: event.callback_url.clone(),
                 request_headers_json: Value::Object(headers_json).to_string(),
                 status_code: exchange.status.map(i64::from),
-                error_kind: exchange.error_kind.map(str::to_string),
+                error_kind: exchange.error_kind,
                 error_message: exchange.error_message.clone(),
                 response_headers_json: exchange
                     .response_headers
@@ -382,25 +388,25 @@ impl Handler<Deliver> for DeliveryActor {
                 response_body: exchange.response_body,
                 started_at,
                 duration_ms,
-                outcome: outcome.to_string(),
+                outcome,
                 next_attempt_at: retry_at,
             };
-            crate::metrics::get().attempt(outcome, clock.elapsed());
+            crate::metrics::get().attempt(outcome.as_str(), clock.elapsed());
             match settlement {
                 policy::Settlement::Delivered => {
                     tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered")
                 }
                 _ => tracing::warn!(
                     status = ?exchange.status,
-                    error_kind = ?exchange.error_kind,
+                    error_kind = ?exchange.error_kind.map(ErrorKind::as_str),
                     error = exchange.error_message.as_deref().unwrap_or(""),
-                    outcome,
+                    outcome = outcome.as_str(),
                     next_attempt_at = ?retry_at.map(ids::rfc3339),
                     "webhook attempt failed"
                 ),
             }
             let update = EventUpdate {
-                state: settlement.as_str(),
+                state: settlement.event_state(),
                 attempts: event.attempts,
                 total_attempts: event.total_attempts,
                 next_attempt_at: retry_at,
@@ -408,9 +414,7 @@ impl Handler<Deliver> for DeliveryActor {
                     .failure_reason()
                     .map(|reason| reason.as_str().to_string()),
             };
-            let recorded = store
-                .write(Write::RecordAttempt(Box::new(attempt), update))
-                .await;
+            let recorded = store.write(RecordAttempt { attempt, update }).await;
             let retry_at = match recorded {
                 Ok(_) => retry_at,
                 Err(err) => {

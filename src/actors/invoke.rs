@@ -27,7 +27,9 @@ use super::retry::Enqueue;
 use super::run::{CancelRun, RunActor};
 use crate::config::Config;
 use crate::ids;
-use crate::store::{NewRun, RunStatus, Store, StoreError, Write, Written};
+use crate::store::{
+    AnswerApproval, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, Store, StoreError,
+};
 use crate::workflow;
 use crate::workflow::engine::ApprovalAnswer;
 
@@ -158,10 +160,10 @@ impl InvokeActor {
             ctx.cancel_future(timer);
         }
         self.store
-            .write_detached(Write::RecordStep(Box::new(cancelled_approval_step(
+            .write_detached(RecordStep(cancelled_approval_step(
                 request_id,
                 &paused.waiting,
-            ))));
+            )));
         let reporting = self.reporting();
         Some(async move { finish(&reporting, paused.run, Ending::Cancelled).await })
     }
@@ -200,7 +202,7 @@ impl InvokeActor {
             if run.resume.is_none() {
                 run.started_at = ids::now_ms();
             }
-            self.store.write_detached(Write::MarkRunning {
+            self.store.write_detached(MarkRunning {
                 request_id: run.request_id.clone(),
                 started_at: run.started_at,
             });
@@ -354,7 +356,7 @@ impl Handler<Admit> for InvokeActor {
         }
         let store = self.store.clone();
         Box::pin(
-            async move { store.write(Write::InsertRun(Box::new(row))).await }
+            async move { store.write(InsertRun(row)).await }
                 .into_actor(self)
                 .map(move |stored, act, ctx| {
                     if status == RunStatus::Running {
@@ -425,7 +427,7 @@ impl Handler<Respond> for InvokeActor {
             return Box::pin(fut::ready(Err(err)));
         }
         let store = self.store.clone();
-        let write = Write::AnswerApproval {
+        let write = AnswerApproval {
             request_id: msg.request_id.clone(),
             step_id: msg.step_id.clone(),
             response_json: msg.output.to_string(),
@@ -433,7 +435,7 @@ impl Handler<Respond> for InvokeActor {
         };
         Box::pin(async move { store.write(write).await }.into_actor(self).map(
             move |written, act, ctx| {
-                let stored = written.map(|w| matches!(w, Written::Found(true)));
+                let stored = written;
                 let paused = act
                     .paused
                     .end_answer(&msg.request_id, &msg.step_id, stored)?;

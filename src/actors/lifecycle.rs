@@ -15,7 +15,9 @@ use super::retry::Enqueue;
 use crate::delivery::event::{self, EventFacts};
 use crate::deployments::LiveDeployment;
 use crate::ids;
-use crate::store::{DueEvent, FinishedRun, NewEvent, RunStatus, StepRow, Store, Write};
+use crate::store::{
+    DueEvent, FinishRun, FinishedRun, NewEvent, RunSource, RunStatus, StepRow, StepStatus, Store,
+};
 use crate::workflow::engine::Resume;
 use crate::workflow::RunFailure;
 
@@ -27,7 +29,7 @@ pub struct PreparedRun {
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
     pub callback_url: Option<String>,
-    pub source: &'static str,
+    pub source: RunSource,
     pub api_key_id: Option<String>,
 }
 
@@ -91,7 +93,7 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
         step_index: waiting.step_index as i64,
         step_id: waiting.step_id.clone(),
         step_type: "approval".into(),
-        status: "failed".into(),
+        status: StepStatus::Failed,
         started_at: waiting.since_ms,
         duration_ms: (ids::now_ms() - waiting.since_ms).max(0),
         output_json: None,
@@ -107,14 +109,11 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
 async fn write_until_stored(
     store: &crate::store::Store,
     request_id: &str,
-    cmd: Write,
-) -> Result<crate::store::Written, crate::store::StoreError> {
-    let Write::FinishRun(done) = cmd else {
-        return store.write(cmd).await;
-    };
+    done: FinishedRun,
+) -> Result<bool, crate::store::StoreError> {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match store.write(Write::FinishRun(done.clone())).await {
+        match store.write(FinishRun(done.clone())).await {
             Err(crate::store::StoreError::Unavailable(why)) => {
                 tracing::warn!(request_id = %request_id, %why, retry_in = ?delay, "cannot store the run's end yet; retrying");
                 actix_rt::time::sleep(delay).await;
@@ -153,7 +152,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
     let event = prepared.callback_url.as_ref().map(|url| {
         let body = event::render_body(&EventFacts {
             request_id: &request_id,
-            run_status: status.as_str(),
+            run_status: status,
             deployment: &prepared.deployment.key,
             variant: &prepared.variant,
             version: prepared.deployment.version,
@@ -167,7 +166,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         NewEvent {
             event_id: ids::event_id(),
             deployment_key: prepared.deployment.key.clone(),
-            event_type: event::event_type(status.as_str()).to_string(),
+            event_type: event::event_type(status).to_string(),
             callback_url: url.clone(),
             body,
         }
@@ -198,14 +197,8 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         None => tracing::info!(status = status.as_str(), "run ended"),
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
-    match write_until_stored(
-        &reporting.store,
-        &request_id,
-        Write::FinishRun(Box::new(done)),
-    )
-    .await
-    {
-        Ok(written) if written.found() => {
+    match write_until_stored(&reporting.store, &request_id, done).await {
+        Ok(true) => {
             let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);
             crate::metrics::get()
                 .run_ended(status.as_str(), std::time::Duration::from_millis(ran_ms));
@@ -213,7 +206,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
                 reporting.supervisor.do_send(Enqueue(due));
             }
         }
-        Ok(_) => {
+        Ok(false) => {
             tracing::info!(request_id = %request_id, "run had already ended (cancelled); result dropped")
         }
         Err(err) => {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::approvals::PausedRun;
 use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
-use crate::store::{RunStatus, StepRow, Store, Write};
+use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
 use crate::workflow;
 use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
 use crate::workflow::{Definition, OnError, StepKind};
@@ -55,19 +55,19 @@ fn record_interrupted_step(
     {
         return; // already marked by an earlier restart
     }
-    store.write_detached(Write::RecordStep(Box::new(crate::store::StepRow {
+    store.write_detached(RecordStep(crate::store::StepRow {
         request_id: run.request_id.clone(),
         step_index: ended_steps as i64,
         step_id: step.id.clone(),
         step_type: step.kind.type_name().to_string(),
-        status: "interrupted".into(),
+        status: StepStatus::Interrupted,
         started_at,
         duration_ms: 0,
         output_json: None,
         error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
         attempts: 1,
         usage_json: None,
-    })));
+    }));
 }
 
 /// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
@@ -78,8 +78,8 @@ pub fn recover(
     store: &Store,
     deployments: &crate::deployments::Deployments,
 ) -> Result<Recovered, crate::store::StoreError> {
-    use crate::store::{self, FinishedRun};
-    let unfinished = store.read_blocking(store::runs::load_unfinished)?;
+    use crate::store::FinishedRun;
+    let unfinished = store.unfinished_runs_blocking()?;
     let mut recovered = Recovered {
         runs: Vec::with_capacity(unfinished.len()),
         paused: Vec::new(),
@@ -90,14 +90,14 @@ pub fn recover(
             None => {
                 tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
                 let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
-                store.write_detached(Write::FinishRun(Box::new(FinishedRun {
+                store.write_detached(FinishRun(FinishedRun {
                     request_id: run.request_id,
                     status: RunStatus::Failed,
                     output_json: None,
                     error_json: Some(error.to_string()),
                     ended_at: ids::now_ms(),
                     event: None,
-                })));
+                }));
                 continue;
             }
         };
@@ -105,20 +105,9 @@ pub fn recover(
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
-        let source = match run.source.as_str() {
-            "webhook" => "webhook",
-            "cli" => "cli",
-            "ui" => "ui",
-            _ => "api",
-        };
         let point = if run.status == RunStatus::Running {
-            let request_id = run.request_id.clone();
-            let (rows, answers) = store.read_blocking(|conn| {
-                Ok((
-                    store::runs::get_steps(conn, &request_id)?,
-                    store::runs::approval_responses(conn, &request_id)?,
-                ))
-            })?;
+            let trace = store.trace_blocking(&run.request_id)?;
+            let (rows, answers) = (trace.steps, trace.approvals);
             let point = trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() {
                 record_interrupted_step(
@@ -146,7 +135,7 @@ pub fn recover(
                 metadata: as_map(&run.metadata_json),
                 user: run.user,
                 callback_url: run.callback_url,
-                source,
+                source: run.source,
                 api_key_id: run.api_key_id,
             },
             completion: None,
@@ -205,11 +194,11 @@ fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)])
         let Some(row) = latest.get(&(index as i64)).filter(|r| r.step_id == step.id) else {
             break;
         };
-        let status = match row.status.as_str() {
-            "completed" => StepStatus::Completed,
-            "skipped" => StepStatus::Skipped,
-            "failed" if step.on_error == OnError::Continue => StepStatus::Failed,
-            "waiting" if matches!(step.kind, StepKind::Approval { .. }) => {
+        let status = match row.status {
+            StepStatus::Completed => StepStatus::Completed,
+            StepStatus::Skipped => StepStatus::Skipped,
+            StepStatus::Failed if step.on_error == OnError::Continue => StepStatus::Failed,
+            StepStatus::Waiting if matches!(step.kind, StepKind::Approval { .. }) => {
                 match answers.get(step.id.as_str()) {
                     Some(response) => {
                         let output = serde_json::from_str(response).unwrap_or(Value::Null);
@@ -293,17 +282,23 @@ template = "x"
         def
     }
 
-    fn row(index: i64, id: &str, status: &str, started_at: i64, output: Option<&str>) -> StepRow {
+    fn row(
+        index: i64,
+        id: &str,
+        status: StepStatus,
+        started_at: i64,
+        output: Option<&str>,
+    ) -> StepRow {
         StepRow {
             request_id: "req_1".into(),
             step_index: index,
             step_id: id.into(),
             step_type: "template".into(),
-            status: status.into(),
+            status,
             started_at,
             duration_ms: 1,
             output_json: output.map(str::to_owned),
-            error: (status == "failed").then(|| "boom".to_owned()),
+            error: (status == StepStatus::Failed).then(|| "boom".to_owned()),
             attempts: 1,
             usage_json: None,
         }
@@ -311,11 +306,17 @@ template = "x"
 
     fn trace() -> Vec<StepRow> {
         vec![
-            row(0, "a", "failed", 10, None),
-            row(0, "a", "completed", 20, Some("\"A\"")),
-            row(1, "b", "failed", 30, None),
-            row(2, "c", "skipped", 40, None),
-            row(3, "ok", "waiting", 50, Some("{\"question\": null}")),
+            row(0, "a", StepStatus::Failed, 10, None),
+            row(0, "a", StepStatus::Completed, 20, Some("\"A\"")),
+            row(1, "b", StepStatus::Failed, 30, None),
+            row(2, "c", StepStatus::Skipped, 40, None),
+            row(
+                3,
+                "ok",
+                StepStatus::Waiting,
+                50,
+                Some("{\"question\": null}"),
+            ),
         ]
     }
 
@@ -365,7 +366,7 @@ template = "x"
 
         // A failed step that terminates the run runs again; nothing after it is reused.
         let mut rows = trace();
-        rows[1] = row(0, "a", "failed", 20, None);
+        rows[1] = row(0, "a", StepStatus::Failed, 20, None);
         let point = trace_point(&def(), &rows, &answers);
         assert!(
             point.resume.is_empty() && point.waiting.is_none(),

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, Reporting, RunEnded, RunPaused, Waiting,
 };
-use crate::store::{StepRow, Write};
+use crate::store::{RecordStep, StepRow};
 use crate::workflow::engine::{Execution, Pause, StepStatus};
 use crate::workflow::{self, RunContext, RunFailure, StepRecord};
 
@@ -65,7 +65,7 @@ impl RunActor {
             record.status = StepStatus::Failed;
             record.output = None;
             record.error = Some("approval steps need an async run".into());
-            store.write_detached(Write::RecordStep(Box::new(step_row(&request_id, &record))));
+            store.write_detached(RecordStep(step_row(&request_id, &record)));
             let failure = RunFailure {
                 message: format!(
                     "step {} is an approval step, which only runs asynchronously",
@@ -85,7 +85,7 @@ impl RunActor {
             ..
         } = pause;
         ctx.spawn(
-            async move { store.write(Write::RecordStep(Box::new(row))).await }
+            async move { store.write(RecordStep(row)).await }
                 .into_actor(self)
                 .map(move |written, act, ctx| {
                     if let Err(err) = written {
@@ -104,8 +104,9 @@ impl RunActor {
                     let Some(mut run) = act.run.take() else {
                         act.reporting
                             .store
-                            .write_detached(Write::RecordStep(Box::new(
-                                cancelled_approval_step(&request_id, &waiting),
+                            .write_detached(RecordStep(cancelled_approval_step(
+                                &request_id,
+                                &waiting,
                             )));
                         return;
                     };
@@ -140,7 +141,7 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         step_index: rec.index as i64,
         step_id: rec.step_id.clone(),
         step_type: rec.step_type.to_string(),
-        status: rec.status.as_str().to_string(),
+        status: rec.status,
         started_at: rec.started_at_ms,
         duration_ms: rec.duration_ms,
         output_json: rec.output.as_ref().map(Value::to_string),
@@ -175,7 +176,7 @@ impl Actor for RunActor {
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let steps = async move {
             let mut on_step = |rec: &StepRecord| {
-                store.write_detached(Write::RecordStep(Box::new(step_row(&request_id, rec))));
+                store.write_detached(RecordStep(step_row(&request_id, rec)));
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };

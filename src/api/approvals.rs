@@ -10,7 +10,7 @@ use super::requests::load_run;
 use super::{endpoint, AppState};
 use crate::actors::Respond;
 use crate::error::ApiError;
-use crate::store::RunStatus;
+use crate::store::{RunStatus, StepStatus};
 use crate::workflow::engine::approval_output;
 use crate::workflow::StepKind;
 
@@ -72,8 +72,8 @@ async fn respond(
         .iter()
         .filter(|s| s.step_id == step_id)
         .max_by_key(|s| s.started_at)
-        .map(|s| s.status.as_str());
-    if run.status != RunStatus::Running || state_now != Some("waiting") {
+        .map(|s| s.status);
+    if run.status != RunStatus::Running || state_now != Some(StepStatus::Waiting) {
         let why = match (run.status, state_now) {
             (RunStatus::Running | RunStatus::Queued, None) => "it has not been reached yet".into(),
             (RunStatus::Running | RunStatus::Queued, Some(s)) => format!("it is {s}"),

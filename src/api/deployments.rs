@@ -8,7 +8,7 @@ use super::{endpoint, AppState};
 use crate::deployments::{parse_definition, DeployError, LiveDeployment};
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{self, Role};
+use crate::store::Role;
 use crate::workflow::DefinitionError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -79,10 +79,7 @@ async fn show(
         .get(&key)
         .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
     let key = dep.key.clone();
-    let versions = state
-        .store
-        .read(move |conn| store::deployments::versions(conn, &key))
-        .await?;
+    let versions = state.store.deployment_versions(key).await?;
     let mut body = deployment_json(&dep, caller.role == Role::Admin);
     body["versions"] = versions
         .iter()

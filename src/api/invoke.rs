@@ -12,7 +12,7 @@ use super::{endpoint, AppState};
 use crate::actors::{Admit, Mode, PreparedRun};
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{self, RunStatus, Write};
+use crate::store::{RunSource, RunStatus, SaveIdempotent};
 use crate::workflow::inputs::check_inputs;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -169,7 +169,7 @@ pub fn parse_metadata(value: Option<&Value>) -> Result<Map<String, Value>, ApiEr
 pub fn prepare(
     state: &AppState,
     req: InvokeRequest,
-    source: &'static str,
+    source: RunSource,
     api_key_id: Option<String>,
 ) -> Result<PreparedRun, ApiError> {
     let deployment = state
@@ -347,10 +347,9 @@ async fn invoke(
     };
     // A repeat within 24 h gets the first answer and starts nothing.
     let since = ids::now_ms() - IDEMPOTENCY_WINDOW_MS;
-    let lookup = (caller.key_id.clone(), key.clone());
     let saved = state
         .store
-        .read(move |conn| store::runs::find_idempotent(conn, &lookup.0, &lookup.1, since))
+        .find_idempotent(caller.key_id.clone(), key.clone(), since)
         .await?;
     if let Some(saved) = saved {
         return Ok(replay(&saved));
@@ -378,7 +377,7 @@ async fn invoke(
     let saved = json!({"status": reply.status.as_u16(), "body": reply.body}).to_string();
     state
         .store
-        .write(Write::SaveIdempotent {
+        .write(SaveIdempotent {
             api_key_id: caller.key_id,
             idempotency_key: key,
             request_id,
@@ -390,15 +389,15 @@ async fn invoke(
 }
 
 /// `cli` or `ui` when our own client says so (`X-Hivelet-Source`), else `api`.
-fn invoke_source(req: &HttpRequest) -> &'static str {
+fn invoke_source(req: &HttpRequest) -> RunSource {
     match req
         .headers()
         .get("x-hivelet-source")
         .and_then(|v| v.to_str().ok())
     {
-        Some("cli") => "cli",
-        Some("ui") => "ui",
-        _ => "api",
+        Some("cli") => RunSource::Cli,
+        Some("ui") => RunSource::Ui,
+        _ => RunSource::Api,
     }
 }
 

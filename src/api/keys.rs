@@ -7,7 +7,7 @@ use super::extract::{Admin, JsonBody};
 use super::{endpoint, AppState};
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{self, KeyRecord, Role};
+use crate::store::{KeyRecord, Role};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/keys").get(list).post(create));
@@ -35,7 +35,7 @@ fn key_json(key: &KeyRecord) -> Value {
         super::schema::NeedsAdmin,
     ))]
 async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
-    let keys = state.store.read(store::keys::list).await?;
+    let keys = state.store.list_keys().await?;
     Ok(HttpResponse::Ok().json(json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})))
 }
 

@@ -10,7 +10,7 @@ use super::{endpoint, AppState};
 use crate::error::ApiError;
 use crate::ids;
 use crate::keyring::Caller;
-use crate::store::{self, Role, RunRecord, StepRow};
+use crate::store::{Role, RunRecord, StepRow};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/public/requests/{id}").get(public_request));
@@ -41,13 +41,7 @@ pub(super) async fn load_run(
     }
     let found = state
         .store
-        .read(move |conn| {
-            let Some(run) = store::runs::get_run(conn, &id)? else {
-                return Ok(None);
-            };
-            let steps = store::runs::get_steps(conn, &id)?;
-            Ok(Some((run, steps)))
-        })
+        .run_with_steps(id)
         .await?
         .ok_or_else(not_found)?;
     if caller.role != Role::Admin && found.0.api_key_id.as_deref() != Some(caller.key_id.as_str()) {
@@ -168,22 +162,14 @@ async fn run_detail(
     body["steps"] = steps.iter().map(step_json).collect();
     if let Some(url) = run.callback_url.clone() {
         let request_id = run.request_id.clone();
-        let (event, attempts) = state
-            .store
-            .read(move |conn| {
-                Ok((
-                    store::events::event_for_run(conn, &request_id)?,
-                    store::events::attempts_for_run(conn, &request_id)?,
-                ))
-            })
-            .await?;
+        let (event, attempts) = state.store.delivery_of_run(request_id).await?;
         body["async"] = json!({
             "enabled": true,
             "callback_url": url,
             "event_id": event.as_ref().map(|e| e.event_id.clone()),
             "event_type": event.as_ref().map(|e| e.event_type.clone()),
             // No event yet means the run has not ended; delivery starts when it does.
-            "delivery_state": event.as_ref().map(|e| e.state.clone()).unwrap_or_else(|| "not_started".into()),
+            "delivery_state": event.as_ref().map_or("not_started", |e| e.state.as_str()),
             "attempt_count": event.as_ref().map(|e| e.total_attempts),
             "series": event.as_ref().map(|e| e.series),
             "next_attempt_at": event.as_ref().and_then(|e| e.next_attempt_at).map(ids::rfc3339),

@@ -11,7 +11,7 @@ use crate::actors::Enqueue;
 use crate::error::ApiError;
 use crate::ids;
 use crate::store::runs::{RunFilter, RunListItem};
-use crate::store::{self, AttemptRow, Role, RunStatus, Write, Written};
+use crate::store::{AttemptRow, EventState, Redeliver, Role, RunDelivery, RunSource, RunStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/runs").get(list));
@@ -99,20 +99,20 @@ async fn redeliver(
             "This run has no callback URL, so there is no event to redeliver.".into(),
         ));
     }
-    let written = state
+    let redelivered = state
         .store
-        .write(Write::Redeliver {
+        .write(Redeliver {
             request_id: run.request_id.clone(),
             at: ids::now_ms(),
         })
         .await?;
-    let Written::Redelivered(Some(event)) = written else {
+    let Some(event) = redelivered else {
         return Err(ApiError::Conflict(
             "The run has not ended yet, so its event does not exist yet.".into(),
         ));
     };
     tracing::info!(request_id = %run.request_id, event_id = %event.event_id, series = event.series, "redelivery requested");
-    let body = json!({"request_id": run.request_id, "event_id": event.event_id, "series": event.series, "delivery_state": "pending"});
+    let body = json!({"request_id": run.request_id, "event_id": event.event_id, "series": event.series, "delivery_state": EventState::Pending});
     state.supervisor.do_send(Enqueue(event));
     Ok(HttpResponse::Accepted().json(body))
 }
@@ -132,10 +132,7 @@ async fn attempts(
 ) -> Result<HttpResponse, ApiError> {
     let (run, _) = load_run(&state, &caller, id.into_inner(), "Run not found.").await?;
     let request_id = run.request_id.clone();
-    let rows = state
-        .store
-        .read(move |conn| store::events::attempts_for_run(conn, &request_id))
-        .await?;
+    let rows = state.store.attempts_for_run(request_id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "request_id": run.request_id,
         "attempts": rows.iter().map(attempt_json).collect::<Vec<_>>(),
@@ -180,31 +177,31 @@ async fn list(
             "deployment" => filter.deployment = Some(value),
             "variant" => filter.variant = Some(value),
             "status" => {
-                if RunStatus::parse(&value).is_none() {
+                let Some(status) = RunStatus::parse(&value) else {
                     return Err(ApiError::field(
                         "status",
                         "status must be one of queued, running, completed, failed, cancelled",
                     ));
-                }
-                filter.status = Some(value)
+                };
+                filter.status = Some(status)
             }
             "delivery" => {
-                if !matches!(value.as_str(), "callback" | "direct") {
+                let Some(delivery) = RunDelivery::parse(&value) else {
                     return Err(ApiError::field(
                         "delivery",
                         "delivery must be callback or direct",
                     ));
-                }
-                filter.delivery = Some(value)
+                };
+                filter.delivery = Some(delivery)
             }
             "source" => {
-                if !matches!(value.as_str(), "api" | "webhook" | "cli" | "ui") {
+                let Some(source) = RunSource::parse(&value) else {
                     return Err(ApiError::field(
                         "source",
                         "source must be one of api, webhook, cli, ui",
                     ));
-                }
-                filter.source = Some(value)
+                };
+                filter.source = Some(source)
             }
             "api_key" => filter.api_key_id = Some(value),
             "user" => filter.user = Some(value),
@@ -255,10 +252,7 @@ async fn list(
         filter.api_key_id = Some(caller.key_id.clone());
     }
     let limit = filter.limit;
-    let mut items = state
-        .store
-        .read(move |conn| store::runs::list_runs(conn, &filter))
-        .await?;
+    let mut items = state.store.list_runs(filter).await?;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|i| i.run.request_id.clone())
@@ -331,7 +325,7 @@ fn list_item_json(item: &RunListItem) -> Value {
         "delivery": run.delivery,
         "async": run.callback_url.is_some(),
         "callback_url": run.callback_url,
-        "delivery_state": item.delivery_state.clone().or_else(|| run.callback_url.as_ref().map(|_| "not_started".to_string())),
+        "delivery_state": item.delivery_state.map(EventState::as_str).or_else(|| run.callback_url.as_ref().map(|_| "not_started")),
         "attempt_count": item.attempts,
         "metadata": parse_obj(&run.metadata_json),
         "user": run.user,

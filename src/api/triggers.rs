@@ -109,7 +109,7 @@ async fn trigger(
         return Err(ApiError::Unauthorized);
     }
     let request = trigger_request(deployment, variant, &body.0)?;
-    let run = prepare(&state, request, "webhook", None)?;
+    let run = prepare(&state, request, crate::store::RunSource::Webhook, None)?;
     admit(&state, run).await
 }
 

@@ -3,13 +3,14 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::domain::RunStatus;
 use crate::ids;
 
 /// What the event says about a finished run.
 pub struct EventFacts<'a> {
     pub request_id: &'a str,
     /// `completed`, `failed` or `cancelled`.
-    pub run_status: &'a str,
+    pub run_status: RunStatus,
     pub deployment: &'a str,
     pub variant: &'a str,
     pub version: i64,
@@ -23,17 +24,18 @@ pub struct EventFacts<'a> {
 }
 
 /// `workflow.completed`, `workflow.failed` or `workflow.cancelled`.
-pub fn event_type(run_status: &str) -> &'static str {
+pub fn event_type(run_status: RunStatus) -> &'static str {
     match run_status {
-        "completed" => "workflow.completed",
-        "cancelled" => "workflow.cancelled",
-        _ => "workflow.failed",
+        RunStatus::Completed => "workflow.completed",
+        RunStatus::Cancelled => "workflow.cancelled",
+        // A run ends completed, cancelled or failed; an unfinished one has no event.
+        RunStatus::Failed | RunStatus::Queued | RunStatus::Running => "workflow.failed",
     }
 }
 
 /// The JSON body of SPEC §3.
 pub fn render_body(facts: &EventFacts<'_>) -> Vec<u8> {
-    let output = if facts.run_status == "completed" {
+    let output = if facts.run_status == RunStatus::Completed {
         facts.output.clone()
     } else {
         Value::Null

@@ -2,6 +2,7 @@
 //! response means, and how an attempt settles its event (`settle`). No clocks or randomness
 //! inside; callers pass them in.
 
+use crate::domain::{AttemptOutcome, EventState};
 use std::time::Duration;
 
 /// Bytes of a response body kept in the attempt record.
@@ -142,12 +143,21 @@ pub enum Settlement {
 }
 
 impl Settlement {
-    /// The event's state, and the attempt's outcome, as stored (they share their names).
-    pub fn as_str(self) -> &'static str {
+    /// The event's state after the attempt.
+    pub fn event_state(self) -> EventState {
         match self {
-            Settlement::Delivered => "delivered",
-            Settlement::RetryAt(_) => "retrying",
-            Settlement::Failed(_) => "failed",
+            Settlement::Delivered => EventState::Delivered,
+            Settlement::RetryAt(_) => EventState::Retrying,
+            Settlement::Failed(_) => EventState::Failed,
+        }
+    }
+
+    /// The attempt's recorded outcome.
+    pub fn outcome(self) -> AttemptOutcome {
+        match self {
+            Settlement::Delivered => AttemptOutcome::Delivered,
+            Settlement::RetryAt(_) => AttemptOutcome::Retrying,
+            Settlement::Failed(_) => AttemptOutcome::Failed,
         }
     }
 
@@ -383,18 +393,24 @@ mod tests {
         let failed = Settlement::Failed(FailureReason::Exhausted);
         assert_eq!(
             (
-                failed.as_str(),
+                failed.event_state(),
+                failed.outcome(),
                 failed.next_attempt_at(),
                 failed.failure_reason().map(FailureReason::as_str)
             ),
-            ("failed", None, Some("exhausted"))
+            (
+                EventState::Failed,
+                AttemptOutcome::Failed,
+                None,
+                Some("exhausted")
+            )
         );
         let retry = Settlement::RetryAt(42);
         assert_eq!(
-            (retry.as_str(), retry.next_attempt_at()),
-            ("retrying", Some(42))
+            (retry.event_state(), retry.next_attempt_at()),
+            (EventState::Retrying, Some(42))
         );
-        assert_eq!(Settlement::Delivered.as_str(), "delivered");
+        assert_eq!(Settlement::Delivered.outcome(), AttemptOutcome::Delivered);
         assert_eq!(FailureReason::Gone.as_str(), "gone");
         assert_eq!(FailureReason::Denied.as_str(), "denied");
     }

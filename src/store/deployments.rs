@@ -2,8 +2,6 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::writer::Written;
-
 /// A deploy: a validated definition (as JSON) for `key`.
 #[derive(Debug, Clone)]
 pub struct NewDeploymentVersion {
@@ -42,13 +40,22 @@ impl std::fmt::Debug for DeploymentRecord {
     }
 }
 
+/// What a deploy stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deployed {
+    /// The version it created.
+    pub version: i64,
+    /// Whether the deployment is new (it got the command's id and signing secret).
+    pub created: bool,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VersionInfo {
     pub version: i64,
     pub created_at: i64,
 }
 
-pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Result<Written> {
+pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Result<Deployed> {
     let existing: Option<i64> = conn
         .prepare_cached("SELECT current_version FROM deployments WHERE key = ?1")?
         .query_row([&dep.key], |row| row.get(0))
@@ -76,7 +83,7 @@ pub(super) fn put(conn: &Connection, dep: &NewDeploymentVersion) -> rusqlite::Re
         "INSERT INTO deployment_versions (deployment_key, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute((&dep.key, version, &dep.definition_json, dep.at))?;
-    Ok(Written::Deployed { version, created })
+    Ok(Deployed { version, created })
 }
 
 pub(super) fn rotate_secret(
@@ -103,7 +110,7 @@ pub(super) fn delete(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
 }
 
 /// Every deployment with its current definition.
-pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
+pub(super) fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.key, d.id, d.description, d.current_version, v.definition, d.signing_secret,
                 d.previous_secret, d.previous_secret_until, d.created_at, d.updated_at
@@ -128,11 +135,7 @@ pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<DeploymentRecord>> {
     rows.collect()
 }
 
-pub fn load_one(conn: &Connection, key: &str) -> rusqlite::Result<Option<DeploymentRecord>> {
-    Ok(load_all(conn)?.into_iter().find(|d| d.key == key))
-}
-
-pub fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInfo>> {
+pub(super) fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT version, created_at FROM deployment_versions WHERE deployment_key = ?1 ORDER BY version",
     )?;
@@ -146,7 +149,7 @@ pub fn versions(conn: &Connection, key: &str) -> rusqlite::Result<Vec<VersionInf
 }
 
 /// The definition a given version ran with.
-pub fn definition_at(
+pub(super) fn definition_at(
     conn: &Connection,
     key: &str,
     version: i64,

@@ -3,6 +3,8 @@
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use crate::domain::{AttemptOutcome, ErrorKind, EventState};
+
 /// An event written in the same transaction as its run's end.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -35,7 +37,7 @@ pub struct EventRecord {
     pub request_id: String,
     pub event_type: String,
     pub callback_url: String,
-    pub state: String,
+    pub state: EventState,
     pub series: i64,
     pub attempts: i64,
     pub total_attempts: i64,
@@ -56,21 +58,20 @@ pub struct AttemptRow {
     pub url: String,
     pub request_headers_json: String,
     pub status_code: Option<i64>,
-    pub error_kind: Option<String>,
+    pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub response_headers_json: Option<String>,
     pub response_body: Option<String>,
     pub started_at: i64,
     pub duration_ms: i64,
-    /// `delivered`, `retrying` or `failed`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub next_attempt_at: Option<i64>,
 }
 
 /// The event's state after an attempt.
 #[derive(Debug, Clone)]
 pub struct EventUpdate {
-    pub state: &'static str,
+    pub state: EventState,
     pub attempts: i64,
     pub total_attempts: i64,
     pub next_attempt_at: Option<i64>,
@@ -186,15 +187,18 @@ fn due_from_row(row: &Row<'_>) -> rusqlite::Result<DueEvent> {
 }
 
 /// Every event still to deliver (an attempt cut short by a crash counts as due).
-pub fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
+pub(super) fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
     let mut stmt = conn.prepare(&format!(
-        "{DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying') ORDER BY next_attempt_at"
+        "{DUE_SELECT} WHERE state IN ('pending', 'retrying') ORDER BY next_attempt_at"
     ))?;
     let rows = stmt.query_map([], due_from_row)?;
     rows.collect()
 }
 
-pub fn event_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<EventRecord>> {
+pub(super) fn event_for_run(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<EventRecord>> {
     conn.prepare_cached(
         "SELECT event_id, request_id, event_type, callback_url, state, series, attempts, total_attempts,
                 next_attempt_at, failure_reason, created_at, updated_at
@@ -219,7 +223,10 @@ pub fn event_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Op
     .optional()
 }
 
-pub fn attempts_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<AttemptRow>> {
+pub(super) fn attempts_for_run(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT attempt_id, event_id, request_id, attempt_number, series, url, request_headers, status_code,
                 error_kind, error_message, response_headers, response_body, started_at, duration_ms, outcome,

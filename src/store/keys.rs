@@ -3,23 +3,7 @@
 use rusqlite::{Connection, Row};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Invoke routes, and reading the runs it started.
-    Invoke,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Invoke => "invoke",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use crate::domain::Role;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyRecord {
@@ -43,7 +27,7 @@ pub(super) fn insert(conn: &Connection, key: &KeyRecord) -> rusqlite::Result<()>
     .execute((
         &key.id,
         &key.name,
-        key.role.as_str(),
+        key.role,
         &key.key_hash,
         &key.key_prefix,
         key.created_at,
@@ -79,15 +63,10 @@ pub(super) fn touch(conn: &Connection, id: &str, at: i64) -> rusqlite::Result<()
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let role: String = row.get(2)?;
     Ok(KeyRecord {
         id: row.get(0)?,
         name: row.get(1)?,
-        role: if role == "admin" {
-            Role::Admin
-        } else {
-            Role::Invoke
-        },
+        role: row.get(2)?,
         key_hash: row.get(3)?,
         key_prefix: row.get(4)?,
         created_at: row.get(5)?,
@@ -97,7 +76,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 /// Every key, revoked ones included, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
+pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, role, key_hash, key_prefix, created_at, last_used_at, revoked_at
          FROM api_keys ORDER BY created_at, id",

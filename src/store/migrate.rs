@@ -1,6 +1,8 @@
-//! Schema versions. `schema.sql` is the whole schema of version 1; each later change appends
-//! one migration here. `PRAGMA user_version` records what a database has; all pending steps
-//! apply in one transaction, and a database newer than this binary is refused.
+//! Schema versions. `schema.sql` is the whole current schema: a new database gets it at once
+//! and is marked [`LATEST_VERSION`]. Each change to it also appends one migration here that
+//! takes an existing database from the version before to the same tables. `PRAGMA
+//! user_version` records what a database has; all pending steps apply in one transaction, and
+//! a database newer than this binary is refused.
 
 use std::path::Path;
 
@@ -10,8 +12,63 @@ use super::{StoreError, StoreResult};
 
 const SCHEMA: &str = include_str!("../../schema.sql");
 
+/// Version 2: the event state `sending`, which nothing wrote, is gone (such a row is due
+/// again, as `pending`); a step may be `reused` (a rerun takes its output over). SQLite
+/// cannot change a `CHECK`, so both tables are rebuilt, the way its manual describes
+/// (foreign keys are off meanwhile, so dropping `events` keeps the attempts that refer to it).
+const V2_STATES: &str = "
+CREATE TABLE events_v2 (
+    event_id        TEXT PRIMARY KEY,
+    request_id      TEXT NOT NULL UNIQUE REFERENCES runs(request_id) ON DELETE CASCADE,
+    deployment_key  TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    callback_url    TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'delivered', 'failed')),
+    series          INTEGER NOT NULL DEFAULT 1,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    total_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    failure_reason  TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO events_v2 (event_id, request_id, deployment_key, event_type, callback_url, body, state,
+                       series, attempts, total_attempts, next_attempt_at, failure_reason,
+                       created_at, updated_at)
+    SELECT event_id, request_id, deployment_key, event_type, callback_url, body,
+           CASE state WHEN 'sending' THEN 'pending' ELSE state END,
+           series, attempts, total_attempts, next_attempt_at, failure_reason, created_at, updated_at
+    FROM events;
+DROP TABLE events;
+ALTER TABLE events_v2 RENAME TO events;
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
+
+CREATE TABLE run_steps_v2 (
+    request_id   TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    step_index   INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    step_type    TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted', 'reused')),
+    started_at   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    output       TEXT,
+    error        TEXT,
+    attempts     INTEGER NOT NULL,
+    usage        TEXT,
+    PRIMARY KEY (request_id, step_index, started_at)
+) WITHOUT ROWID;
+INSERT INTO run_steps_v2 (request_id, step_index, step_id, step_type, status, started_at,
+                          duration_ms, output, error, attempts, usage)
+    SELECT request_id, step_index, step_id, step_type, status, started_at,
+           duration_ms, output, error, attempts, usage
+    FROM run_steps;
+DROP TABLE run_steps;
+ALTER TABLE run_steps_v2 RENAME TO run_steps;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[V2_STATES];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -29,6 +86,15 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     if current == LATEST_VERSION {
         return Ok(());
     }
+    // Rebuilding a table drops the old one, which must not cascade to the rows referring to
+    // it. The pragma is a no-op inside a transaction, so it goes around it.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let applied = apply(conn, current);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    applied
+}
+
+fn apply(conn: &mut Connection, current: i64) -> StoreResult<()> {
     let tx = conn.transaction()?;
     if current == 0 {
         tx.execute_batch(SCHEMA)?;
@@ -36,8 +102,177 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         for step in &MIGRATIONS[(current - 1) as usize..] {
             tx.execute_batch(step)?;
         }
+        let dangling: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })?;
+        if dangling > 0 {
+            return Err(StoreError::Refused(format!(
+                "the schema migration from version {current} left {dangling} rows referring to \
+                 missing rows; the database was not changed"
+            )));
+        }
     }
     tx.pragma_update(None, "user_version", LATEST_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two tables version 2 rebuilds, as version 1 had them.
+    const V1_TABLES: &str = "
+DROP TABLE attempts; DROP TABLE events; DROP TABLE run_steps;
+CREATE TABLE run_steps (
+    request_id TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    step_index INTEGER NOT NULL, step_id TEXT NOT NULL, step_type TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted')),
+    started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL, output TEXT, error TEXT,
+    attempts INTEGER NOT NULL, usage TEXT,
+    PRIMARY KEY (request_id, step_index, started_at)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    event_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE REFERENCES runs(request_id) ON DELETE CASCADE,
+    deployment_key TEXT NOT NULL, event_type TEXT NOT NULL, callback_url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'retrying', 'delivered', 'failed')),
+    series INTEGER NOT NULL DEFAULT 1, attempts INTEGER NOT NULL DEFAULT 0,
+    total_attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER, failure_reason TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'sending', 'retrying');
+CREATE TABLE attempts (
+    attempt_id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(event_id) ON DELETE CASCADE,
+    request_id TEXT NOT NULL, attempt_number INTEGER NOT NULL, series INTEGER NOT NULL,
+    url TEXT NOT NULL, request_headers TEXT NOT NULL, status_code INTEGER,
+    error_kind TEXT CHECK (error_kind IN ('timeout', 'connect', 'dns', 'tls', 'too_large', 'redirect', 'http_status', 'denied', 'gone')),
+    error_message TEXT, response_headers TEXT, response_body TEXT,
+    started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'retrying', 'failed')),
+    next_attempt_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX attempts_by_event ON attempts (event_id, attempt_number);
+CREATE INDEX attempts_by_request ON attempts (request_id, attempt_number);
+PRAGMA user_version = 1;
+";
+
+    const V1_ROWS: &str = "
+INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
+                  callback_url, inputs, metadata, created_at)
+VALUES ('req_1', 'd', 'default', 1, 'completed', 'api', 'callback', 'http://x', '{}', '{}', 1),
+       ('req_2', 'd', 'default', 1, 'completed', 'api', 'callback', 'http://x', '{}', '{}', 2);
+INSERT INTO run_steps VALUES ('req_1', 0, 'a', 'template', 'interrupted', 1, 0, NULL, NULL, 1, NULL);
+INSERT INTO events (event_id, request_id, deployment_key, event_type, callback_url, body, state,
+                    next_attempt_at, created_at, updated_at)
+VALUES ('evt_1', 'req_1', 'd', 'workflow.completed', 'http://x', x'7b7d', 'sending', 5, 1, 1),
+       ('evt_2', 'req_2', 'd', 'workflow.completed', 'http://x', x'7b7d', 'retrying', 7, 2, 2);
+INSERT INTO attempts (attempt_id, event_id, request_id, attempt_number, series, url,
+                      request_headers, started_at, duration_ms, outcome)
+VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
+";
+
+    fn version_1() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        migrate(&mut conn, &path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        conn.execute_batch(V1_TABLES).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute_batch(V1_ROWS).unwrap();
+        (dir, path, conn)
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+
+    #[test]
+    fn version_2_turns_sending_into_pending_and_keeps_every_row() {
+        let (_dir, path, mut conn) = version_1();
+        migrate(&mut conn, &path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM events WHERE event_id = 'evt_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "pending");
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM attempts"),
+            1,
+            "no cascade"
+        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM run_steps"), 1);
+        // The new CHECKs hold.
+        let sending = conn.execute(
+            "UPDATE events SET state = 'sending' WHERE event_id = 'evt_2'",
+            [],
+        );
+        assert!(sending.is_err(), "sending must be refused now");
+        conn.execute(
+            "INSERT INTO run_steps VALUES ('req_1', 1, 'b', 'template', 'reused', 2, 0, NULL, NULL, 0, NULL)",
+            [],
+        )
+        .unwrap();
+        // The due index is back, and foreign keys work again: deleting a run cascades.
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_due'"
+            ),
+            1
+        );
+        conn.execute("DELETE FROM runs WHERE request_id = 'req_2'", [])
+            .unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM attempts"), 0);
+    }
+
+    #[test]
+    fn a_fresh_database_has_the_same_tables_as_a_migrated_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh_path = dir.path().join("fresh.db");
+        let mut fresh = Connection::open(&fresh_path).unwrap();
+        migrate(&mut fresh, &fresh_path).unwrap();
+        let (_dir, path, mut migrated) = version_1();
+        migrate(&mut migrated, &path).unwrap();
+        // Compare what each table allows, not its text (whitespace and comments differ).
+        let columns = |conn: &Connection, table: &str| -> Vec<(String, String, bool)> {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT name, type, \"notnull\" FROM pragma_table_info('{table}')"
+                ))
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        for table in ["events", "run_steps"] {
+            assert_eq!(columns(&fresh, table), columns(&migrated, table), "{table}");
+        }
+        let sql = |conn: &Connection, table: &str| -> String {
+            conn.query_row(
+                "SELECT sql FROM sqlite_master WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for conn in [&fresh, &migrated] {
+            assert!(!sql(conn, "events").contains("'sending'"));
+            assert!(sql(conn, "run_steps").contains("'reused'"));
+        }
+    }
 }

@@ -1,15 +1,27 @@
 //! The store: one SQLite file, one writer thread, a few reader connections.
 //!
-//! All writes go through [`Store::write`] as domain verbs ([`Write`]); the writer thread drains
-//! whatever is waiting into one transaction (group commit), so a burst of invokes costs one
-//! fsync. Reads run on pooled connections in blocking threads (WAL lets them run beside the
-//! writer). Nothing here knows about HTTP or actors.
+//! All writes go through [`Store::write`] as domain verbs, one type per command
+//! ([`commands`]), each answering its own output type; the writer thread drains whatever is
+//! waiting into one transaction (group commit), so a burst of invokes costs one fsync. Reads
+//! are typed queries ([`Store::list_runs`], [`Store::attempts_for_run`]…) run on pooled
+//! connections in blocking threads (WAL lets them run beside the writer). Nothing here knows
+//! about HTTP or actors.
+//!
+//! This interface is the contract a second backend (PostgreSQL is planned) implements: domain
+//! verbs in, domain records out. No rusqlite type appears in it; SQLite stays inside this
+//! module (`writer.rs` applies the commands, the table files hold the SQL, `states.rs` maps
+//! the [`crate::domain`] states to text).
 
+mod backup;
+pub mod commands;
 pub mod deployments;
 pub mod events;
 pub mod keys;
 mod migrate;
 pub mod runs;
+mod states;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -17,11 +29,17 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use deployments::{DeploymentRecord, NewDeploymentVersion, VersionInfo};
-pub use events::{AttemptRow, DueEvent, EventUpdate, NewEvent};
+pub use backup::{backup, BackupError};
+pub use commands::*;
+pub use deployments::{Deployed, DeploymentRecord, NewDeploymentVersion, VersionInfo};
+pub use events::{AttemptRow, DueEvent, EventRecord, EventUpdate, NewEvent};
 pub use keys::{KeyRecord, Role};
-pub use runs::{FinishedRun, NewRun, RunRecord, RunStatus, StepRow};
-pub use writer::{Write, Written};
+pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow, StoredTrace};
+pub use writer::Apply;
+
+pub use crate::domain::{
+    AttemptOutcome, ErrorKind, EventState, RunDelivery, RunSource, RunStatus, StepStatus,
+};
 
 use crate::config::{StoreConfig, Synchronous};
 
@@ -153,13 +171,13 @@ impl Store {
     }
 
     /// Queues a write and waits until the batch holding it is committed (durable).
-    pub async fn write(&self, cmd: Write) -> StoreResult<Written> {
+    pub async fn write<C: Apply>(&self, cmd: C) -> StoreResult<C::Output> {
         self.inner.writer.submit(cmd).await
     }
 
     /// Queues a write without waiting. It still commits in order with every other write;
     /// used for records whose loss on a crash is acceptable (step traces, last-used times).
-    pub fn write_detached(&self, cmd: Write) {
+    pub fn write_detached<C: Apply>(&self, cmd: C) {
         self.inner.writer.submit_detached(cmd);
     }
 
@@ -170,17 +188,13 @@ impl Store {
     pub async fn purge_runs(&self, ended_before: i64) -> StoreResult<usize> {
         let mut total = 0;
         loop {
-            let written = self
-                .write(Write::PurgeRuns {
+            let purged = self
+                .write(PurgeRuns {
                     ended_before,
                     limit: PURGE_BATCH_RUNS,
                     at: crate::ids::now_ms(),
                 })
                 .await?;
-            let purged = match written {
-                Written::Purged(n) => n,
-                _ => 0,
-            };
             total += purged;
             crate::metrics::get().runs_purged.inc_by(purged as u64);
             if purged < PURGE_BATCH_RUNS {
@@ -189,8 +203,114 @@ impl Store {
         }
     }
 
+    /// A run with its step trace (oldest line first).
+    pub async fn run_with_steps(
+        &self,
+        request_id: String,
+    ) -> StoreResult<Option<(RunRecord, Vec<StepRow>)>> {
+        self.read(move |conn| {
+            let Some(run) = runs::get_run(conn, &request_id)? else {
+                return Ok(None);
+            };
+            let steps = runs::get_steps(conn, &request_id)?;
+            Ok(Some((run, steps)))
+        })
+        .await
+    }
+
+    /// A run's event (if it has one yet) and every attempt to deliver it, oldest first.
+    pub async fn delivery_of_run(
+        &self,
+        request_id: String,
+    ) -> StoreResult<(Option<EventRecord>, Vec<AttemptRow>)> {
+        self.read(move |conn| {
+            Ok((
+                events::event_for_run(conn, &request_id)?,
+                events::attempts_for_run(conn, &request_id)?,
+            ))
+        })
+        .await
+    }
+
+    /// Every delivery attempt of a run, oldest first.
+    pub async fn attempts_for_run(&self, request_id: String) -> StoreResult<Vec<AttemptRow>> {
+        self.read(move |conn| events::attempts_for_run(conn, &request_id))
+            .await
+    }
+
+    /// The runs matching `filter`, newest first: at most `filter.limit` + 1, so the caller
+    /// can tell whether another page exists.
+    pub async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunListItem>> {
+        self.read(move |conn| runs::list_runs(conn, &filter)).await
+    }
+
+    /// The stored first response for an idempotency key, if it was saved at or after `since`.
+    pub async fn find_idempotent(
+        &self,
+        api_key_id: String,
+        idempotency_key: String,
+        since: i64,
+    ) -> StoreResult<Option<String>> {
+        self.read(move |conn| runs::find_idempotent(conn, &api_key_id, &idempotency_key, since))
+            .await
+    }
+
+    /// Every API key, revoked ones included, oldest first.
+    pub async fn list_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.read(keys::list).await
+    }
+
+    /// Like [`Store::list_keys`], on the calling thread (start-up).
+    pub fn list_keys_blocking(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.read_blocking(keys::list)
+    }
+
+    /// One API key, revoked or not.
+    pub async fn key(&self, id: String) -> StoreResult<Option<KeyRecord>> {
+        self.read(move |conn| Ok(keys::list(conn)?.into_iter().find(|k| k.id == id)))
+            .await
+    }
+
+    /// Every version of a deployment, oldest first.
+    pub async fn deployment_versions(&self, key: String) -> StoreResult<Vec<VersionInfo>> {
+        self.read(move |conn| deployments::versions(conn, &key))
+            .await
+    }
+
+    /// Every deployment with its current definition (start-up).
+    pub fn deployments_blocking(&self) -> StoreResult<Vec<DeploymentRecord>> {
+        self.read_blocking(deployments::load_all)
+    }
+
+    /// The definition (JSON) a deployment had at `version`, on the calling thread.
+    pub fn definition_at_blocking(&self, key: &str, version: i64) -> StoreResult<Option<String>> {
+        self.read_blocking(|conn| deployments::definition_at(conn, key, version))
+    }
+
+    /// Runs left `queued` or `running` by a crash or a stop, oldest first (start-up).
+    pub fn unfinished_runs_blocking(&self) -> StoreResult<Vec<RunRecord>> {
+        self.read_blocking(runs::load_unfinished)
+    }
+
+    /// A run's step trace and its stored approval answers, read together on the calling
+    /// thread (start-up).
+    pub fn trace_blocking(&self, request_id: &str) -> StoreResult<StoredTrace> {
+        self.read_blocking(|conn| {
+            Ok(StoredTrace {
+                steps: runs::get_steps(conn, request_id)?,
+                approvals: runs::approval_responses(conn, request_id)?,
+            })
+        })
+    }
+
+    /// Every event still to deliver, soonest first (an attempt cut short by a crash counts
+    /// as due); on the calling thread (start-up).
+    pub fn load_due_events_blocking(&self) -> StoreResult<Vec<DueEvent>> {
+        self.read_blocking(events::load_due)
+    }
+
     /// Runs a read on a pooled connection in a blocking thread.
-    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -201,8 +321,8 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs a read on the calling thread (start-up, CLI).
-    pub fn read_blocking<T, F>(&self, f: F) -> StoreResult<T>
+    /// Runs a read on the calling thread (start-up).
+    fn read_blocking<T, F>(&self, f: F) -> StoreResult<T>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T>,
     {

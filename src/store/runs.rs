@@ -3,39 +3,7 @@
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-/// A run's lifecycle state (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunStatus> {
-        Some(match text {
-            "queued" => RunStatus::Queued,
-            "running" => RunStatus::Running,
-            "completed" => RunStatus::Completed,
-            "failed" => RunStatus::Failed,
-            "cancelled" => RunStatus::Cancelled,
-            _ => return None,
-        })
-    }
-}
+use crate::domain::{EventState, RunDelivery, RunSource, RunStatus, StepStatus};
 
 /// A run as admitted. JSON columns are pre-serialized by the caller.
 #[derive(Debug, Clone)]
@@ -45,8 +13,7 @@ pub struct NewRun {
     pub variant: String,
     pub version: i64,
     pub status: RunStatus,
-    /// `api`, `webhook`, `cli` or `ui`.
-    pub source: &'static str,
+    pub source: RunSource,
     pub callback_url: Option<String>,
     pub api_key_id: Option<String>,
     pub inputs_json: String,
@@ -75,13 +42,21 @@ pub struct StepRow {
     pub step_index: i64,
     pub step_id: String,
     pub step_type: String,
-    pub status: String,
+    pub status: StepStatus,
     pub started_at: i64,
     pub duration_ms: i64,
     pub output_json: Option<String>,
     pub error: Option<String>,
     pub attempts: i64,
     pub usage_json: Option<String>,
+}
+
+/// What a run recorded of its steps: the trace (oldest line first), and the approval
+/// answers as step id and response JSON.
+#[derive(Debug, Clone, Default)]
+pub struct StoredTrace {
+    pub steps: Vec<StepRow>,
+    pub approvals: Vec<(String, String)>,
 }
 
 /// A stored run, as read back.
@@ -92,8 +67,8 @@ pub struct RunRecord {
     pub variant: String,
     pub version: i64,
     pub status: RunStatus,
-    pub source: String,
-    pub delivery: String,
+    pub source: RunSource,
+    pub delivery: RunDelivery,
     pub callback_url: Option<String>,
     pub api_key_id: Option<String>,
     pub inputs_json: String,
@@ -119,9 +94,9 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":deployment_key": run.deployment_key,
         ":variant": run.variant,
         ":version": run.version,
-        ":status": run.status.as_str(),
+        ":status": run.status,
         ":source": run.source,
-        ":delivery": if run.callback_url.is_some() { "callback" } else { "direct" },
+        ":delivery": if run.callback_url.is_some() { RunDelivery::Callback } else { RunDelivery::Direct },
         ":callback_url": run.callback_url,
         ":api_key_id": run.api_key_id,
         ":inputs": run.inputs_json,
@@ -188,7 +163,7 @@ pub(super) fn answer_approval(
 }
 
 /// The stored approval answers of a run: step id and response JSON.
-pub fn approval_responses(
+pub(super) fn approval_responses(
     conn: &Connection,
     request_id: &str,
 ) -> rusqlite::Result<Vec<(String, String)>> {
@@ -207,7 +182,7 @@ pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<
     )?;
     let ended = stmt.execute(rusqlite::params![
         done.request_id,
-        done.status.as_str(),
+        done.status,
         done.output_json,
         done.error_json,
         done.ended_at
@@ -241,13 +216,12 @@ const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status,
     ended_at, duration_ms";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
-    let status: String = row.get(4)?;
     Ok(RunRecord {
         request_id: row.get(0)?,
         deployment_key: row.get(1)?,
         variant: row.get(2)?,
         version: row.get(3)?,
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        status: row.get(4)?,
         source: row.get(5)?,
         delivery: row.get(6)?,
         callback_url: row.get(7)?,
@@ -264,14 +238,14 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-pub fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+pub(super) fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RunRecord>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE request_id = ?1"
     ))?;
     stmt.query_row([request_id], run_from_row).optional()
 }
 
-pub fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
+pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, step_index, step_id, step_type, status, started_at, duration_ms,
                 output, error, attempts, usage
@@ -296,7 +270,7 @@ pub fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<St
 }
 
 /// The stored first response for an idempotency key, if it is younger than `since`.
-pub fn find_idempotent(
+pub(super) fn find_idempotent(
     conn: &Connection,
     api_key_id: &str,
     idempotency_key: &str,
@@ -334,7 +308,7 @@ pub(super) fn purge_finished(
                    AND r.status IN ('completed', 'failed', 'cancelled')
                    AND r.ended_at < ?2
                    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.request_id
-                                   AND e.state IN ('pending', 'sending', 'retrying'))
+                                   AND e.state IN ('pending', 'retrying'))
                  ORDER BY r.request_id LIMIT ?3)",
         )?
         .execute(rusqlite::params![
@@ -355,7 +329,7 @@ pub(super) fn purge_finished(
 }
 
 /// Runs left `queued` or `running` (by a crash or a stop), oldest first.
-pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
+pub(super) fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at, request_id"
     ))?;
@@ -368,10 +342,9 @@ pub fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
 pub struct RunFilter {
     pub deployment: Option<String>,
     pub variant: Option<String>,
-    pub status: Option<String>,
-    /// `callback` or `direct`.
-    pub delivery: Option<String>,
-    pub source: Option<String>,
+    pub status: Option<RunStatus>,
+    pub delivery: Option<RunDelivery>,
+    pub source: Option<RunSource>,
     pub api_key_id: Option<String>,
     pub user: Option<String>,
     /// Inclusive lower bound on `created_at` (Unix ms).
@@ -389,7 +362,7 @@ pub struct RunFilter {
 #[derive(Debug, Clone)]
 pub struct RunListItem {
     pub run: RunRecord,
-    pub delivery_state: Option<String>,
+    pub delivery_state: Option<EventState>,
     pub attempts: Option<i64>,
 }
 
@@ -400,26 +373,33 @@ fn request_id_at(ms: i64) -> String {
 }
 
 /// Newest first, at most `filter.limit` (+1 to tell whether another page exists).
-pub fn list_runs(conn: &Connection, filter: &RunFilter) -> rusqlite::Result<Vec<RunListItem>> {
+pub(super) fn list_runs(
+    conn: &Connection,
+    filter: &RunFilter,
+) -> rusqlite::Result<Vec<RunListItem>> {
     use rusqlite::types::Value as Sql;
     let mut sql = format!(
         "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.request_id = r.request_id WHERE 1 = 1",
         RUN_COLUMNS.split(',').map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
     );
     let mut args: Vec<Sql> = Vec::new();
-    let mut eq = |sql: &mut String, column: &str, value: &Option<String>| {
+    let mut eq = |sql: &mut String, column: &str, value: Option<&str>| {
         if let Some(v) = value {
             sql.push_str(&format!(" AND {column} = ?"));
-            args.push(Sql::Text(v.clone()));
+            args.push(Sql::Text(v.to_owned()));
         }
     };
-    eq(&mut sql, "r.deployment_key", &filter.deployment);
-    eq(&mut sql, "r.variant", &filter.variant);
-    eq(&mut sql, "r.status", &filter.status);
-    eq(&mut sql, "r.delivery", &filter.delivery);
-    eq(&mut sql, "r.source", &filter.source);
-    eq(&mut sql, "r.api_key_id", &filter.api_key_id);
-    eq(&mut sql, "r.user", &filter.user);
+    eq(&mut sql, "r.deployment_key", filter.deployment.as_deref());
+    eq(&mut sql, "r.variant", filter.variant.as_deref());
+    eq(&mut sql, "r.status", filter.status.map(RunStatus::as_str));
+    eq(
+        &mut sql,
+        "r.delivery",
+        filter.delivery.map(RunDelivery::as_str),
+    );
+    eq(&mut sql, "r.source", filter.source.map(RunSource::as_str));
+    eq(&mut sql, "r.api_key_id", filter.api_key_id.as_deref());
+    eq(&mut sql, "r.user", filter.user.as_deref());
     if let Some(ms) = filter.since_ms {
         sql.push_str(" AND r.request_id >= ?");
         args.push(Sql::Text(request_id_at(ms)));

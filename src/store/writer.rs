@@ -1,8 +1,11 @@
 //! The single writer. It blocks for one command, then takes every other command already
 //! waiting (up to `MAX_BATCH`) and applies them all in one transaction: the batch grows with
 //! the load instead of with a timer, so an idle daemon commits at once and a busy one pays
-//! one fsync for many writes. Each command runs inside its own savepoint, so one bad command
-//! fails alone.
+//! one fsync for many writes. A command of several statements runs inside its own savepoint,
+//! so one bad command fails alone.
+//!
+//! Commands of every type share one channel as boxed [`Job`]s; each keeps its typed reply, so
+//! the caller gets its command's own output once the batch has committed.
 
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -11,126 +14,147 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::deployments::{self, NewDeploymentVersion};
-use super::events::{self, AttemptRow, DueEvent, EventUpdate};
-use super::keys::{self, KeyRecord};
-use super::runs::{self, FinishedRun, NewRun, StepRow};
+use super::commands::*;
+use super::deployments;
+use super::events;
+use super::keys;
+use super::runs;
 use super::{StoreError, StoreResult};
 
 /// Most commands committed in one transaction.
 const MAX_BATCH: usize = 2048;
 
-/// Every change the daemon makes to its database.
-#[derive(Debug)]
-pub enum Write {
-    InsertRun(Box<NewRun>),
-    MarkRunning {
-        request_id: String,
-        started_at: i64,
-    },
-    RecordStep(Box<StepRow>),
-    /// The answer to a waiting approval step; answers `Found(false)` when the run is not
-    /// running, the step is not waiting, or it already has an answer.
-    AnswerApproval {
-        request_id: String,
-        step_id: String,
-        /// The step's output: `{"choice": {"value", "label"}}` or `{"text"}`.
-        response_json: String,
-        at: i64,
-    },
-    FinishRun(Box<FinishedRun>),
-    PutDeployment(Box<NewDeploymentVersion>),
-    DeleteDeployment {
-        key: String,
-    },
-    /// The current secret becomes the previous one (valid until `previous_until`).
-    RotateSecret {
-        key: String,
-        new_secret: String,
-        previous_until: i64,
-    },
-    InsertKey(Box<KeyRecord>),
-    RotateKey {
-        id: String,
-        key_hash: String,
-        key_prefix: String,
-    },
-    RevokeKey {
-        id: String,
-        at: i64,
-    },
-    TouchKey {
-        id: String,
-        at: i64,
-    },
-    RecordAttempt(Box<AttemptRow>, EventUpdate),
-    /// A new attempt series for the run's event; answers `Redelivered`.
-    Redeliver {
-        request_id: String,
-        at: i64,
-    },
-    /// Deletes up to `limit` finished runs that ended before `ended_before` (Unix ms), with
-    /// everything recorded about them; answers `Purged(n)`. Callers repeat it until fewer
-    /// than `limit` go, so other writes get their turn between batches.
-    PurgeRuns {
-        ended_before: i64,
-        limit: usize,
-        at: i64,
-    },
-    SaveIdempotent {
-        api_key_id: String,
-        idempotency_key: String,
-        request_id: String,
-        response: String,
-        at: i64,
-    },
+/// How SQLite applies a command.
+pub trait Apply: Command {
+    /// Whether applying runs more than one data-changing statement. One statement is atomic
+    /// on its own (SQLite undoes a failed statement); only commands of several statements
+    /// need a savepoint, which costs two more statements.
+    const SEVERAL_STATEMENTS: bool;
+
+    fn apply(&self, conn: &Connection) -> rusqlite::Result<Self::Output>;
 }
 
-impl Write {
-    /// Whether applying the command runs more than one data-changing statement.
-    fn has_several_statements(&self) -> bool {
-        matches!(
-            self,
-            Write::FinishRun(_)
-                | Write::PutDeployment(_)
-                | Write::RecordAttempt(..)
-                | Write::Redeliver { .. }
-                | Write::PurgeRuns { .. }
-                | Write::AnswerApproval { .. }
-        )
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// Sends a command's result to its caller; a detached command's failure is only logged.
+fn send<T>(reply: Option<Reply<T>>, result: StoreResult<T>) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(err) = result {
+                tracing::warn!(%err, "detached write failed");
+            }
+        }
     }
 }
 
-/// What a write reports back.
-#[derive(Debug, Clone)]
-pub enum Written {
-    Done,
-    /// The version a deploy created, and the deployment's signing secret.
-    Deployed {
-        version: i64,
-        created: bool,
-    },
-    /// Whether the row the command named existed.
-    Found(bool),
-    /// The event due again after a redelivery, if the run had one.
-    Redelivered(Option<DueEvent>),
-    /// How many runs a purge deleted.
-    Purged(usize),
+/// A queued command whose type is erased, so one channel carries every kind.
+trait Job: Send {
+    fn several_statements(&self) -> bool;
+    /// Runs the command in the open transaction; its output waits in the returned
+    /// [`Applied`] until the batch's fate is known.
+    fn apply(self: Box<Self>, conn: &Connection) -> Result<Box<dyn Applied>, Unapplied>;
+    /// Answers the error instead: the command was not (or not durably) applied.
+    fn refuse(self: Box<Self>, err: StoreError);
 }
 
-impl Written {
-    pub fn found(&self) -> bool {
-        matches!(self, Written::Found(true))
+/// A command applied inside the open transaction.
+trait Applied: Send {
+    /// Sends the output, or `err` when the command's writes did not last.
+    fn settle(self: Box<Self>, err: Option<StoreError>);
+}
+
+type Unapplied = (rusqlite::Error, Box<dyn Job>);
+
+struct Pending<C: Command> {
+    cmd: C,
+    reply: Option<Reply<C::Output>>,
+}
+
+struct Done<T> {
+    output: T,
+    reply: Option<Reply<T>>,
+}
+
+impl<C: Apply> Job for Pending<C> {
+    fn several_statements(&self) -> bool {
+        C::SEVERAL_STATEMENTS
+    }
+
+    fn apply(self: Box<Self>, conn: &Connection) -> Result<Box<dyn Applied>, Unapplied> {
+        match self.cmd.apply(conn) {
+            Ok(output) => Ok(Box::new(Done {
+                output,
+                reply: self.reply,
+            })),
+            Err(err) => Err((err, self)),
+        }
+    }
+
+    fn refuse(self: Box<Self>, err: StoreError) {
+        send(self.reply, Err(err));
     }
 }
 
-type Reply = oneshot::Sender<StoreResult<Written>>;
+impl<T: Send + 'static> Applied for Done<T> {
+    fn settle(self: Box<Self>, err: Option<StoreError>) {
+        match err {
+            None => send(self.reply, Ok(self.output)),
+            Some(err) => send(self.reply, Err(err)),
+        }
+    }
+}
 
-/// A write and, unless detached, where its result goes.
-type Queued = (Write, Option<Reply>);
+/// A command whose writes will not be committed.
+enum Failed {
+    /// It failed, or never ran.
+    Unapplied(Box<dyn Job>),
+    /// It ran, but its savepoint or the transaction did not commit.
+    Voided(Box<dyn Applied>),
+}
+
+impl Failed {
+    fn refuse(self, err: StoreError) {
+        match self {
+            Failed::Unapplied(job) => job.refuse(err),
+            Failed::Voided(applied) => applied.settle(Some(err)),
+        }
+    }
+}
+
+/// Where a command of a committed batch ended up.
+enum Slot {
+    Applied(Box<dyn Applied>),
+    Failed(Failed, StoreError),
+}
+
+/// What became of a batch.
+enum Batch {
+    Committed(Vec<Slot>),
+    /// Nothing of it is stored; every command answers why.
+    Lost(Vec<Failed>, Lost),
+}
+
+/// Why a whole batch was lost: every command in it answers this.
+struct Lost {
+    message: String,
+    unavailable: bool,
+}
+
+impl Lost {
+    fn error(&self) -> StoreError {
+        if self.unavailable {
+            StoreError::Unavailable(self.message.clone())
+        } else {
+            StoreError::Refused(self.message.clone())
+        }
+    }
+}
 
 pub(super) struct WriterHandle {
-    tx: Mutex<Option<mpsc::Sender<Queued>>>,
+    tx: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -151,22 +175,25 @@ pub(super) fn spawn(conn: Connection, size_limited: bool) -> StoreResult<WriterH
 }
 
 impl WriterHandle {
-    pub(super) async fn submit(&self, cmd: Write) -> StoreResult<Written> {
+    pub(super) async fn submit<C: Apply>(&self, cmd: C) -> StoreResult<C::Output> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.send(cmd, Some(reply_tx))?;
+        self.send(Box::new(Pending {
+            cmd,
+            reply: Some(reply_tx),
+        }))?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub(super) fn submit_detached(&self, cmd: Write) {
-        if let Err(err) = self.send(cmd, None) {
+    pub(super) fn submit_detached<C: Apply>(&self, cmd: C) {
+        if let Err(err) = self.send(Box::new(Pending { cmd, reply: None })) {
             tracing::warn!(%err, "write dropped");
         }
     }
 
-    fn send(&self, cmd: Write, reply: Option<Reply>) -> StoreResult<()> {
+    fn send(&self, job: Box<dyn Job>) -> StoreResult<()> {
         let guard = self.tx.lock().expect("writer sender");
         let tx = guard.as_ref().ok_or(StoreError::Closed)?;
-        tx.send((cmd, reply)).map_err(|_| StoreError::Closed)
+        tx.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// Drops the sender so the thread finishes its queue and exits, then joins it.
@@ -178,7 +205,7 @@ impl WriterHandle {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: bool) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, size_limited: bool) {
     let failures = Failures {
         db_path: conn.path().map(std::path::PathBuf::from),
         size_limited,
@@ -192,14 +219,23 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Queued>, size_limited: b
                 Err(_) => break,
             }
         }
+        let size = batch.len();
         let clock = std::time::Instant::now();
-        let results = commit_batch(&mut conn, &batch, &failures);
-        crate::metrics::get().store_commit(batch.len(), clock.elapsed());
-        for ((_, reply), result) in batch.drain(..).zip(results) {
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            } else if let Err(err) = result {
-                tracing::warn!(%err, "detached write failed");
+        let outcome = commit_batch(&mut conn, batch.drain(..), &failures);
+        crate::metrics::get().store_commit(size, clock.elapsed());
+        match outcome {
+            Batch::Committed(slots) => {
+                for slot in slots {
+                    match slot {
+                        Slot::Applied(applied) => applied.settle(None),
+                        Slot::Failed(failed, err) => failed.refuse(err),
+                    }
+                }
+            }
+            Batch::Lost(failed, lost) => {
+                for failed in failed {
+                    failed.refuse(lost.error());
+                }
             }
         }
     }
@@ -211,112 +247,127 @@ struct Failures {
     size_limited: bool,
 }
 
-/// Applies a batch in one transaction; every command gets its own result.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &[Queued],
-    failures: &Failures,
-) -> Vec<StoreResult<Written>> {
-    let classify =
-        |err| StoreError::classify_at(failures.db_path.as_deref(), failures.size_limited, err);
-    let failed_all = |err: rusqlite::Error| {
-        let err = classify(err);
-        let msg = err.to_string();
-        let unavailable = matches!(err, StoreError::Unavailable(_));
-        (0..batch.len())
-            .map(|_| {
-                Err(if unavailable {
-                    StoreError::Unavailable(msg.clone())
-                } else {
-                    StoreError::Refused(msg.clone())
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(err) => return failed_all(err),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for (cmd, _) in batch {
-        // One statement is atomic on its own (SQLite undoes a failed statement); only
-        // commands of several statements need a savepoint, which costs two more statements.
-        let outcome = if cmd.has_several_statements() {
-            tx.savepoint().and_then(|mut sp| match apply(&sp, cmd) {
-                Ok(written) => sp.commit().map(|_| written),
-                Err(err) => {
-                    let _ = sp.rollback();
-                    Err(err)
-                }
-            })
-        } else {
-            apply(&tx, cmd)
-        };
-        match outcome {
-            Ok(written) => results.push(Ok(written)),
-            // Some errors (SQLITE_FULL, I/O errors, out of memory) make SQLite roll back the
-            // whole transaction: the commands before this one are gone, and the ones after
-            // would run outside any transaction. Nothing in the batch is stored.
-            Err(err) if tx.is_autocommit() => return failed_all(err),
-            Err(err) => results.push(Err(classify(err))),
-        }
+impl Failures {
+    fn classify(&self, err: rusqlite::Error) -> StoreError {
+        StoreError::classify_at(self.db_path.as_deref(), self.size_limited, err)
     }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(err) => failed_all(err),
+
+    fn lose(&self, err: rusqlite::Error) -> Lost {
+        let err = self.classify(err);
+        Lost {
+            unavailable: matches!(err, StoreError::Unavailable(_)),
+            message: err.to_string(),
+        }
     }
 }
 
-fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
-    match cmd {
-        Write::InsertRun(run) => runs::insert(conn, run).map(|_| Written::Done),
-        Write::MarkRunning {
-            request_id,
-            started_at,
-        } => runs::mark_running(conn, request_id, *started_at).map(Written::Found),
-        Write::RecordStep(step) => runs::record_step(conn, step).map(|_| Written::Done),
-        Write::AnswerApproval {
-            request_id,
-            step_id,
-            response_json,
-            at,
-        } => {
-            runs::answer_approval(conn, request_id, step_id, response_json, *at).map(Written::Found)
+/// Applies a batch in one transaction; every command gets its own result.
+fn commit_batch(
+    conn: &mut Connection,
+    mut batch: impl Iterator<Item = Box<dyn Job>>,
+    failures: &Failures,
+) -> Batch {
+    let mut slots = Vec::with_capacity(batch.size_hint().0);
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(err) => return lose(slots, batch.map(Failed::Unapplied), failures.lose(err)),
+    };
+    while let Some(job) = batch.next() {
+        let outcome = if job.several_statements() {
+            apply_in_savepoint(&mut tx, job)
+        } else {
+            job.apply(&tx)
+                .map_err(|(err, job)| (err, Failed::Unapplied(job)))
+        };
+        match outcome {
+            Ok(applied) => slots.push(Slot::Applied(applied)),
+            // Some errors (SQLITE_FULL, I/O errors, out of memory) make SQLite roll back the
+            // whole transaction: the commands before this one are gone, and the ones after
+            // would run outside any transaction. Nothing in the batch is stored.
+            Err((err, failed)) if tx.is_autocommit() => {
+                let rest = std::iter::once(failed).chain(batch.map(Failed::Unapplied));
+                return lose(slots, rest, failures.lose(err));
+            }
+            Err((err, failed)) => slots.push(Slot::Failed(failed, failures.classify(err))),
         }
-        Write::FinishRun(done) => runs::finish(conn, done).map(Written::Found),
-        Write::PutDeployment(dep) => deployments::put(conn, dep),
-        Write::DeleteDeployment { key } => deployments::delete(conn, key).map(Written::Found),
-        Write::RotateSecret {
-            key,
-            new_secret,
-            previous_until,
-        } => deployments::rotate_secret(conn, key, new_secret, *previous_until).map(Written::Found),
-        Write::InsertKey(key) => keys::insert(conn, key).map(|_| Written::Done),
-        Write::RotateKey {
-            id,
-            key_hash,
-            key_prefix,
-        } => keys::rotate(conn, id, key_hash, key_prefix).map(Written::Found),
-        Write::RevokeKey { id, at } => keys::revoke(conn, id, *at).map(Written::Found),
-        Write::TouchKey { id, at } => keys::touch(conn, id, *at).map(|_| Written::Done),
-        Write::RecordAttempt(attempt, update) => {
-            events::record_attempt(conn, attempt, update).map(|_| Written::Done)
-        }
-        Write::Redeliver { request_id, at } => {
-            events::redeliver(conn, request_id, *at).map(Written::Redelivered)
-        }
-        Write::PurgeRuns {
-            ended_before,
-            limit,
-            at,
-        } => runs::purge_finished(conn, *ended_before, *limit, *at).map(Written::Purged),
-        Write::SaveIdempotent {
-            api_key_id,
-            idempotency_key,
-            request_id,
-            response,
-            at,
-        } => runs::save_idempotent(conn, api_key_id, idempotency_key, request_id, response, *at)
-            .map(|_| Written::Done),
     }
+    match tx.commit() {
+        Ok(()) => Batch::Committed(slots),
+        Err(err) => lose(slots, std::iter::empty(), failures.lose(err)),
+    }
+}
+
+/// The batch whose transaction was lost: `slots` ran before it went, `rest` did not run.
+fn lose(slots: Vec<Slot>, rest: impl Iterator<Item = Failed>, lost: Lost) -> Batch {
+    let failed = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Applied(applied) => Failed::Voided(applied),
+            Slot::Failed(failed, _) => failed,
+        })
+        .chain(rest)
+        .collect();
+    Batch::Lost(failed, lost)
+}
+
+/// Applies a command of several statements so that it fails alone.
+fn apply_in_savepoint(
+    tx: &mut rusqlite::Transaction<'_>,
+    job: Box<dyn Job>,
+) -> Result<Box<dyn Applied>, (rusqlite::Error, Failed)> {
+    let mut sp = match tx.savepoint() {
+        Ok(sp) => sp,
+        Err(err) => return Err((err, Failed::Unapplied(job))),
+    };
+    match job.apply(&sp) {
+        Ok(applied) => match sp.commit() {
+            Ok(()) => Ok(applied),
+            Err(err) => Err((err, Failed::Voided(applied))),
+        },
+        Err((err, job)) => {
+            let _ = sp.rollback();
+            Err((err, Failed::Unapplied(job)))
+        }
+    }
+}
+
+/// Declares how each command runs; `several` marks those that need a savepoint.
+macro_rules! apply {
+    ($($command:ty, several: $several:expr, |$cmd:ident, $conn:ident| $body:expr;)+) => {$(
+        impl Apply for $command {
+            const SEVERAL_STATEMENTS: bool = $several;
+
+            fn apply(&self, $conn: &Connection) -> rusqlite::Result<Self::Output> {
+                let $cmd = self;
+                $body
+            }
+        }
+    )+};
+}
+
+apply! {
+    InsertRun, several: false, |c, conn| runs::insert(conn, &c.0);
+    MarkRunning, several: false, |c, conn| runs::mark_running(conn, &c.request_id, c.started_at);
+    RecordStep, several: false, |c, conn| runs::record_step(conn, &c.0);
+    AnswerApproval, several: true, |c, conn| {
+        runs::answer_approval(conn, &c.request_id, &c.step_id, &c.response_json, c.at)
+    };
+    FinishRun, several: true, |c, conn| runs::finish(conn, &c.0);
+    PutDeployment, several: true, |c, conn| deployments::put(conn, &c.0);
+    DeleteDeployment, several: false, |c, conn| deployments::delete(conn, &c.key);
+    RotateSecret, several: false, |c, conn| {
+        deployments::rotate_secret(conn, &c.key, &c.new_secret, c.previous_until)
+    };
+    InsertKey, several: false, |c, conn| keys::insert(conn, &c.0);
+    RotateKey, several: false, |c, conn| keys::rotate(conn, &c.id, &c.key_hash, &c.key_prefix);
+    RevokeKey, several: false, |c, conn| keys::revoke(conn, &c.id, c.at);
+    TouchKey, several: false, |c, conn| keys::touch(conn, &c.id, c.at);
+    RecordAttempt, several: true, |c, conn| events::record_attempt(conn, &c.attempt, &c.update);
+    Redeliver, several: true, |c, conn| events::redeliver(conn, &c.request_id, c.at);
+    PurgeRuns, several: true, |c, conn| {
+        runs::purge_finished(conn, c.ended_before, c.limit, c.at)
+    };
+    SaveIdempotent, several: false, |c, conn| {
+        runs::save_idempotent(conn, &c.api_key_id, &c.idempotency_key, &c.request_id, &c.response, c.at)
+    };
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::definition::{ApprovalChoice, Definition, OnError, StepDef, StepKind};
@@ -207,33 +207,8 @@ pub fn approval_output(
     }
 }
 
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepStatus {
-    Completed,
-    Failed,
-    Skipped,
-    /// An approval step waiting for its answer.
-    Waiting,
-}
-
-impl StepStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepStatus::Completed => "completed",
-            StepStatus::Failed => "failed",
-            StepStatus::Skipped => "skipped",
-            StepStatus::Waiting => "waiting",
-        }
-    }
-}
-
-impl fmt::Display for StepStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How a step ended: one of the domain's step states.
+pub use crate::domain::StepStatus;
 
 /// One line of the step trace, passed to `on_step` when the step ends.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,586 @@
+//! The store's commands and queries against a real SQLite file in a temporary directory,
+//! through the same writer thread the daemon uses.
+
+use super::*;
+use crate::config::StoreConfig;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("hivelet.db"), &StoreConfig::default()).unwrap();
+    Fixture { _dir: dir, store }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.store.close();
+    }
+}
+
+fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
+    NewRun {
+        request_id: request_id.into(),
+        deployment_key: "hello".into(),
+        variant: "default".into(),
+        version: 1,
+        status: RunStatus::Queued,
+        source: RunSource::Cli,
+        callback_url: callback.then(|| "http://127.0.0.1:9/hook".into()),
+        api_key_id: Some("key_1".into()),
+        inputs_json: "{}".into(),
+        metadata_json: r#"{"customer":"c1"}"#.into(),
+        user: None,
+        created_at,
+        started_at: None,
+    }
+}
+
+fn finished(request_id: &str, ended_at: i64, event: bool) -> FinishedRun {
+    FinishedRun {
+        request_id: request_id.into(),
+        status: RunStatus::Completed,
+        output_json: Some("\"ok\"".into()),
+        error_json: None,
+        ended_at,
+        event: event.then(|| NewEvent {
+            event_id: format!("evt_{}", &request_id[4..]),
+            deployment_key: "hello".into(),
+            event_type: "workflow.completed".into(),
+            callback_url: "http://127.0.0.1:9/hook".into(),
+            body: b"{}".to_vec(),
+        }),
+    }
+}
+
+fn attempt(event: &DueEvent, outcome: AttemptOutcome, at: i64) -> RecordAttempt {
+    let failed = outcome != AttemptOutcome::Delivered;
+    RecordAttempt {
+        attempt: AttemptRow {
+            attempt_id: format!("att_{}_{}", &event.event_id[4..], event.total_attempts + 1),
+            event_id: event.event_id.clone(),
+            request_id: event.request_id.clone(),
+            attempt_number: event.total_attempts + 1,
+            series: event.series,
+            url: event.callback_url.clone(),
+            request_headers_json: "{}".into(),
+            status_code: Some(if failed { 503 } else { 200 }),
+            error_kind: failed.then_some(ErrorKind::HttpStatus),
+            error_message: failed.then(|| "HTTP 503".into()),
+            response_headers_json: Some("{}".into()),
+            response_body: Some(String::new()),
+            started_at: at,
+            duration_ms: 3,
+            outcome,
+            next_attempt_at: failed.then_some(at + 1000),
+        },
+        update: EventUpdate {
+            state: match outcome {
+                AttemptOutcome::Delivered => EventState::Delivered,
+                AttemptOutcome::Retrying => EventState::Retrying,
+                AttemptOutcome::Failed => EventState::Failed,
+            },
+            attempts: event.attempts + 1,
+            total_attempts: event.total_attempts + 1,
+            next_attempt_at: (outcome == AttemptOutcome::Retrying).then_some(at + 1000),
+            failure_reason: (outcome == AttemptOutcome::Failed).then(|| "exhausted".into()),
+        },
+    }
+}
+
+fn step(request_id: &str, index: i64, id: &str, status: StepStatus, at: i64) -> StepRow {
+    StepRow {
+        request_id: request_id.into(),
+        step_index: index,
+        step_id: id.into(),
+        step_type: "approval".into(),
+        status,
+        started_at: at,
+        duration_ms: 0,
+        output_json: None,
+        error: None,
+        attempts: 1,
+        usage_json: None,
+    }
+}
+
+/// A request id whose time part is `ms`, as the daemon makes them (purge relies on it).
+fn req(ms: i64, n: u32) -> String {
+    format!("req_{ms:012x}7000800{n:013x}")
+}
+
+#[actix_rt::test]
+async fn mark_running_answers_whether_the_run_was_live() {
+    let f = open();
+    let id = req(1_000, 1);
+    f.store
+        .write(InsertRun(new_run(&id, false, 1_000)))
+        .await
+        .unwrap();
+    let missing = MarkRunning {
+        request_id: req(1_000, 2),
+        started_at: 1_001,
+    };
+    assert!(!f.store.write(missing).await.unwrap());
+    let mark = MarkRunning {
+        request_id: id.clone(),
+        started_at: 1_001,
+    };
+    assert!(f.store.write(mark.clone()).await.unwrap());
+    f.store
+        .write(FinishRun(finished(&id, 1_002, false)))
+        .await
+        .unwrap();
+    assert!(
+        !f.store.write(mark).await.unwrap(),
+        "an ended run stays ended"
+    );
+    let (run, steps) = f.store.run_with_steps(id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.source, RunSource::Cli);
+    assert_eq!(run.delivery, RunDelivery::Direct);
+    assert_eq!(run.started_at, Some(1_001));
+    assert_eq!(run.duration_ms, Some(1));
+    assert!(steps.is_empty());
+}
+
+#[actix_rt::test]
+async fn a_finished_callback_run_stores_its_event_once() {
+    let f = open();
+    let id = req(2_000, 1);
+    f.store
+        .write(InsertRun(new_run(&id, true, 2_000)))
+        .await
+        .unwrap();
+    assert!(f
+        .store
+        .write(FinishRun(finished(&id, 2_010, true)))
+        .await
+        .unwrap());
+    // A second end (a cancel that lost the race) changes nothing, and adds no event.
+    let mut again = finished(&id, 2_020, true);
+    again.status = RunStatus::Cancelled;
+    assert!(!f.store.write(FinishRun(again)).await.unwrap());
+    let due = f.store.load_due_events_blocking().unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].request_id, id);
+    assert_eq!(due[0].next_attempt_at, 2_010);
+    assert_eq!((due[0].series, due[0].attempts), (1, 0));
+    let (event, attempts) = f.store.delivery_of_run(id.clone()).await.unwrap();
+    let event = event.unwrap();
+    assert_eq!(event.state, EventState::Pending);
+    assert!(attempts.is_empty());
+    let (run, _) = f.store.run_with_steps(id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.delivery, RunDelivery::Callback);
+}
+
+#[actix_rt::test]
+async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
+    let f = open();
+    let id = req(3_000, 1);
+    f.store
+        .write(InsertRun(new_run(&id, true, 3_000)))
+        .await
+        .unwrap();
+    f.store
+        .write(FinishRun(finished(&id, 3_001, true)))
+        .await
+        .unwrap();
+    let event = f.store.load_due_events_blocking().unwrap().remove(0);
+    f.store
+        .write(attempt(&event, AttemptOutcome::Retrying, 3_002))
+        .await
+        .unwrap();
+    let due = f.store.load_due_events_blocking().unwrap();
+    assert_eq!((due[0].attempts, due[0].next_attempt_at), (1, 4_002));
+    f.store
+        .write(attempt(&due[0], AttemptOutcome::Delivered, 4_002))
+        .await
+        .unwrap();
+    assert!(f.store.load_due_events_blocking().unwrap().is_empty());
+    let attempts = f.store.attempts_for_run(id.clone()).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Retrying);
+    assert_eq!(attempts[0].error_kind, Some(ErrorKind::HttpStatus));
+    assert_eq!(attempts[1].outcome, AttemptOutcome::Delivered);
+    assert_eq!(attempts[1].error_kind, None);
+
+    let again = Redeliver {
+        request_id: id.clone(),
+        at: 5_000,
+    };
+    let event = f
+        .store
+        .write(again)
+        .await
+        .unwrap()
+        .expect("the run has an event");
+    assert_eq!(
+        (event.series, event.attempts, event.total_attempts),
+        (2, 0, 2)
+    );
+    assert_eq!(event.next_attempt_at, 5_000);
+    let (record, _) = f.store.delivery_of_run(id).await.unwrap();
+    assert_eq!(record.unwrap().state, EventState::Pending);
+    assert_eq!(f.store.load_due_events_blocking().unwrap().len(), 1);
+
+    let no_event = Redeliver {
+        request_id: req(3_000, 9),
+        at: 5_000,
+    };
+    assert!(f.store.write(no_event).await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn purge_keeps_live_runs_and_runs_whose_event_is_due() {
+    let f = open();
+    let delivered = req(10_000, 1);
+    let due = req(10_000, 2);
+    let direct = req(10_000, 3);
+    let live = req(10_000, 4);
+    let recent = req(50_000, 5);
+    for (id, callback) in [
+        (&delivered, true),
+        (&due, true),
+        (&direct, false),
+        (&live, false),
+        (&recent, false),
+    ] {
+        f.store
+            .write(InsertRun(new_run(id, callback, 10_000)))
+            .await
+            .unwrap();
+    }
+    for (id, event) in [(&delivered, true), (&due, true), (&direct, false)] {
+        f.store
+            .write(FinishRun(finished(id, 10_005, event)))
+            .await
+            .unwrap();
+    }
+    f.store
+        .write(FinishRun(finished(&recent, 50_005, false)))
+        .await
+        .unwrap();
+    let events = f.store.load_due_events_blocking().unwrap();
+    let first = events.iter().find(|e| e.request_id == delivered).unwrap();
+    f.store
+        .write(attempt(first, AttemptOutcome::Delivered, 10_006))
+        .await
+        .unwrap();
+
+    assert_eq!(f.store.purge_runs(20_000).await.unwrap(), 2);
+    for (id, kept) in [
+        (delivered, false),
+        (direct, false),
+        (due.clone(), true),
+        (live, true),
+        (recent, true),
+    ] {
+        let found = f.store.run_with_steps(id.clone()).await.unwrap().is_some();
+        assert_eq!(found, kept, "{id}");
+    }
+    assert!(f
+        .store
+        .attempts_for_run(req(10_000, 1))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.store.purge_runs(20_000).await.unwrap(), 0);
+}
+
+#[actix_rt::test]
+async fn a_failing_command_fails_alone_and_undoes_all_its_statements() {
+    let f = open();
+    let a = req(20_000, 1);
+    let b = req(20_000, 2);
+    f.store
+        .write(InsertRun(new_run(&a, true, 20_000)))
+        .await
+        .unwrap();
+    f.store
+        .write(InsertRun(new_run(&b, true, 20_000)))
+        .await
+        .unwrap();
+    f.store
+        .write(FinishRun(finished(&a, 20_001, true)))
+        .await
+        .unwrap();
+    // The same event id again: the run's update succeeds, the event insert fails, and the
+    // savepoint takes the update back.
+    let mut clash = finished(&b, 20_002, true);
+    clash.event.as_mut().unwrap().event_id = format!("evt_{}", &a[4..]);
+    let (dup, clash, after) = futures_util::future::join3(
+        f.store.write(InsertRun(new_run(&a, false, 20_000))),
+        f.store.write(FinishRun(clash)),
+        f.store.write(MarkRunning {
+            request_id: b.clone(),
+            started_at: 20_003,
+        }),
+    )
+    .await;
+    assert!(matches!(dup, Err(StoreError::Sqlite(_))), "{dup:?}");
+    assert!(matches!(clash, Err(StoreError::Sqlite(_))), "{clash:?}");
+    assert!(
+        after.unwrap(),
+        "the command after the failures still commits"
+    );
+    let (run, _) = f.store.run_with_steps(b).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.ended_at, None);
+}
+
+#[actix_rt::test]
+async fn an_approval_is_answered_once_and_only_while_its_step_waits() {
+    let f = open();
+    let id = req(30_000, 1);
+    let answer = |at| AnswerApproval {
+        request_id: id.clone(),
+        step_id: "ok".into(),
+        response_json: r#"{"text":"yes"}"#.into(),
+        at,
+    };
+    f.store
+        .write(InsertRun(new_run(&id, false, 30_000)))
+        .await
+        .unwrap();
+    f.store
+        .write(MarkRunning {
+            request_id: id.clone(),
+            started_at: 30_001,
+        })
+        .await
+        .unwrap();
+    assert!(
+        !f.store.write(answer(30_002)).await.unwrap(),
+        "not waiting yet"
+    );
+    // Detached writes commit in order with the ones that wait.
+    f.store
+        .write_detached(RecordStep(step(&id, 0, "ok", StepStatus::Waiting, 30_003)));
+    assert!(f.store.write(answer(30_004)).await.unwrap());
+    assert!(
+        !f.store.write(answer(30_005)).await.unwrap(),
+        "already answered"
+    );
+    let trace = f.store.trace_blocking(&id).unwrap();
+    let (steps, answers) = (trace.steps, trace.approvals);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, StepStatus::Waiting);
+    assert_eq!(
+        answers,
+        vec![("ok".to_string(), r#"{"text":"yes"}"#.to_string())]
+    );
+    let unfinished = f.store.unfinished_runs_blocking().unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].status, RunStatus::Running);
+}
+
+#[actix_rt::test]
+async fn deployments_get_versions_and_keep_their_secret() {
+    let f = open();
+    let put = |version_text: &str, at| {
+        PutDeployment(NewDeploymentVersion {
+            key: "hello".into(),
+            description: None,
+            definition_json: version_text.into(),
+            new_deployment_id: format!("dep_{at}"),
+            new_signing_secret: format!("whsec_{at}"),
+            at,
+        })
+    };
+    let first = f.store.write(put("{\"v\":1}", 1)).await.unwrap();
+    assert_eq!(
+        first,
+        Deployed {
+            version: 1,
+            created: true
+        }
+    );
+    let second = f.store.write(put("{\"v\":2}", 2)).await.unwrap();
+    assert_eq!(
+        second,
+        Deployed {
+            version: 2,
+            created: false
+        }
+    );
+    let all = f.store.deployments_blocking().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].version, all[0].id.as_str()), (2, "dep_1"));
+    assert_eq!(all[0].signing_secret, "whsec_1");
+    assert_eq!(
+        f.store
+            .definition_at_blocking("hello", 1)
+            .unwrap()
+            .as_deref(),
+        Some("{\"v\":1}")
+    );
+    let versions = f.store.deployment_versions("hello".into()).await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let rotate = RotateSecret {
+        key: "hello".into(),
+        new_secret: "whsec_new".into(),
+        previous_until: 10,
+    };
+    assert!(f.store.write(rotate).await.unwrap());
+    let all = f.store.deployments_blocking().unwrap();
+    assert_eq!(all[0].previous_secret.as_deref(), Some("whsec_1"));
+    let delete = || DeleteDeployment {
+        key: "hello".into(),
+    };
+    assert!(f.store.write(delete()).await.unwrap());
+    assert!(!f.store.write(delete()).await.unwrap());
+    assert!(f.store.deployments_blocking().unwrap().is_empty());
+}
+
+#[actix_rt::test]
+async fn keys_rotate_and_revoke_only_while_live() {
+    let f = open();
+    let key = KeyRecord {
+        id: "key_1".into(),
+        name: "ops".into(),
+        role: Role::Admin,
+        key_hash: "h1".into(),
+        key_prefix: "hvk_1".into(),
+        created_at: 1,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    f.store.write(InsertKey(key)).await.unwrap();
+    let rotate = |id: &str| RotateKey {
+        id: id.into(),
+        key_hash: "h2".into(),
+        key_prefix: "hvk_2".into(),
+    };
+    assert!(f.store.write(rotate("key_1")).await.unwrap());
+    assert!(!f.store.write(rotate("key_9")).await.unwrap());
+    f.store
+        .write(TouchKey {
+            id: "key_1".into(),
+            at: 5,
+        })
+        .await
+        .unwrap();
+    let stored = f.store.key("key_1".into()).await.unwrap().unwrap();
+    assert_eq!(stored.role, Role::Admin);
+    assert_eq!(
+        (stored.key_hash.as_str(), stored.last_used_at),
+        ("h2", Some(5))
+    );
+    let revoke = || RevokeKey {
+        id: "key_1".into(),
+        at: 6,
+    };
+    assert!(f.store.write(revoke()).await.unwrap());
+    assert!(!f.store.write(revoke()).await.unwrap(), "already revoked");
+    assert!(
+        !f.store.write(rotate("key_1")).await.unwrap(),
+        "a revoked key stays dead"
+    );
+    let keys = f.store.list_keys_blocking().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].revoked_at, Some(6));
+    assert!(f.store.key("key_9".into()).await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn idempotency_records_answer_within_their_window() {
+    let f = open();
+    let save = SaveIdempotent {
+        api_key_id: "key_1".into(),
+        idempotency_key: "k".into(),
+        request_id: req(1, 1),
+        response: r#"{"status":202}"#.into(),
+        at: 1_000,
+    };
+    f.store.write(save).await.unwrap();
+    let find = |since| f.store.find_idempotent("key_1".into(), "k".into(), since);
+    assert_eq!(
+        find(900).await.unwrap().as_deref(),
+        Some(r#"{"status":202}"#)
+    );
+    assert_eq!(find(1_001).await.unwrap(), None);
+    let other_key = f.store.find_idempotent("key_2".into(), "k".into(), 0);
+    assert_eq!(other_key.await.unwrap(), None);
+}
+
+#[actix_rt::test]
+async fn list_runs_filters_by_typed_states() {
+    let f = open();
+    let done = req(40_000, 1);
+    let queued = req(40_001, 2);
+    f.store
+        .write(InsertRun(new_run(&done, true, 40_000)))
+        .await
+        .unwrap();
+    f.store
+        .write(InsertRun(new_run(&queued, false, 40_001)))
+        .await
+        .unwrap();
+    f.store
+        .write(FinishRun(finished(&done, 40_002, true)))
+        .await
+        .unwrap();
+    let list = |filter: RunFilter| {
+        f.store.list_runs(RunFilter {
+            limit: 10,
+            ..filter
+        })
+    };
+    let all = list(RunFilter::default()).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|i| i.run.request_id.as_str())
+            .collect::<Vec<_>>(),
+        [queued.as_str(), done.as_str()],
+        "newest first"
+    );
+    assert_eq!(all[1].delivery_state, Some(EventState::Pending));
+    assert_eq!(all[0].delivery_state, None);
+    let completed = list(RunFilter {
+        status: Some(RunStatus::Completed),
+        ..Default::default()
+    });
+    let completed = completed.await.unwrap();
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].run.request_id, done);
+    let direct = list(RunFilter {
+        delivery: Some(RunDelivery::Direct),
+        source: Some(RunSource::Cli),
+        ..Default::default()
+    });
+    assert_eq!(direct.await.unwrap()[0].run.request_id, queued);
+    let from_ui = list(RunFilter {
+        source: Some(RunSource::Ui),
+        ..Default::default()
+    });
+    assert!(from_ui.await.unwrap().is_empty());
+}
+
+#[actix_rt::test]
+async fn a_backup_is_a_sound_copy_with_every_run() {
+    let f = open();
+    for n in 0..3 {
+        let id = req(60_000, n);
+        f.store
+            .write(InsertRun(new_run(&id, false, 60_000)))
+            .await
+            .unwrap();
+    }
+    let copy = f._dir.path().join("copy.db");
+    assert_eq!(backup(f.store.path(), &copy).unwrap(), 3);
+    let again = backup(f.store.path(), &copy);
+    assert!(matches!(again, Err(BackupError::Copy { .. })), "{again:?}");
+    let missing = backup(&f._dir.path().join("none.db"), &f._dir.path().join("x.db"));
+    assert!(
+        matches!(missing, Err(BackupError::Open { .. })),
+        "{missing:?}"
+    );
+}
