@@ -528,7 +528,7 @@ fn elapsed_ms(since: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::definition::ValidateOptions;
+    use crate::workflow::ValidateOptions;
     use std::sync::mpsc;
 
     fn environment(providers: HashMap<String, ProviderConfig>) -> Environment {

@@ -14,16 +14,19 @@ pub mod approval;
 pub mod definition;
 pub mod engine;
 pub mod inputs;
+mod parse;
 pub mod steps;
 pub mod template;
 pub mod trace;
+mod validate;
 
 pub use approval::{approval_output, Approval, ApprovalAnswer};
 pub use definition::{
     ApprovalChoice, Definition, DefinitionError, InputSpec, InputType, OnError, OutputDef, StepDef,
-    StepKind, ValidateOptions, VariantDef,
+    StepKind, VariantDef,
 };
 pub use engine::{execute, Environment, Execution, Pause, ProviderConfig, RunContext};
 pub use inputs::{check_inputs, InputError};
 pub use template::TemplateError;
 pub use trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use validate::ValidateOptions;
