@@ -838,6 +838,10 @@ stdin = "hi {{ name }}"
                 "cannot start",
             ),
             (
+                "type = \"http\"\nurl = \"ftp://127.0.0.1/x\"",
+                "request to ftp://127.0.0.1/x failed",
+            ),
+            (
                 "type = \"prompt\"\nprovider = \"local\"\nmodel = \"m\"\nprompt = \"hi\"",
                 "provider \"local\" is not configured",
             ),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use awc::error::SendRequestError;
+use awc::error::{PayloadError, SendRequestError};
 use awc::http::{Method, StatusCode};
 use minijinja::Value as JinjaValue;
 use serde_json::Value;
@@ -79,7 +79,8 @@ pub(crate) async fn run(
 }
 
 /// Sends `req` and reads the whole response body, all within `timeout_ms`. A request that
-/// cannot be built (a bad URL or header) fails for good; a failed exchange may be retried.
+/// cannot be built (a bad URL or header) or a response over the size limit fails for good;
+/// any other failed exchange may be retried.
 pub(crate) async fn send(
     req: awc::ClientRequest,
     body: Option<String>,
@@ -103,7 +104,12 @@ pub(crate) async fn send(
             }
         })?;
         let bytes = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| {
-            StepError::retryable(format!("reading the response from {url} failed: {e}"))
+            let message = format!("reading the response from {url} failed: {e}");
+            // An answer over the size limit comes back as large; a cut one may not.
+            match e {
+                PayloadError::Overflow => StepError::permanent(message),
+                _ => StepError::retryable(message),
+            }
         })?;
         Ok((resp.status(), bytes.to_vec()))
     };
