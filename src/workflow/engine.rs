@@ -380,8 +380,8 @@ async fn run_steps(
 }
 
 /// Runs a step up to `1 + retries` times; returns the outcome and the attempts made. An
-/// error that is not retryable (see [`StepError`]) ends the step at once: the trace then
-/// shows the one attempt that was made.
+/// error that is not retryable (see [`StepError`]) ends the step at once, and the trace
+/// counts only the attempts actually made.
 async fn run_with_retries(
     step: &StepDef,
     env: &Environment,
@@ -397,7 +397,11 @@ async fn run_with_retries(
         }
         match run_once(&step.kind, env, scope, jinja_scope).await {
             Ok(out) => return Ok((out, attempts)),
-            Err(e) if !e.retryable || attempts > step.retries => return Err((e.message, attempts)),
+            Err(e) if attempts > step.retries => return Err((e.message, attempts)),
+            Err(e) if !e.retryable => {
+                tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed; a retry cannot help");
+                return Err((e.message, attempts));
+            }
             Err(e) => {
                 tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed, retrying");
                 if let Some(pause) = retry_pause(&step.kind, attempts) {
