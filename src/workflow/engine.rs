@@ -1,5 +1,6 @@
-//! Runs a validated workflow: steps in order with `when`, `retries` and `on_error`, a
-//! template scope that grows as steps finish, the workflow `timeout_ms`, and the output.
+//! The step loop: runs a validated workflow's steps in order with `when`, `retries` and
+//! `on_error`, a template scope that grows as steps finish, the workflow `timeout_ms`, and
+//! the output.
 //!
 //! The engine knows nothing about storage or actors: the caller passes `on_step`, which is
 //! called once per step as it ends (completed, failed or skipped) so the trace can be
@@ -9,19 +10,24 @@
 //! caller keeps the run aside, and once the step has an answer (or timed out) calls
 //! [`execute`] again with a [`Resume`] holding what is already done and the answer. The same
 //! [`Resume`], rebuilt from the stored trace, lets a run interrupted by a restart continue
-//! after its last finished step instead of starting over.
+//! after its last finished step instead of starting over. The trace and resume types live in
+//! [`super::trace`], the approval answers in [`super::approval`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::approval;
 use super::definition::{ApprovalChoice, Definition, OnError, StepDef, StepKind};
-use super::steps::{self, StepOutput, StepResult};
+use super::steps::{self, StepError, StepOutput, StepResult};
 use super::template;
+
+// Callers name these through `workflow::engine::…`; they moved to their own modules.
+pub use super::approval::{approval_output, Approval, ApprovalAnswer};
+pub use super::trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
 
 /// One OpenAI-compatible endpoint named by prompt steps.
 #[derive(Clone)]
@@ -62,51 +68,6 @@ pub struct RunContext {
     pub resume: Resume,
 }
 
-/// Where a run continues from: the steps an earlier execution finished and the answers to
-/// its approval steps.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resume {
-    /// The first steps of the workflow that already ended, in order. The engine puts their
-    /// outputs in scope instead of running them again, up to the first entry that does not
-    /// match the definition's step at that position.
-    pub done: Vec<DoneStep>,
-    /// Answers to approval steps, by step id.
-    pub approvals: HashMap<String, Approval>,
-}
-
-impl Resume {
-    pub fn is_empty(&self) -> bool {
-        self.done.is_empty() && self.approvals.is_empty()
-    }
-}
-
-/// A step an earlier execution finished: completed, skipped, or failed with
-/// `on_error = "continue"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DoneStep {
-    pub step_id: String,
-    pub status: StepStatus,
-    pub output: Value,
-    pub error: Option<String>,
-}
-
-/// The answer to an approval step that was waiting.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Approval {
-    /// When the step started waiting (Unix ms); the trace keeps it as the step's start.
-    pub waiting_since_ms: i64,
-    pub answer: ApprovalAnswer,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApprovalAnswer {
-    /// The step's output, `{"choice": {"value", "label"}}` or `{"text"}` (see
-    /// [`approval_output`]).
-    Given(Value),
-    /// Nobody answered within the step's `timeout_ms`: the step fails and `on_error` decides.
-    TimedOut,
-}
-
 /// How one execution ended.
 #[derive(Debug)]
 pub enum Execution {
@@ -130,132 +91,6 @@ pub struct Pause {
     /// What to pass back, with the answer added, to continue the run.
     pub resume: Resume,
 }
-
-/// Checks a response to an approval step against its `choices` and gives the step's output:
-/// with choices, `{"choice": value}` (a string, or `{"value": …}`) naming one of them gives
-/// `{"choice": {"value", "label"}}`; without, `{"text": string}` gives `{"text"}`.
-/// `Err` holds the field at fault and a message for the caller.
-pub fn approval_output(
-    choices: &[ApprovalChoice],
-    body: &Value,
-) -> Result<Value, (&'static str, String)> {
-    let Some(obj) = body.as_object() else {
-        return Err((
-            "choice",
-            "The response must be a JSON object with `choice` or `text`.".into(),
-        ));
-    };
-    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-    let allowed = || {
-        choices
-            .iter()
-            .map(|c| format!("{:?}", c.value))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if present("choice") && present("text") {
-        return Err(("choice", "Send either `choice` or `text`, not both.".into()));
-    }
-    if choices.is_empty() {
-        return match obj.get("text") {
-            Some(Value::String(text)) => Ok(json!({ "text": text })),
-            Some(v) if !v.is_null() => Err(("text", "`text` must be a string.".into())),
-            _ if present("choice") => Err((
-                "choice",
-                "This step has no choices; answer with free text: {\"text\": \"…\"}.".into(),
-            )),
-            _ => Err(("text", "Missing required field: text".into())),
-        };
-    }
-    let value = match obj.get("choice") {
-        Some(Value::String(v)) => v.as_str(),
-        Some(Value::Object(o)) => match o.get("value") {
-            Some(Value::String(v)) => v.as_str(),
-            _ => return Err(("choice", "`choice.value` must be a string.".into())),
-        },
-        Some(v) if !v.is_null() => {
-            return Err((
-                "choice",
-                format!("`choice` must be a string, one of {}.", allowed()),
-            ))
-        }
-        _ if present("text") => {
-            return Err((
-                "choice",
-                format!(
-                    "This step takes a choice, not free text: one of {}.",
-                    allowed()
-                ),
-            ))
-        }
-        _ => {
-            return Err((
-                "choice",
-                format!("Missing required field: choice (one of {}).", allowed()),
-            ))
-        }
-    };
-    match choices.iter().find(|c| c.value == value) {
-        Some(c) => Ok(json!({ "choice": { "value": c.value, "label": c.label } })),
-        None => Err((
-            "choice",
-            format!(
-                "Invalid choice {value:?}: allowed values are {}.",
-                allowed()
-            ),
-        )),
-    }
-}
-
-/// How a step ended: one of the domain's step states.
-pub use crate::domain::StepStatus;
-
-/// One line of the step trace, passed to `on_step` when the step ends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
-    pub step_id: String,
-    /// 0-based position in the definition.
-    pub index: usize,
-    pub step_type: &'static str,
-    pub status: StepStatus,
-    /// Unix milliseconds when the step started.
-    pub started_at_ms: i64,
-    pub duration_ms: i64,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-    /// How many times the step ran (0 when skipped or its `when` failed).
-    pub attempts: u32,
-    /// Token usage of a prompt step, as the provider reported it.
-    pub usage: Option<Value>,
-}
-
-/// Why a run failed; serializes as the `data.error` object of a `workflow.failed` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunFailure {
-    pub message: String,
-    /// `step_failed`, `timeout`, `template_error` or `approval_requires_async` (an approval
-    /// step reached by a sync run, which cannot wait).
-    pub error_code: String,
-    pub step: Option<String>,
-}
-
-impl RunFailure {
-    fn new(error_code: &str, step: Option<&str>, message: String) -> Self {
-        RunFailure {
-            message,
-            error_code: error_code.to_owned(),
-            step: step.map(str::to_owned),
-        }
-    }
-}
-
-impl fmt::Display for RunFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RunFailure {}
 
 /// The step being executed, so a workflow timeout can say which one it cut short.
 struct Running {
@@ -438,13 +273,7 @@ async fn run_steps(
             Ok(true) => match (&step.kind, answer) {
                 (StepKind::Approval { timeout_ms, .. }, Some(approval)) => match approval.answer {
                     ApprovalAnswer::Given(output) => Ok((StepOutput::new(output), 1)),
-                    ApprovalAnswer::TimedOut => Err((
-                        match timeout_ms {
-                            Some(ms) => format!("approval timed out after {ms} ms"),
-                            None => "approval timed out".to_owned(),
-                        },
-                        1,
-                    )),
+                    ApprovalAnswer::TimedOut => Err((approval::timed_out_message(*timeout_ms), 1)),
                 },
                 (
                     StepKind::Approval {
@@ -462,14 +291,12 @@ async fn run_steps(
                         Err(e) => Err((format!("question: {e}"), 0)),
                         Ok(question) => {
                             running.borrow_mut().take();
-                            let timeout_at_ms = timeout_ms.map(|ms| {
-                                started_at_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
-                            });
-                            let output = json!({
-                                "question": question,
-                                "choices": choices,
-                                "timeout_at": timeout_at_ms.map(crate::ids::rfc3339),
-                            });
+                            let timeout_at_ms = approval::timeout_at(started_at_ms, *timeout_ms);
+                            let output = approval::waiting_output(
+                                question.as_deref(),
+                                choices,
+                                timeout_at_ms,
+                            );
                             return Ok(Flow::Paused(Box::new(Pause {
                                 record: record(StepStatus::Waiting, Some(output), None, 0, None),
                                 question,
@@ -552,7 +379,9 @@ async fn run_steps(
     }
 }
 
-/// Runs a step up to `1 + retries` times; returns the outcome and the attempts made.
+/// Runs a step up to `1 + retries` times; returns the outcome and the attempts made. An
+/// error that is not retryable (see [`StepError`]) ends the step at once, and the trace
+/// counts only the attempts actually made.
 async fn run_with_retries(
     step: &StepDef,
     env: &Environment,
@@ -568,7 +397,11 @@ async fn run_with_retries(
         }
         match run_once(&step.kind, env, scope, jinja_scope).await {
             Ok(out) => return Ok((out, attempts)),
-            Err(e) if attempts > step.retries => return Err((e, attempts)),
+            Err(e) if attempts > step.retries => return Err((e.message, attempts)),
+            Err(e) if !e.retryable => {
+                tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed; a retry cannot help");
+                return Err((e.message, attempts));
+            }
             Err(e) => {
                 tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed, retrying");
                 if let Some(pause) = retry_pause(&step.kind, attempts) {
@@ -639,10 +472,9 @@ async fn run_once(
             timeout_ms,
         } => {
             if !env.allow_command_steps {
-                return Err(
-                    "command steps are disabled (set security.allow_command_steps = true)"
-                        .to_owned(),
-                );
+                return Err(StepError::permanent(
+                    "command steps are disabled (set security.allow_command_steps = true)",
+                ));
             }
             let step = steps::command::CommandStep {
                 program,
@@ -655,7 +487,9 @@ async fn run_once(
         }
         StepKind::Delay { ms } => steps::delay::run(*ms).await,
         // `run_steps` answers approval steps itself; kept so the match stays exhaustive.
-        StepKind::Approval { .. } => Err("approval steps are answered, not run".to_owned()),
+        StepKind::Approval { .. } => {
+            Err(StepError::permanent("approval steps are answered, not run"))
+        }
     }
 }
 
@@ -698,7 +532,7 @@ fn elapsed_ms(since: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::definition::ValidateOptions;
+    use crate::workflow::ValidateOptions;
     use std::sync::mpsc;
 
     fn environment(providers: HashMap<String, ProviderConfig>) -> Environment {
@@ -988,6 +822,75 @@ stdin = "hi {{ name }}"
         assert_eq!(scope["inputs"]["name"], "ada");
         assert_eq!(scope["run"]["request_id"], "req_0123");
         assert_eq!(out.unwrap(), json!("HI ADA\n ada".replace('\n', "")));
+    }
+
+    #[actix_rt::test]
+    async fn errors_a_retry_cannot_fix_use_one_attempt() {
+        // A template that does not render, output that is not JSON, a program that does not
+        // exist, an unknown provider: each would fail the same way again.
+        let cases = [
+            (
+                "type = \"template\"\ntemplate = \"{% include 'nope' %}\"",
+                "template: ",
+            ),
+            (
+                "type = \"template\"\ntemplate = \"not json\"\njson = true",
+                "not valid JSON",
+            ),
+            (
+                "type = \"command\"\nprogram = \"/nonexistent/hivelet-test\"",
+                "cannot start",
+            ),
+            (
+                "type = \"http\"\nurl = \"ftp://127.0.0.1/x\"",
+                "request to ftp://127.0.0.1/x failed",
+            ),
+            (
+                "type = \"prompt\"\nprovider = \"local\"\nmodel = \"m\"\nprompt = \"hi\"",
+                "provider \"local\" is not configured",
+            ),
+        ];
+        for (step, error) in cases {
+            let src = format!("key = \"k\"\n[[steps]]\nid = \"s\"\nretries = 3\n{step}\n");
+            let (out, records) = run(&src, json!({})).await;
+            let failure = out.unwrap_err();
+            assert_eq!(records.len(), 1, "{step}");
+            assert_eq!(records[0].status, StepStatus::Failed, "{step}");
+            assert_eq!(records[0].attempts, 1, "{step}: {failure}");
+            assert!(
+                records[0].error.as_deref().unwrap().contains(error),
+                "{step}: {:?}",
+                records[0].error
+            );
+            assert_eq!(
+                failure.message,
+                format!("step s failed: {}", records[0].error.as_deref().unwrap())
+            );
+        }
+
+        let src = "key = \"k\"\n[[steps]]\nid = \"c\"\ntype = \"command\"\nprogram = \"/bin/true\"\nretries = 3\n";
+        let def = definition(src);
+        let mut env = environment(HashMap::new());
+        env.allow_command_steps = false;
+        let (_, records) = run_with(&def, json!({}), json!({}), &env).await;
+        assert_eq!(records[0].attempts, 1, "a refused command step");
+    }
+
+    #[actix_rt::test]
+    async fn http_client_errors_are_not_retried_server_errors_are() {
+        let (base, rx) = serve(vec![(404, "no such thing"), (503, "busy"), (503, "busy")]);
+        let src = format!(
+            "key = \"k\"\n[[steps]]\nid = \"gone\"\ntype = \"http\"\nurl = \"{base}/gone\"\nretries = 3\non_error = \"continue\"\n[[steps]]\nid = \"busy\"\ntype = \"http\"\nurl = \"{base}/busy\"\nretries = 1\n"
+        );
+        let def = definition(&src);
+        let env = environment(HashMap::new());
+        let (out, records) = run_with(&def, json!({}), json!({}), &env).await;
+        assert!(out.unwrap_err().message.contains("HTTP 503"));
+        assert_eq!(records[0].attempts, 1, "404: {:?}", records[0].error);
+        assert!(records[0].error.as_deref().unwrap().contains("HTTP 404"));
+        assert_eq!(records[1].attempts, 2, "503: {:?}", records[1].error);
+        let paths: Vec<_> = rx.try_iter().map(|seen| seen.url).collect();
+        assert_eq!(paths, ["/gone", "/busy", "/busy"]);
     }
 
     #[actix_rt::test]
@@ -1290,48 +1193,6 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
             .as_deref()
             .unwrap()
             .starts_with("question: "));
-    }
-
-    #[test]
-    fn approval_output_checks_choices_and_shape() {
-        let choices = vec![
-            ApprovalChoice {
-                value: "yes".into(),
-                label: "Yes".into(),
-            },
-            ApprovalChoice {
-                value: "no".into(),
-                label: "No".into(),
-            },
-        ];
-        assert_eq!(
-            approval_output(&choices, &json!({"choice": "yes"})).unwrap(),
-            json!({"choice": {"value": "yes", "label": "Yes"}})
-        );
-        assert_eq!(
-            approval_output(&choices, &json!({"choice": {"value": "no"}})).unwrap(),
-            json!({"choice": {"value": "no", "label": "No"}})
-        );
-        let (field, msg) = approval_output(&choices, &json!({"choice": "maybe"})).unwrap_err();
-        assert_eq!(field, "choice");
-        assert!(msg.contains("\"yes\", \"no\""), "{msg}");
-        assert!(msg.contains("maybe"), "{msg}");
-        for bad in [
-            json!({}),
-            json!({"text": "yes"}),
-            json!({"choice": 1}),
-            json!({"choice": "yes", "text": "x"}),
-            json!([1]),
-        ] {
-            assert!(approval_output(&choices, &bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            approval_output(&[], &json!({"text": "ok", "choice": null})).unwrap(),
-            json!({"text": "ok"})
-        );
-        for bad in [json!({}), json!({"choice": "yes"}), json!({"text": 3})] {
-            assert!(approval_output(&[], &bad).is_err(), "{bad}");
-        }
     }
 
     /// A request as the test server saw it.

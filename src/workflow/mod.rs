@@ -4,19 +4,29 @@
 //! This module holds no storage or actor logic: the run actor calls [`execute`] and records
 //! what `on_step` reports, the API calls [`inputs::check_inputs`] before storing a run, and
 //! deployment calls [`Definition::validate`].
+//!
+//! Layout: `definition` (the document's types), `parse` (TOML/JSON → [`Definition`]),
+//! `validate` (the checks before deployment), `engine` (the step loop), `steps` (one
+//! executor per step type), `trace` (the step trace and what a run resumes from),
+//! `approval` (answers to approval steps), `inputs` and `template`.
 
+pub mod approval;
 pub mod definition;
 pub mod engine;
 pub mod inputs;
+mod parse;
 pub mod steps;
 pub mod template;
+pub mod trace;
+mod validate;
 
+pub use approval::{approval_output, Approval, ApprovalAnswer};
 pub use definition::{
     ApprovalChoice, Definition, DefinitionError, InputSpec, InputType, OnError, OutputDef, StepDef,
-    StepKind, ValidateOptions, VariantDef,
+    StepKind, VariantDef,
 };
-pub use engine::{
-    execute, Environment, ProviderConfig, RunContext, RunFailure, StepRecord, StepStatus,
-};
+pub use engine::{execute, Environment, Execution, Pause, ProviderConfig, RunContext};
 pub use inputs::{check_inputs, InputError};
 pub use template::TemplateError;
+pub use trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use validate::ValidateOptions;

@@ -195,32 +195,35 @@ pub(crate) fn eval_bool_with(expr: &str, ctx: &JinjaValue) -> Result<bool, Templ
 }
 
 /// Checks that a template compiles.
-pub fn check_syntax(src: &str) -> Result<(), String> {
+pub fn check_syntax(src: &str) -> Result<(), TemplateError> {
     env()
         .template_from_str(src)
         .map(|_| ())
-        .map_err(|e| syntax_message(&e))
+        .map_err(|e| syntax_error(&e))
 }
 
 /// Syntax errors without the repeated "syntax error:" the callers already say.
-fn syntax_message(e: &minijinja::Error) -> String {
+fn syntax_error(e: &minijinja::Error) -> TemplateError {
     let full = describe(e);
-    match full.strip_prefix("syntax error: ") {
+    let message = match full.strip_prefix("syntax error: ") {
         Some(rest) => rest.to_owned(),
         None => full,
-    }
+    };
+    TemplateError { message }
 }
 
 /// Checks that a `when` condition compiles (see [`eval_bool`] for the accepted forms).
-pub fn check_condition_syntax(expr: &str) -> Result<(), String> {
+pub fn check_condition_syntax(expr: &str) -> Result<(), TemplateError> {
     if expr.trim().is_empty() {
-        return Err("the condition is empty".to_owned());
+        return Err(TemplateError {
+            message: "the condition is empty".to_owned(),
+        });
     }
     match condition_expression(expr) {
         Some(e) => env()
             .compile_expression_owned(e.to_owned())
             .map(|_| ())
-            .map_err(|e| syntax_message(&e)),
+            .map_err(|e| syntax_error(&e)),
         None => check_syntax(expr),
     }
 }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::delivery::{run_detail, signature_problem, signing_secret, wait_delivery};
 use crate::support::*;
 
 /// Runs to have in flight.
@@ -420,7 +419,7 @@ template = "{{ prepare.output }} {{ call.output.v }}"
 "#
         .replace("STUB", &api.url()),
     );
-    let id = crate::delivery::invoke_async(
+    let id = invoke_async(
         &app,
         json!({"deployment": "traced"}),
         &format!("{}/hook", receiver.url()),
@@ -489,7 +488,7 @@ template = "{{ call.output.v }}"
 "#
         .replace("STUB", &api.url()),
     );
-    let id = crate::delivery::invoke_async(
+    let id = invoke_async(
         &app,
         json!({"deployment": "cut"}),
         &format!("{}/hook", receiver.url()),

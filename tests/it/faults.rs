@@ -11,9 +11,6 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::delivery::{
-    attempts, header_of, invoke_async, run_detail, summary, unix_ms, wait_delivery,
-};
 use crate::support::*;
 
 /// Three fast retries (4 attempts in all), no jitter, a 2 s attempt timeout.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::delivery::{attempts, invoke_async, run_detail, signing_secret, wait_delivery, FAST};
 use crate::support::*;
 
 /// Routes anyone may call (the inbound trigger route has its own secret; see below).

@@ -295,6 +295,88 @@ template = "{{ fetch.output }}"
     assert_eq!(api.requests().len(), 2, "one attempt plus one retry");
 }
 
+/// The trace entry of step `id` in a run detail.
+#[track_caller]
+fn traced_step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("step {id} missing from the trace: {run:#}"))
+}
+
+#[test]
+fn a_template_error_is_not_retried() {
+    let app = TestApp::start();
+    let r = run(
+        &app,
+        "render",
+        r#"
+key = "render"
+
+[[steps]]
+id = "render"
+type = "template"
+template = "{% include 'missing' %}"
+retries = 3
+"#,
+        json!({}),
+    );
+    r.expect_status(502);
+    let body = r.json();
+    assert_eq!(body["run_status"], "failed", "{body}");
+    let id = body["request_id"].as_str().unwrap();
+
+    let run = run_detail(&app, id);
+    let step = traced_step(&run, "render");
+    assert_eq!(step["status"], "failed", "{step}");
+    assert_eq!(
+        step["attempts"], 1,
+        "the same template fails the same way: no retry: {step}"
+    );
+    let error = step["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("template: "), "{step}");
+    assert_eq!(
+        run["error"]["message"],
+        format!("step render failed: {error}"),
+        "{run:#}"
+    );
+}
+
+#[test]
+fn an_http_client_error_is_not_retried() {
+    let api = StubServer::start(|_, _| StubReply::json(404, &json!({"error": "no such user"})));
+    let app = TestApp::start();
+    let r = run(
+        &app,
+        "missing",
+        &r#"
+key = "missing"
+
+[[steps]]
+id = "fetch"
+type = "http"
+method = "GET"
+url = "STUB/users/0"
+retries = 2
+"#
+        .replace("STUB", &api.url()),
+        json!({}),
+    );
+    r.expect_status(502);
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    assert_eq!(api.requests().len(), 1, "a 404 answers the request itself");
+    let run = run_detail(&app, &id);
+    let step = traced_step(&run, "fetch");
+    assert_eq!(step["attempts"], 1, "{step}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("HTTP 404"),
+        "{step}"
+    );
+}
+
 #[test]
 fn on_error_continue_lets_the_run_finish() {
     let api = StubServer::start(|_, _| StubReply::json(500, &json!({"error": "boom"})));

@@ -12,7 +12,6 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::delivery::{invoke_async, wait_delivery, FAST};
 use crate::support::*;
 
 /// A file system mounted on a test's data dir, unmounted however the test ends (declared

@@ -25,7 +25,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::delivery::{signature_problem, signing_secret};
 use crate::support::*;
 
 /// Short retries so a delivery cut off by a kill is sent again soon after the restart.

@@ -4,6 +4,7 @@
 //! its standard input; its standard output is the step output. The child is killed when
 //! the step times out or the run is dropped (`kill_on_drop`).
 
+use std::io::ErrorKind;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{json_or_text, snippet, StepOutput, StepResult};
+use super::{json_or_text, snippet, StepError, StepOutput, StepResult};
 use crate::workflow::template::render_with;
 
 /// Used when the step sets no `timeout_ms`.
@@ -40,10 +41,12 @@ pub(crate) async fn run(
         .args
         .iter()
         .enumerate()
-        .map(|(i, a)| render_with(a, scope).map_err(|e| format!("args[{i}]: {e}")))
+        .map(|(i, a)| {
+            render_with(a, scope).map_err(|e| StepError::template(&format!("args[{i}]"), &e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let input = match step.stdin {
-        Some(t) => render_with(t, scope).map_err(|e| format!("stdin: {e}"))?,
+        Some(t) => render_with(t, scope).map_err(|e| StepError::template("stdin", &e))?,
         None => scope_json.to_string(),
     };
     let timeout_ms = step.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
@@ -55,7 +58,17 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+        .map_err(|e| {
+            let message = format!("cannot start {program:?}: {e}");
+            // A program that is missing or not executable stays so; running out of processes
+            // or memory (EAGAIN, ENOMEM) passes.
+            match e.kind() {
+                ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::InvalidInput => {
+                    StepError::permanent(message)
+                }
+                _ => StepError::retryable(message),
+            }
+        })?;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -80,25 +93,29 @@ pub(crate) async fn run(
     let limit = Duration::from_millis(timeout_ms);
     let Ok((status, out, err)) = actix_rt::time::timeout(limit, work).await else {
         let _ = child.kill().await;
-        return Err(format!(
+        return Err(StepError::retryable(format!(
             "command {program:?} timed out after {timeout_ms} ms"
-        ));
+        )));
     };
-    let status = status.map_err(|e| format!("waiting for {program:?} failed: {e}"))?;
-    let out = out.map_err(|e| format!("reading the output of {program:?} failed: {e}"))?;
+    // The program ran: whatever went wrong from here on may not happen next time.
+    let status =
+        status.map_err(|e| StepError::retryable(format!("waiting for {program:?} failed: {e}")))?;
+    let out = out.map_err(|e| {
+        StepError::retryable(format!("reading the output of {program:?} failed: {e}"))
+    })?;
     let err = err.unwrap_or_default();
     if !status.success() {
         let stderr = snippet(&err, STDERR_QUOTE_BYTES);
-        return Err(if stderr.is_empty() {
+        return Err(StepError::retryable(if stderr.is_empty() {
             format!("command {program:?} failed: {status}")
         } else {
             format!("command {program:?} failed: {status}: {stderr}")
-        });
+        }));
     }
     if out.len() > MAX_STDOUT_BYTES {
-        return Err(format!(
+        return Err(StepError::retryable(format!(
             "command {program:?} wrote more than {MAX_STDOUT_BYTES} bytes to standard output"
-        ));
+        )));
     }
     let text = String::from_utf8_lossy(&out).trim().to_owned();
     Ok(StepOutput::new(json_or_text(text)))

@@ -3,7 +3,7 @@
 use minijinja::Value as JinjaValue;
 use serde_json::{json, Map, Value};
 
-use super::{snippet, StepOutput, StepResult};
+use super::{snippet, status_is_retryable, StepError, StepOutput, StepResult};
 use crate::workflow::engine::ProviderConfig;
 use crate::workflow::template::render_with;
 
@@ -27,13 +27,15 @@ pub(crate) async fn run(
     scope: &JinjaValue,
 ) -> StepResult {
     let name = step.provider;
-    let provider = provider.ok_or_else(|| format!("provider {name:?} is not configured"))?;
+    // A provider removed from the configuration since deployment stays missing.
+    let provider = provider
+        .ok_or_else(|| StepError::permanent(format!("provider {name:?} is not configured")))?;
     let mut messages = Vec::new();
     if let Some(system) = step.system {
-        let system = render_with(system, scope).map_err(|e| format!("system: {e}"))?;
+        let system = render_with(system, scope).map_err(|e| StepError::template("system", &e))?;
         messages.push(json!({"role": "system", "content": system}));
     }
-    let prompt = render_with(step.prompt, scope).map_err(|e| format!("prompt: {e}"))?;
+    let prompt = render_with(step.prompt, scope).map_err(|e| StepError::template("prompt", &e))?;
     messages.push(json!({"role": "user", "content": prompt}));
     let mut body = Map::new();
     body.insert("model".into(), step.model.into());
@@ -58,25 +60,33 @@ pub(crate) async fn run(
     let body = Value::Object(body).to_string();
     let (status, bytes) = super::http::send(req, Some(body), TIMEOUT_MS, &url)
         .await
-        .map_err(|e| format!("provider {name:?}: {e}"))?;
+        .map_err(|e| e.context(&format!("provider {name:?}")))?;
     if !status.is_success() {
-        return Err(format!(
+        let message = format!(
             "provider {name:?}: HTTP {} from {url}: {}",
             status.as_u16(),
             snippet(&bytes, 300)
-        ));
+        );
+        return Err(StepError {
+            message,
+            retryable: status_is_retryable(status),
+        });
     }
+    // A reply that answered 2xx but is not a completion is the server's fault (a proxy's
+    // error page, an overloaded model): worth another attempt.
     let reply: Value = serde_json::from_slice(&bytes).map_err(|_| {
-        format!(
+        StepError::retryable(format!(
             "provider {name:?}: the response is not JSON: {}",
             snippet(&bytes, 200)
-        )
+        ))
     })?;
     let content = reply
         .pointer("/choices/0/message/content")
         .and_then(Value::as_str)
         .ok_or_else(|| {
-            format!("provider {name:?}: the response has no choices[0].message.content")
+            StepError::retryable(format!(
+                "provider {name:?}: the response has no choices[0].message.content"
+            ))
         })?;
     Ok(StepOutput {
         output: Value::String(content.to_owned()),

@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod webhooks;
+
+pub use webhooks::*;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,92 @@
+//! The step trace and what a run resumes from: how each step ended ([`StepRecord`],
+//! [`StepStatus`]), why a run failed ([`RunFailure`]), and the steps an earlier execution
+//! already finished ([`Resume`], [`DoneStep`]).
+//!
+//! These are plain data shared by the engine, which produces them, and the run actor, which
+//! stores the trace and rebuilds a [`Resume`] from it after a pause or a restart.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::approval::Approval;
+
+/// How a step ended: one of the domain's step states.
+pub use crate::domain::StepStatus;
+
+/// One line of the step trace, passed to `on_step` when the step ends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub step_id: String,
+    /// 0-based position in the definition.
+    pub index: usize,
+    pub step_type: &'static str,
+    pub status: StepStatus,
+    /// Unix milliseconds when the step started.
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// How many times the step ran (0 when skipped or its `when` failed).
+    pub attempts: u32,
+    /// Token usage of a prompt step, as the provider reported it.
+    pub usage: Option<Value>,
+}
+
+/// Why a run failed; serializes as the `data.error` object of a `workflow.failed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunFailure {
+    pub message: String,
+    /// `step_failed`, `timeout`, `template_error` or `approval_requires_async` (an approval
+    /// step reached by a sync run, which cannot wait).
+    pub error_code: String,
+    pub step: Option<String>,
+}
+
+impl RunFailure {
+    pub(super) fn new(error_code: &str, step: Option<&str>, message: String) -> Self {
+        RunFailure {
+            message,
+            error_code: error_code.to_owned(),
+            step: step.map(str::to_owned),
+        }
+    }
+}
+
+impl fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RunFailure {}
+
+/// Where a run continues from: the steps an earlier execution finished and the answers to
+/// its approval steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The first steps of the workflow that already ended, in order. The engine puts their
+    /// outputs in scope instead of running them again, up to the first entry that does not
+    /// match the definition's step at that position.
+    pub done: Vec<DoneStep>,
+    /// Answers to approval steps, by step id.
+    pub approvals: HashMap<String, Approval>,
+}
+
+impl Resume {
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.approvals.is_empty()
+    }
+}
+
+/// A step an earlier execution finished: completed, skipped, or failed with
+/// `on_error = "continue"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneStep {
+    pub step_id: String,
+    pub status: StepStatus,
+    pub output: Value,
+    pub error: Option<String>,
+}

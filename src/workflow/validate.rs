@@ -1,0 +1,427 @@
+//! Validating workflow definitions: the static checks run before a definition is deployed
+//! (names, templates that compile, step fields in range, providers and command steps the
+//! configuration allows), and the normalisation that goes with them.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::definition::{Definition, DefinitionError, InputType, StepDef, StepKind};
+use super::template;
+
+/// Upper bound for `retries`: more than this is almost certainly a typo and would spin.
+const MAX_RETRIES: u32 = 100;
+
+/// Names that templates use for something else, or that Jinja treats as keywords.
+const RESERVED_NAMES: &[&str] = &[
+    "vars", "inputs", "run", "loop", "self", "super", "and", "or", "not", "in", "is", "if", "else",
+    "true", "false", "none", "True", "False", "None",
+];
+
+/// Settings from the daemon configuration that validation depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateOptions<'a> {
+    pub allow_command_steps: bool,
+    /// Names of the configured `[providers.*]` tables.
+    pub providers: &'a [String],
+}
+
+impl Definition {
+    /// Static checks before deployment. Also normalises the definition: inserts the
+    /// `default` variant when missing and upper-cases HTTP methods.
+    pub fn validate(&mut self, opts: &ValidateOptions<'_>) -> Result<(), DefinitionError> {
+        if !valid_key(&self.key) {
+            return Err(DefinitionError::top(
+                "key",
+                format!(
+                    "invalid key {:?}: use 1-64 characters a-z, 0-9, '_' or '-', starting with a letter or digit",
+                    self.key
+                ),
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(DefinitionError::top("timeout_ms", "must be greater than 0"));
+        }
+
+        let mut input_names = HashSet::new();
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            let field = format!("inputs[{i}].name");
+            if let Some(problem) = scope_name_problem(&input.name) {
+                return Err(DefinitionError::top(&field, problem));
+            }
+            if !input_names.insert(input.name.clone()) {
+                return Err(DefinitionError::top(
+                    &field,
+                    format!("duplicate input name {:?}", input.name),
+                ));
+            }
+            if input.default.as_ref().is_some_and(Value::is_null) {
+                input.default = None;
+            }
+            if let Some(d) = &input.default {
+                if !input.kind.matches(d) {
+                    return Err(DefinitionError::top(
+                        &format!("inputs[{i}].default"),
+                        format!(
+                            "default of input {} must be {}, got {}",
+                            input.name,
+                            input.kind,
+                            InputType::name_of(d)
+                        ),
+                    ));
+                }
+            }
+        }
+
+        if self.steps.is_empty() {
+            return Err(DefinitionError::top(
+                "steps",
+                "a workflow needs at least one step",
+            ));
+        }
+        let mut step_ids = HashSet::new();
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            if let Some(m) = scope_name_problem(&step.id) {
+                return Err(DefinitionError::new(
+                    Some(&step.id),
+                    Some("id"),
+                    format!("steps[{i}]: {m}"),
+                ));
+            }
+            if input_names.contains(&step.id) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    "id",
+                    format!(
+                        "step id {:?} is also the name of an input; templates could not tell them apart",
+                        step.id
+                    ),
+                ));
+            }
+            if !step_ids.insert(step.id.clone()) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    "id",
+                    format!("duplicate step id {:?}", step.id),
+                ));
+            }
+            validate_step(step, opts)?;
+        }
+
+        if let Some(out) = &self.output {
+            check_template(None, "output.template", &out.template)?;
+        }
+
+        for name in self.variants.keys() {
+            if !valid_variant_name(name) {
+                return Err(DefinitionError::top(
+                    &format!("variants.{name}"),
+                    format!(
+                        "invalid variant name {name:?}: use 1-64 characters A-Z, a-z, 0-9, '_' or '-'"
+                    ),
+                ));
+            }
+        }
+        self.variants.entry("default".to_owned()).or_default();
+        Ok(())
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn valid_variant_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `step_1`, `step_2`, … name steps by position in templates.
+fn is_positional_name(s: &str) -> bool {
+    s.strip_prefix("step_")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What is wrong with a step id or input name, if anything: both live side by side at the
+/// top of the template scope.
+fn scope_name_problem(name: &str) -> Option<String> {
+    if !is_identifier(name) || name.len() > 64 {
+        return Some(format!(
+            "{name:?} is not usable in templates: use up to 64 letters, digits and '_', not starting with a digit"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) || is_positional_name(name) {
+        return Some(format!(
+            "{name:?} is reserved in templates (vars, inputs, run, step_N and Jinja keywords)"
+        ));
+    }
+    None
+}
+
+fn check_template(step: Option<&str>, field: &str, src: &str) -> Result<(), DefinitionError> {
+    template::check_syntax(src)
+        .map_err(|e| DefinitionError::new(step, Some(field), format!("template syntax error: {e}")))
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), DefinitionError> {
+    let id = step.id.clone();
+    let id = id.as_str();
+    let err = |field: &str, msg: String| DefinitionError::step(id, field, msg);
+    if step.retries > MAX_RETRIES {
+        return Err(err("retries", format!("must be at most {MAX_RETRIES}")));
+    }
+    if let Some(when) = &step.when {
+        template::check_condition_syntax(when)
+            .map_err(|e| err("when", format!("expression syntax error: {e}")))?;
+    }
+    let positive = |field: &str, v: Option<u64>| match v {
+        Some(0) => Err(err(field, "must be greater than 0".to_owned())),
+        _ => Ok(()),
+    };
+    match &mut step.kind {
+        StepKind::Template { template, .. } => check_template(Some(id), "template", template)?,
+        StepKind::Http {
+            method,
+            url,
+            headers,
+            body,
+            timeout_ms,
+        } => {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(err("method", format!("invalid HTTP method {method:?}")));
+            }
+            method.make_ascii_uppercase();
+            if url.trim().is_empty() {
+                return Err(err("url", "must not be empty".to_owned()));
+            }
+            check_template(Some(id), "url", url)?;
+            for (name, value) in headers.iter() {
+                let field = format!("headers.{name}");
+                if !is_header_name(name) {
+                    return Err(err(&field, format!("invalid header name {name:?}")));
+                }
+                check_template(Some(id), &field, value)?;
+            }
+            if let Some(body) = body {
+                check_template(Some(id), "body", body)?;
+            }
+            positive("timeout_ms", *timeout_ms)?;
+        }
+        StepKind::Prompt {
+            provider,
+            model,
+            system,
+            prompt,
+            temperature,
+            max_tokens,
+        } => {
+            if !opts.providers.iter().any(|p| p == provider) {
+                let msg = if opts.providers.is_empty() {
+                    format!(
+                        "unknown provider {provider:?}: no providers are configured (add a [providers.{provider}] table to hivelet.toml)"
+                    )
+                } else {
+                    format!(
+                        "unknown provider {provider:?} (configured: {})",
+                        opts.providers.join(", ")
+                    )
+                };
+                return Err(err("provider", msg));
+            }
+            if model.trim().is_empty() {
+                return Err(err("model", "must not be empty".to_owned()));
+            }
+            if let Some(system) = system {
+                check_template(Some(id), "system", system)?;
+            }
+            check_template(Some(id), "prompt", prompt)?;
+            if let Some(t) = temperature {
+                if !t.is_finite() || *t < 0.0 {
+                    return Err(err("temperature", "must be a number >= 0".to_owned()));
+                }
+            }
+            if *max_tokens == Some(0) {
+                return Err(err("max_tokens", "must be greater than 0".to_owned()));
+            }
+        }
+        StepKind::Command {
+            program,
+            args,
+            stdin,
+            timeout_ms,
+        } => {
+            if !opts.allow_command_steps {
+                return Err(err(
+                    "type",
+                    "command steps are disabled; set security.allow_command_steps = true in hivelet.toml to allow them".to_owned(),
+                ));
+            }
+            if program.trim().is_empty() {
+                return Err(err("program", "must not be empty".to_owned()));
+            }
+            for (i, arg) in args.iter().enumerate() {
+                check_template(Some(id), &format!("args[{i}]"), arg)?;
+            }
+            if let Some(stdin) = stdin {
+                check_template(Some(id), "stdin", stdin)?;
+            }
+            positive("timeout_ms", *timeout_ms)?;
+        }
+        StepKind::Delay { .. } => {}
+        StepKind::Approval {
+            question,
+            choices,
+            timeout_ms,
+        } => {
+            if let Some(q) = question {
+                check_template(Some(id), "question", q)?;
+            }
+            let mut seen = HashSet::new();
+            for (i, c) in choices.iter().enumerate() {
+                if c.value.is_empty() {
+                    return Err(err(
+                        &format!("choices[{i}]"),
+                        "a choice value must not be empty".to_owned(),
+                    ));
+                }
+                if !seen.insert(c.value.as_str()) {
+                    return Err(err(
+                        &format!("choices[{i}]"),
+                        format!("duplicate choice {:?}", c.value),
+                    ));
+                }
+            }
+            positive("timeout_ms", *timeout_ms)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::definition::fixtures::{opts, parse_and_validate, with_step};
+
+    #[test]
+    fn duplicate_step_id_rejected() {
+        let src = "key = \"k\"\n[[steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1\n[[steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1\n";
+        let e = parse_and_validate(src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("a"));
+        assert!(e.message.contains("duplicate step id"), "{e}");
+    }
+
+    #[test]
+    fn reserved_and_bad_names_rejected() {
+        for id in ["vars", "inputs", "run", "step_1", "1abc", "a-b", "none"] {
+            let src = with_step(&format!("id = \"{id}\"\ntype = \"delay\"\nms = 1"));
+            let e = parse_and_validate(&src, &opts()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("id"), "{id}: {e}");
+        }
+        let src = "key = \"k\"\n[[inputs]]\nname = \"x\"\ntype = \"text\"\n[[steps]]\nid = \"x\"\ntype = \"delay\"\nms = 1\n";
+        let e = parse_and_validate(src, &opts()).unwrap_err();
+        assert!(e.message.contains("also the name of an input"), "{e}");
+
+        let src = "key = \"k\"\n[[inputs]]\nname = \"x\"\ntype = \"text\"\n[[inputs]]\nname = \"x\"\ntype = \"number\"\n[[steps]]\nid = \"s\"\ntype = \"delay\"\nms = 1\n";
+        let e = parse_and_validate(src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("inputs[1].name"));
+
+        for key in ["", "Hello", "-a", "a b"] {
+            let src = format!("key = \"{key}\"\n[[steps]]\nid = \"s\"\ntype = \"delay\"\nms = 1\n");
+            let e = parse_and_validate(&src, &opts()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("key"), "{key}");
+        }
+        let e = parse_and_validate("key = \"k\"\n", &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps"));
+    }
+
+    #[test]
+    fn command_refused_without_flag() {
+        let src = with_step("id = \"c\"\ntype = \"command\"\nprogram = \"/bin/true\"");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("c"));
+        assert!(
+            e.message.contains("security.allow_command_steps = true"),
+            "{e}"
+        );
+        let o = ValidateOptions {
+            allow_command_steps: true,
+            providers: &[],
+        };
+        parse_and_validate(&src, &o).unwrap();
+    }
+
+    #[test]
+    fn unknown_provider_rejected() {
+        let src = with_step(
+            "id = \"p\"\ntype = \"prompt\"\nprovider = \"openai\"\nmodel = \"m\"\nprompt = \"hi\"",
+        );
+        let providers = vec!["local".to_owned()];
+        let o = ValidateOptions {
+            allow_command_steps: false,
+            providers: &providers,
+        };
+        let e = parse_and_validate(&src, &o).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("provider"));
+        assert!(e.message.contains("local"), "{e}");
+    }
+
+    #[test]
+    fn bad_template_syntax_names_step_and_field() {
+        let src = with_step("id = \"fetch\"\ntype = \"http\"\nurl = \"http://x/{{ a \"");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("fetch"));
+        assert_eq!(e.field.as_deref(), Some("url"));
+        let s = e.with_source("workflows/x.toml").to_string();
+        assert!(
+            s.starts_with(
+                "workflows/x.toml: step \"fetch\": field \"url\": template syntax error: "
+            ),
+            "{s}"
+        );
+
+        let src = with_step("id = \"s\"\ntype = \"delay\"\nms = 1\nwhen = \"x ==\"");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("when"));
+
+        let src = format!(
+            "{}[output]\ntemplate = \"{{% if %}}\"\n",
+            with_step("id = \"s\"\ntype = \"delay\"\nms = 1")
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("output.template"));
+        assert_eq!(e.step, None);
+    }
+
+    #[test]
+    fn default_variant_inserted_and_default_type_checked() {
+        let src = with_step("id = \"s\"\ntype = \"delay\"\nms = 1");
+        let d = parse_and_validate(&src, &opts()).unwrap();
+        assert_eq!(d.variants.keys().collect::<Vec<_>>(), vec!["default"]);
+
+        let src = "key = \"k\"\n[[inputs]]\nname = \"n\"\ntype = \"number\"\ndefault = \"x\"\n[[steps]]\nid = \"s\"\ntype = \"delay\"\nms = 1\n";
+        let e = parse_and_validate(src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("inputs[0].default"));
+    }
+}
