@@ -10,7 +10,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::AppState;
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::keyring::Caller;
 use crate::store::Role;

@@ -4,10 +4,11 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, JsonBody};
-use super::{endpoint, AppState};
+use super::routing::endpoint;
+use super::state::AppState;
+use super::views::{ApiKey, KeyCreated, KeyList, KeyRevoked};
 use crate::error::ApiError;
-use crate::ids;
-use crate::store::{self, KeyRecord, Role};
+use crate::store::{self, Role};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/keys").get(list).post(create));
@@ -15,37 +16,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/keys/{id}/rotate").post(rotate));
 }
 
-fn key_json(key: &KeyRecord) -> Value {
-    json!({
-        "id": key.id,
-        "name": key.name,
-        "role": key.role,
-        "masked_key": format!("{}…", key.key_prefix),
-        "created_at": ids::rfc3339(key.created_at),
-        "last_used_at": key.last_used_at.map(ids::rfc3339),
-        "revoked_at": key.revoked_at.map(ids::rfc3339),
-        "revoked": key.revoked_at.is_some(),
-    })
-}
-
 /// Every API key, masked, with its last use.
 #[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys",
     responses(
-        (status = 200, description = "The keys", body = super::schema::KeyList),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "The keys", body = super::views::KeyList),
+        super::responses::NeedsAdmin,
     ))]
 async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
     let keys = state.store.read(store::keys::list).await?;
-    Ok(HttpResponse::Ok().json(json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})))
+    Ok(HttpResponse::Ok().json(KeyList {
+        keys: keys.iter().map(ApiKey::from_record).collect(),
+    }))
 }
 
 /// Creates an API key; the key is in this response only.
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys",
-    request_body = super::schema::KeyCreateBody,
+    request_body = super::bodies::KeyCreateBody,
     responses(
-        (status = 201, description = "The new key", body = super::schema::KeyCreated),
-        super::schema::NeedsAdmin,
-        super::schema::BadBody,
+        (status = 201, description = "The new key", body = super::views::KeyCreated),
+        super::responses::NeedsAdmin,
+        super::responses::BadBody,
     ))]
 async fn create(
     state: web::Data<AppState>,
@@ -74,18 +64,19 @@ async fn create(
     };
     let issued = state.keys.create(&state.store, &name, role).await?;
     tracing::info!(key_id = %issued.record.id, role = role.as_str(), "API key created");
-    let mut body = key_json(&issued.record);
-    body["key"] = json!(issued.key);
-    Ok(HttpResponse::Created().json(body))
+    Ok(HttpResponse::Created().json(KeyCreated {
+        record: ApiKey::from_record(&issued.record),
+        key: issued.key,
+    }))
 }
 
 /// Replaces a key's secret (same id and role); the old secret stops working at once.
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", operation_id = "rotate_key", tag = "keys",
     params(("id" = String, Path, description = "The key's `key_…` id")),
     responses(
-        (status = 200, description = "The new secret", body = super::schema::KeyRotated),
-        (status = 404, description = "`API key not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "The new secret", body = super::views::KeyRotated),
+        (status = 404, description = "`API key not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn rotate(
     state: web::Data<AppState>,
@@ -105,9 +96,9 @@ async fn rotate(
 #[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revoke_key", tag = "keys",
     params(("id" = String, Path, description = "The key's `key_…` id")),
     responses(
-        (status = 200, description = "Revoked", body = super::schema::KeyRevoked),
-        (status = 404, description = "`API key not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "Revoked", body = super::views::KeyRevoked),
+        (status = 404, description = "`API key not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn revoke(
     state: web::Data<AppState>,
@@ -118,5 +109,8 @@ async fn revoke(
         return Err(ApiError::NotFound("API key not found.".into()));
     }
     tracing::info!(key_id = %id, "API key revoked");
-    Ok(HttpResponse::Ok().json(json!({"id": id.into_inner(), "revoked": true})))
+    Ok(HttpResponse::Ok().json(KeyRevoked {
+        id: id.into_inner(),
+        revoked: true,
+    }))
 }
