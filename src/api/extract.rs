@@ -158,6 +158,31 @@ impl FromRequest for JsonBody {
     }
 }
 
+/// A JSON body that may be left out: no body (or only whitespace) is `None` whatever the
+/// `Content-Type`; a body must be JSON.
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl FromRequest for OptionalJsonBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = media_type(req).is_some_and(|m| is_json(&m));
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            let bytes = body.await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJsonBody(None));
+            }
+            if !json {
+                return Err(ApiError::UnsupportedMediaType(
+                    "Content-Type must be application/json.".into(),
+                ));
+            }
+            parse_json(&bytes).map(|v| OptionalJsonBody(Some(v)))
+        })
+    }
+}
+
 /// A definition body: JSON, or TOML with `Content-Type: application/toml`.
 pub enum DefinitionBody {
     Json(Value),

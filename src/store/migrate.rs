@@ -11,7 +11,11 @@ use super::{StoreError, StoreResult};
 const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[
+    // 2: a key rotated with an overlap (`expires_in`) keeps its old secret until then.
+    "ALTER TABLE api_keys ADD COLUMN previous_key_hash TEXT;
+     ALTER TABLE api_keys ADD COLUMN previous_key_until INTEGER;",
+];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -30,12 +34,12 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         return Ok(());
     }
     let tx = conn.transaction()?;
+    // A new database gets version 1 from `schema.sql`, then every step like an old one.
     if current == 0 {
         tx.execute_batch(SCHEMA)?;
-    } else {
-        for step in &MIGRATIONS[(current - 1) as usize..] {
-            tx.execute_batch(step)?;
-        }
+    }
+    for step in &MIGRATIONS[(current.max(1) - 1) as usize..] {
+        tx.execute_batch(step)?;
     }
     tx.pragma_update(None, "user_version", LATEST_VERSION)?;
     tx.commit()?;

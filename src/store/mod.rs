@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use deployments::{DeploymentRecord, NewDeploymentVersion, VersionInfo};
 pub use events::{AttemptRow, DueEvent, EventUpdate, NewEvent};
-pub use keys::{KeyRecord, Role};
+pub use keys::{KeyRecord, Revocation, Role};
 pub use runs::{FinishedRun, NewRun, RunRecord, RunStatus, StepRow};
 pub use writer::{Write, Written};
 

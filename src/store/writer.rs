@@ -54,6 +54,8 @@ pub enum Write {
         id: String,
         key_hash: String,
         key_prefix: String,
+        /// Until when the old secret keeps working (Unix ms); `None`: not at all.
+        previous_until: Option<i64>,
     },
     RevokeKey {
         id: String,
@@ -116,6 +118,8 @@ pub enum Written {
     Redelivered(Option<DueEvent>),
     /// How many runs a purge deleted.
     Purged(usize),
+    /// What revoking a key did.
+    Revoked(keys::Revocation),
 }
 
 impl Written {
@@ -296,8 +300,9 @@ fn apply(conn: &Connection, cmd: &Write) -> rusqlite::Result<Written> {
             id,
             key_hash,
             key_prefix,
-        } => keys::rotate(conn, id, key_hash, key_prefix).map(Written::Found),
-        Write::RevokeKey { id, at } => keys::revoke(conn, id, *at).map(Written::Found),
+            previous_until,
+        } => keys::rotate(conn, id, key_hash, key_prefix, *previous_until).map(Written::Found),
+        Write::RevokeKey { id, at } => keys::revoke(conn, id, *at).map(Written::Revoked),
         Write::TouchKey { id, at } => keys::touch(conn, id, *at).map(|_| Written::Done),
         Write::RecordAttempt(attempt, update) => {
             events::record_attempt(conn, attempt, update).map(|_| Written::Done)
