@@ -11,15 +11,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// Async delivery: the final result is POSTed, signed, to `callback_url`.
-#[derive(Deserialize, ToSchema)]
-pub struct AsyncOptions {
-    /// Defaults to true when `callback_url` is given; true needs a `callback_url`.
-    pub enabled: Option<bool>,
-    /// An absolute http(s) URL.
-    pub callback_url: Option<String>,
-}
-
 /// `POST /v1/workflow/invoke` (Fetch Hive compatible).
 #[derive(Deserialize, ToSchema)]
 pub struct InvokeBody {
@@ -32,10 +23,9 @@ pub struct InvokeBody {
     #[schema(value_type = Option<Object>)]
     pub inputs: Option<Value>,
     #[serde(rename = "async")]
-    pub async_options: Option<AsyncOptions>,
-    /// Flat: non-empty keys; values string, number, boolean or null (`openapi.rs` adds
-    /// these rules, which utoipa's attributes cannot state).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::params::AsyncOptions>)]
+    pub async_options: Option<Value>,
+    #[schema(value_type = Option<super::params::Metadata>)]
     pub metadata: Option<Value>,
     /// Opaque caller id, stored and filterable.
     pub user: Option<String>,
@@ -48,8 +38,9 @@ pub struct TriggerBody {
     #[schema(value_type = Option<Object>)]
     pub inputs: Option<Value>,
     #[serde(rename = "async")]
-    pub async_options: AsyncOptions,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = super::params::AsyncOn)]
+    pub async_options: Value,
+    #[schema(value_type = Option<super::params::Metadata>)]
     pub metadata: Option<Value>,
     pub user: Option<String>,
 }
@@ -65,24 +56,82 @@ pub struct RespondBody {
 #[derive(Deserialize, ToSchema)]
 pub struct PurgeBody {
     /// Finished runs that ended before this time go: RFC 3339 or Unix milliseconds.
-    #[schema(value_type = Object, example = "2026-01-01T00:00:00Z")]
+    #[schema(value_type = super::params::Timestamp, example = "2026-01-01T00:00:00Z")]
     pub before: Value,
 }
 
-/// A workflow definition (SPEC §7) as JSON; TOML with `Content-Type: application/toml`.
+/// A start input of a definition.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: InputKind,
+    pub required: Option<bool>,
+    pub description: Option<String>,
+    /// Used when the input is not given; of the input's type.
+    pub default: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    Text,
+    Number,
+    Boolean,
+    Array,
+    Object,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepType {
+    Template,
+    Http,
+    Prompt,
+    Command,
+    Delay,
+    Approval,
+}
+
+/// One step; its other fields depend on its `type` (SPEC §7).
+#[derive(Deserialize, ToSchema)]
+pub struct StepDoc {
+    /// Unique in the workflow; later steps refer to its output by it.
+    #[schema(min_length = 1)]
+    pub id: String,
+    #[serde(rename = "type")]
+    pub step_type: StepType,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VariantDoc {
+    #[schema(value_type = Option<Object>)]
+    pub vars: Option<Value>,
+}
+
+/// A workflow definition (SPEC §7) as JSON; TOML with `Content-Type: application/toml`.
+/// Its shape is stated here; whether it is a workflow (templates compile, steps refer to
+/// steps before them, each step has the fields of its type) is checked on deploy (422).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Definition {
+    /// The URL's deployment key, if given.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub key: Option<String>,
     pub description: Option<String>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub inputs: Option<Value>,
-    #[schema(value_type = Vec<Object>)]
-    pub steps: Value,
+    pub inputs: Option<Vec<InputDef>>,
+    #[schema(min_items = 1)]
+    pub steps: Vec<StepDoc>,
+    /// `{"template": "…"}`; the last step's output by default.
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub variants: Option<Value>,
-    pub timeout_ms: Option<i64>,
+    pub variants: Option<std::collections::HashMap<String, VariantDoc>>,
+    #[schema(minimum = 1)]
+    pub timeout_ms: Option<u64>,
+    /// Only asynchronous invokes (with a callback).
+    pub async_only: Option<bool>,
 }
 
 /// The role of a new key.
@@ -96,7 +145,8 @@ pub enum KeyRole {
 #[derive(Deserialize, ToSchema)]
 pub struct KeyCreateBody {
     /// 1 to 200 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    // `\x1c-\x1f` count as spaces to Python's `\s` but not to Rust's `trim`.
+    #[schema(min_length = 1, max_length = 200, pattern = r"[\S\x1c-\x1f]")]
     pub name: String,
     /// `invoke` (default) or `admin`.
     pub role: Option<KeyRole>,
@@ -109,4 +159,33 @@ pub struct KeyRotateBody {
     /// absent or 0: it stops working at once. Like Stripe's key roll.
     #[schema(minimum = 0, maximum = 604800)]
     pub expires_in: Option<u32>,
+}
+
+/// `status` of `GET /v1/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatusFilter {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// `delivery` of `GET /v1/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryFilter {
+    Callback,
+    Direct,
+}
+
+/// `source` of `GET /v1/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFilter {
+    Api,
+    Webhook,
+    Cli,
+    Ui,
 }

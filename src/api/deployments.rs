@@ -4,6 +4,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, Authed, DefinitionBody};
+use super::invoke_body::is_valid_callback_url;
+use super::params::{CallbackUrl, BLANK};
 use super::routing::endpoint;
 use super::state::AppState;
 use super::views::{
@@ -254,7 +256,8 @@ pub fn curl_snippet(
     params(("key" = String, Path, description = "Deployment key"),
         ("variant" = Option<String>, Query, description = "Default `default`"),
         ("async" = Option<bool>, Query, description = "An async invoke with a callback"),
-        ("callback_url" = Option<String>, Query, description = "The callback URL to show"),
+        ("callback_url" = Option<CallbackUrl>, Query,
+            description = "The callback URL to show; blank for an example"),
         ("base_url" = Option<String>, Query, description = "The daemon's URL as callers see it"),
     ),
     responses(
@@ -283,26 +286,32 @@ async fn snippet(
     if dep.vars(&variant).is_none() {
         return Err(ApiError::NotFound("Variant not found.".into()));
     }
-    let async_mode = matches!(
-        query.async_mode.as_deref(),
-        Some("true" | "1" | "yes" | "on")
-    );
-    let callback_url = if async_mode {
-        let url = query
-            .callback_url
-            .clone()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "https://your-app.example/webhooks/hivelet".into());
-        if !super::invoke_body::is_valid_callback_url(&url) {
-            return Err(ApiError::field(
-                "callback_url",
-                "callback_url must be a valid URL",
-            ));
+    // What the document declares: a boolean, and a callback URL checked whenever given.
+    let async_mode = match query.async_mode.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Malformed query string: async must be true or false.".into(),
+            ))
         }
-        Some(url)
-    } else {
-        None
     };
+    let given_url = query
+        .callback_url
+        .as_deref()
+        .map(|u| u.trim_matches(BLANK))
+        .filter(|u| !u.is_empty());
+    if given_url.is_some_and(|url| !is_valid_callback_url(url)) {
+        return Err(ApiError::field(
+            "callback_url",
+            "callback_url must be a valid URL",
+        ));
+    }
+    let callback_url = async_mode.then(|| {
+        given_url
+            .unwrap_or("https://your-app.example/webhooks/hivelet")
+            .to_string()
+    });
     let base_url = query.base_url.clone().unwrap_or_else(|| {
         let info = req.connection_info();
         format!("{}://{}", info.scheme(), info.host())

@@ -61,7 +61,7 @@ impl Drop for Claim<'_> {
 /// POSTs the signed result to the callback URL later.
 #[utoipa::path(post, path = "/v1/workflow/invoke", operation_id = "invoke_workflow", tag = "invoke",
     request_body = super::bodies::InvokeBody,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[\t -~]*[!-~][\t -~]*$",
         description = "A repeat with the same key and API key within 24 h returns the first response (`Idempotent-Replayed: true`) and starts nothing; at most 255 characters")),
     responses(
         (status = 200, description = "A sync run completed", body = super::views::InvokeCompleted),

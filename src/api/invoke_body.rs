@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 
+use super::params::BLANK;
 use crate::error::ApiError;
 
 /// The invoke body after shape checks (SPEC §2).
@@ -76,7 +77,7 @@ pub fn parse_async(value: Option<&Value>) -> Result<Option<String>, ApiError> {
         };
     let url = match obj.get("callback_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) if s.trim_matches(BLANK).is_empty() => None,
         Some(Value::String(s)) => Some(s.trim().to_string()),
         Some(_) => {
             return Err(ApiError::field(

@@ -93,7 +93,7 @@ async fn rotate(
     body: OptionalJsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let expires_in = match &body.0 {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(Value::Object(obj)) => parse_expires_in(obj.get("expires_in"))?,
         Some(_) => {
             return Err(ApiError::BadRequest(

@@ -3,7 +3,7 @@
 //!
 //! This file only declares the modules and registers the routes. What the handler modules
 //! share lives in modules that import none of them (`state`, `routing`, `extract`, `views`,
-//! `invoke_body`, `admit`), so no module here imports one that imports it back.
+//! `invoke_body`, `admit`, `params`), so no module here imports one that imports it back.
 
 pub mod access_log;
 pub mod admit;
@@ -17,6 +17,7 @@ pub mod invoke_body;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod params;
 pub mod requests;
 pub mod responses;
 pub mod routing;

@@ -55,7 +55,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ui_script,
         ui_style,
     ),
-    components(schemas(crate::error::ErrorEnvelope)),
+    // Schemas only parameters use: utoipa registers those of bodies by itself.
+    components(schemas(
+        crate::error::ErrorEnvelope,
+        super::bodies::RunStatusFilter,
+        super::bodies::DeliveryFilter,
+        super::bodies::SourceFilter,
+        super::params::Timestamp,
+        super::params::CallbackUrl,
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(

@@ -1,9 +1,9 @@
 //! Acting on one run: cancel it, redeliver its event, list its delivery attempts.
 
 use actix_web::{web, HttpResponse};
-use serde_json::Value;
 
 use super::extract::{Admin, Authed, JsonBody};
+use super::params::{parse_time, time_value, Timestamp};
 use super::requests::load_run;
 use super::routing::endpoint;
 use super::state::AppState;
@@ -140,19 +140,20 @@ async fn attempts(
     params(
         ("deployment" = Option<String>, Query),
         ("variant" = Option<String>, Query),
-        ("status" = Option<String>, Query, description = "queued, running, completed, failed or cancelled"),
-        ("delivery" = Option<String>, Query, description = "callback or direct"),
-        ("source" = Option<String>, Query, description = "api, webhook, cli or ui"),
+        ("status" = Option<super::bodies::RunStatusFilter>, Query),
+        ("delivery" = Option<super::bodies::DeliveryFilter>, Query),
+        ("source" = Option<super::bodies::SourceFilter>, Query),
         ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
         ("user" = Option<String>, Query),
-        ("since" = Option<String>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
-        ("until" = Option<String>, Query, description = "Created before: RFC 3339 or Unix ms"),
-        ("q" = Option<String>, Query, description = "A full `req_…` id jumps to that run"),
-        ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("since" = Option<Timestamp>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
+        ("until" = Option<Timestamp>, Query, description = "Created before: RFC 3339 or Unix ms"),
+        ("q" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "A full `req_…` id jumps to that run"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of runs", body = super::views::RunList),
+        (status = 404, description = "`q` names a run that does not exist (or another key's)", body = crate::error::ErrorEnvelope),
         (status = 422, description = "An unknown filter or a bad value; `field` names it", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -279,37 +280,16 @@ async fn purge(
     _admin: Admin,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let required = || {
+    let before = time_value("before", body.0.get("before"))?.ok_or_else(|| {
         ApiError::field(
             "before",
             "before is required: an RFC 3339 time or Unix milliseconds",
         )
-    };
-    let before = match body.0.get("before") {
-        Some(Value::String(text)) => parse_time("before", text.trim())?,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(required)?,
-        _ => return Err(required()),
-    };
+    })?;
     let purged = state.store.purge_runs(before).await?;
-    tracing::info!(purged, before = %ids::rfc3339(before), "runs purged");
+    // Milliseconds, not `ids::rfc3339`: a `before` past year 9999 has no RFC 3339 form.
+    tracing::info!(purged, before_ms = before, "runs purged");
     Ok(HttpResponse::Ok().json(PurgeReply {
         purged: purged as u64,
     }))
-}
-
-/// RFC 3339 or Unix milliseconds.
-fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = value.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(value)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| {
-            ApiError::field(
-                field,
-                format!("{field} must be an RFC 3339 time or Unix milliseconds"),
-            )
-        })
 }
