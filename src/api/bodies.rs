@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 /// `POST /v1/workflow/invoke` (Fetch Hive compatible).
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"deployment": "hello", "inputs": {"name": "Ada"}, "metadata": {"order": 7}}))]
 pub struct InvokeBody {
     /// An existing deployment key.
     #[schema(min_length = 1, pattern = r"\S")]
@@ -34,6 +35,7 @@ pub struct InvokeBody {
 /// An inbound trigger: `{"inputs", "async", "metadata", "user"}`, or a plain object that is
 /// itself the inputs (with `async` beside them).
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"inputs": {"name": "Ada"}, "async": {"callback_url": "https://your-app.example/webhooks/hivelet"}}))]
 pub struct TriggerBody {
     #[schema(value_type = Option<Object>)]
     pub inputs: Option<Value>,
@@ -47,6 +49,7 @@ pub struct TriggerBody {
 
 /// The answer to a waiting approval step: `choice` (one of the step's choices) or `text`.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"choice": "yes"}))]
 pub struct RespondBody {
     pub choice: Option<Value>,
     pub text: Option<String>,
@@ -54,6 +57,7 @@ pub struct RespondBody {
 
 /// `POST /v1/runs/purge`.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"before": "2026-01-01T00:00:00Z"}))]
 pub struct PurgeBody {
     /// Finished runs that ended before this time go: RFC 3339 or Unix milliseconds.
     #[schema(value_type = super::params::Timestamp, example = "2026-01-01T00:00:00Z")]
@@ -116,6 +120,7 @@ pub struct VariantDoc {
 /// steps before them, each step has the fields of its type) is checked on deploy (422).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"description": "Greets", "inputs": [{"name": "name", "type": "text", "required": true}], "steps": [{"id": "greet", "type": "template", "template": "Hello, {{ name }}."}]}))]
 pub struct Definition {
     /// The URL's deployment key, if given.
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -128,7 +133,8 @@ pub struct Definition {
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub variants: Option<std::collections::HashMap<String, VariantDoc>>,
-    #[schema(minimum = 1)]
+    /// 1 to 2^64 - 1.
+    #[schema(schema_with = timeout_ms_schema)]
     pub timeout_ms: Option<u64>,
     /// Only asynchronous invokes (with a callback).
     pub async_only: Option<bool>,
@@ -143,6 +149,7 @@ pub enum KeyRole {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"name": "my app", "role": "invoke"}))]
 pub struct KeyCreateBody {
     /// 1 to 200 characters, not only spaces.
     // `\x1c-\x1f` count as spaces to Python's `\s` but not to Rust's `trim`.
@@ -154,6 +161,7 @@ pub struct KeyCreateBody {
 
 /// `POST /v1/keys/{id}/rotate`: an optional body.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"expires_in": 3600}))]
 pub struct KeyRotateBody {
     /// Seconds the old secret keeps working beside the new one (0 to 604800, 7 days);
     /// absent or 0: it stops working at once. Like Stripe's key roll.
@@ -188,4 +196,17 @@ pub enum SourceFilter {
     Webhook,
     Cli,
     Ui,
+}
+
+/// `timeout_ms` as the definition parser reads it: any `u64` but 0. Stated by hand because
+/// utoipa describes a `u64` as `int64`, which would make the values above `i64::MAX` look
+/// invalid.
+fn timeout_ms_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
+        .minimum(Some(1))
+        .maximum(Some(u64::MAX as f64))
+        .description(Some("The whole run's time limit, in milliseconds."))
+        .build()
 }

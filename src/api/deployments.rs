@@ -119,7 +119,17 @@ async fn deploy(
             (toml::to_string(&table).map_err(ApiError::internal)?, true)
         }
         DefinitionBody::Json(Value::Object(mut obj)) => {
-            check_key(&key, obj.get("key").and_then(Value::as_str))?;
+            let body_key = match obj.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) => Some(k.as_str()),
+                Some(_) => {
+                    return Err(ApiError::field(
+                        "key",
+                        "key must be a string: the URL's deployment key",
+                    ))
+                }
+            };
+            check_key(&key, body_key)?;
             obj.insert("key".into(), json!(key));
             (Value::Object(obj).to_string(), false)
         }

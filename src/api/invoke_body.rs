@@ -96,6 +96,13 @@ pub fn parse_async(value: Option<&Value>) -> Result<Option<String>, ApiError> {
             ))
         }
     };
+    // A given URL is checked even when async is off: the document allows only URLs there.
+    if url.as_deref().is_some_and(|u| !is_valid_callback_url(u)) {
+        return Err(ApiError::field(
+            "async.callback_url",
+            "callback_url must be a valid URL",
+        ));
+    }
     if !enabled {
         return Ok(None);
     }
@@ -105,12 +112,6 @@ pub fn parse_async(value: Option<&Value>) -> Result<Option<String>, ApiError> {
             "callback_url is required when async is enabled",
         )
     })?;
-    if !is_valid_callback_url(&url) {
-        return Err(ApiError::field(
-            "async.callback_url",
-            "callback_url must be a valid URL",
-        ));
-    }
     Ok(Some(url))
 }
 
@@ -203,6 +204,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(off.callback_url, None);
+        // Off, but a URL that is no URL is still refused: the document allows only URLs.
+        assert_eq!(
+            err(json!({"deployment": "d", "async": {"enabled": false, "callback_url": "\u{84}"}}))
+                ["field"],
+            "async.callback_url"
+        );
+        let blank = parse_invoke(
+            &json!({"deployment": "d", "async": {"enabled": false, "callback_url": " \t"}}),
+        )
+        .unwrap();
+        assert_eq!(blank.callback_url, None);
     }
 
     #[test]

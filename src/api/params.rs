@@ -95,7 +95,12 @@ impl PartialSchema for AsyncOptions {
                     .schema_type(Type::Boolean)
                     .enum_values(Some([false])),
             )
-            .property("callback_url", CallbackUrl::schema())
+            .property(
+                "callback_url",
+                AnyOfBuilder::new()
+                    .item(ObjectBuilder::new().schema_type(Type::Null))
+                    .item(CallbackUrl::schema()),
+            )
             .required("enabled");
         let unset = ObjectBuilder::new()
             .property("enabled", ObjectBuilder::new().schema_type(Type::Null))
