@@ -45,3 +45,43 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_columns(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM pragma_table_info('api_keys')")
+            .unwrap();
+        let names = stmt.query_map([], |row| row.get(0)).unwrap();
+        names.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_new_and_a_version_1_database_end_the_same() {
+        let path = Path::new("test.db");
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh, path).unwrap();
+
+        let mut old = Connection::open_in_memory().unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        migrate(&mut old, path).unwrap();
+
+        for conn in [&fresh, &old] {
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .unwrap();
+            assert_eq!(version, LATEST_VERSION);
+            let columns = key_columns(conn);
+            assert!(
+                columns.iter().any(|c| c == "previous_key_until"),
+                "{columns:?}"
+            );
+        }
+        assert_eq!(key_columns(&fresh), key_columns(&old));
+        // Up to date: nothing to do, nothing fails.
+        migrate(&mut fresh, path).unwrap();
+    }
+}
