@@ -2,13 +2,17 @@
 //! other method with 405 in the envelope (with `Allow`); each (method, path) is recorded so
 //! the OpenAPI test can check that every served route is documented.
 //!
-//! Why not `utoipa-actix-web` (0.1, for utoipa 5 and actix-web 4): its `service()` documents
-//! only services that implement its `OpenApiFactory`, which `#[utoipa::path]` generates for
-//! handlers written with actix's route macros (`#[get("/v1/keys")]`). Each such handler is a
-//! resource of its own, so the methods of one path cannot share the default service that
-//! answers 405 with the full `Allow` list; a plain `Resource` or `.route()` passes through
-//! undocumented. So `openapi.rs` keeps its `paths(...)` list, and its unit test fails when a
-//! served route is missing from the document, or a documented one is not served.
+//! Why not `utoipa-actix-web` (0.1.2 is the release for utoipa 5; 0.2 needs utoipa 6): it
+//! documents what is registered through its `service()`, which takes services implementing
+//! its `OpenApiFactory`: the `__path_*` types `#[utoipa::path]` generates, registered with
+//! actix's route macros (`#[get("/v1/keys")]`), each handler a resource of its own. Our
+//! methods of one path share one `Resource`, whose default service answers 405 with the
+//! full `Allow` list; a plain `Resource` or `.route()` passes through its wrapper
+//! undocumented. Using it would mean giving up that 405, or teaching [`Endpoint`] to carry
+//! each handler's `__path_*` type and implement `OpenApiFactory` itself, with `UtoipaApp`
+//! replacing `App` in `lib.rs`, for the same result. So `openapi.rs` keeps its `paths(...)`
+//! list, and its unit test fails when a served route is missing from the document, or a
+//! documented one is not served.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
