@@ -491,3 +491,56 @@ fn rotation_with_expires_in_keeps_the_old_secret_until_then() {
         assert_eq!(err["field"], "expires_in", "{bad}: {err}");
     }
 }
+
+#[test]
+fn two_admin_keys_revoking_each_other_at_once_leave_one() {
+    let app = TestApp::start();
+    // Rounds of two admins revoking each other concurrently: the check is inside the write,
+    // so exactly one revoke wins each time and an admin key always survives.
+    let mut survivor = (key_id(&app, "admin"), app.admin_key.clone());
+    for round in 0..5 {
+        let other = app.post_json(
+            "/v1/keys",
+            Some(&survivor.1),
+            &json!({"name": format!("admin-{round}"), "role": "admin"}),
+        );
+        other.expect_status(201);
+        let other = other.json();
+        let other = (
+            other["id"].as_str().unwrap().to_string(),
+            other["key"].as_str().unwrap().to_string(),
+        );
+        // Each revokes the other with its own key.
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let pairs = [(&survivor, &other), (&other, &survivor)];
+            let handles: Vec<_> = pairs
+                .iter()
+                .map(|(me, them)| {
+                    let url = app.url(&format!("/v1/keys/{}", them.0));
+                    let auth = format!("Bearer {}", me.1);
+                    s.spawn(move || send("DELETE", &url, &[("Authorization", &auth)], None).status)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        // Both authenticated: the second revoke finds the last admin key (409). Or the second
+        // request came after its own key was revoked (401). Never both revoked.
+        assert!(
+            sorted == [200, 409] || sorted == [200, 401],
+            "round {round}: {statuses:?}"
+        );
+        let alive: Vec<_> = [&survivor, &other]
+            .into_iter()
+            .filter(|k| app.get("/v1/keys", Some(&k.1)).status == 200)
+            .cloned()
+            .collect();
+        assert_eq!(
+            alive.len(),
+            1,
+            "round {round}: exactly one admin key is left"
+        );
+        survivor = alive.into_iter().next().unwrap();
+    }
+}
