@@ -15,8 +15,8 @@ use crate::error::ApiError;
 
 /// The callback URLs the OpenAPI document describes: http(s), a host name (its last label
 /// starting with a letter) or an IPv4 address, an optional port, path, query and fragment.
-/// `invoke_body::is_valid_callback_url` accepts all of these (and more that no pattern can state, such
-/// as IPv6 literals), so a URL the document allows is never refused.
+/// `invoke_body::is_valid_callback_url` accepts all of these (and more that no pattern can
+/// state, such as IPv6 literals), so a URL the document allows is never refused.
 pub const CALLBACK_URL_OR_BLANK: &str = concat!(
     r"^[ \t\r\n]*$|",
     r"^https?://(",
