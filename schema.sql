@@ -1,4 +1,4 @@
--- hivelet schema, version 2: the whole current schema, which a new database gets at once. Each
+-- hivelet schema, version 3: the whole current schema, which a new database gets at once. Each
 -- change also appends a numbered migration in src/store/migrate.rs that takes an existing
 -- database from the version before to the same tables.
 -- Times are Unix milliseconds (*_at), durations end in _ms, ids are prefixed text.
@@ -31,7 +31,10 @@ CREATE TABLE api_keys (
     key_prefix   TEXT NOT NULL,                         -- first characters, for masked display
     created_at   INTEGER NOT NULL,
     last_used_at INTEGER,
-    revoked_at   INTEGER
+    revoked_at   INTEGER,
+    -- A rotation with an overlap (`expires_in`) keeps the old secret's hash until then.
+    previous_key_hash  TEXT,
+    previous_key_until INTEGER
 );
 
 CREATE TABLE runs (

@@ -3,7 +3,37 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// The one error envelope of every route (SPEC §2): `error` is an alias of `message`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "Invalid access.", "message": "Invalid access.", "error_code": "unauthorized"}))]
+pub struct ErrorEnvelope {
+    pub error: String,
+    pub message: String,
+    /// Stable machine-readable code, e.g. `unauthorized`, `validation_error`, `not_found`,
+    /// `conflict`, `queue_full`, `concurrency_limit`.
+    pub error_code: String,
+    /// The field at fault, for validation errors (`inputs.name`, `async.callback_url`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A sync run that ended in failure (HTTP 502): the envelope plus the run's id and state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunFailedEnvelope {
+    pub error: String,
+    pub message: String,
+    /// `step_failed`, `timeout`, `cancelled`, …
+    pub error_code: String,
+    pub request_id: String,
+    /// `failed` or `cancelled`.
+    pub run_status: String,
+    /// The step that failed, if one did.
+    pub step: Option<String>,
+}
 
 /// Every way a request can fail, with its status decided in one place (`status_code`).
 #[derive(Debug, thiserror::Error)]
@@ -91,32 +121,46 @@ impl ApiError {
         }
     }
 
+    /// The envelope of a sync run's failure; `None` for every other error.
+    pub fn run_failed_envelope(&self) -> Option<RunFailedEnvelope> {
+        let ApiError::RunFailed {
+            request_id,
+            step,
+            run_status,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let message = self.to_string();
+        Some(RunFailedEnvelope {
+            error: message.clone(),
+            message,
+            error_code: self.error_code().to_string(),
+            request_id: request_id.clone(),
+            run_status: run_status.to_string(),
+            step: step.clone(),
+        })
+    }
+
     /// The envelope as JSON.
     pub fn body(&self) -> Value {
-        let message = self.to_string();
-        let mut body = Map::new();
-        body.insert("error".into(), json!(message));
-        body.insert("message".into(), json!(message));
-        body.insert("error_code".into(), json!(self.error_code()));
-        match self {
-            ApiError::Validation {
-                field: Some(field), ..
-            } => {
-                body.insert("field".into(), json!(field));
+        let body = match self.run_failed_envelope() {
+            Some(failed) => serde_json::to_value(failed),
+            None => {
+                let message = self.to_string();
+                serde_json::to_value(ErrorEnvelope {
+                    error: message.clone(),
+                    message,
+                    error_code: self.error_code().to_string(),
+                    field: match self {
+                        ApiError::Validation { field, .. } => field.clone(),
+                        _ => None,
+                    },
+                })
             }
-            ApiError::RunFailed {
-                request_id,
-                step,
-                run_status,
-                ..
-            } => {
-                body.insert("request_id".into(), json!(request_id));
-                body.insert("run_status".into(), json!(run_status));
-                body.insert("step".into(), json!(step));
-            }
-            _ => {}
-        }
-        Value::Object(body)
+        };
+        body.expect("an envelope of strings serializes")
     }
 }
 
@@ -167,6 +211,8 @@ impl From<crate::store::StoreError> for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -1,5 +1,7 @@
 //! API keys in memory: each request is authenticated by hashing the presented key and
 //! looking the hash up here, without a database read. The store holds the same hashes.
+//! A key rotated with an overlap has two entries until the old secret's expiry; the expired
+//! one is dropped at its first use after that.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +9,9 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::ids;
-use crate::store::{InsertKey, KeyRecord, RevokeKey, Role, RotateKey, Store, StoreError, TouchKey};
+use crate::store::{
+    InsertKey, KeyRecord, Revocation, RevokeKey, Role, RotateKey, Store, StoreError, TouchKey,
+};
 
 /// How often a key's `last_used_at` is written at most.
 const TOUCH_INTERVAL_MS: i64 = 60_000;
@@ -23,6 +27,8 @@ struct CachedKey {
     id: String,
     role: Role,
     last_touch_ms: i64,
+    /// For the old secret of a key rotated with an overlap: valid before this (Unix ms).
+    expires_at: Option<i64>,
 }
 
 #[derive(Default)]
@@ -34,6 +40,12 @@ pub struct KeyRing {
 pub struct IssuedKey {
     pub record: KeyRecord,
     pub key: String,
+}
+
+/// A rotated key's new secret, shown once, and until when the old one still works.
+pub struct RotatedKey {
+    pub key: String,
+    pub previous_valid_until: Option<i64>,
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -55,15 +67,32 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// Caches the key's secret, and its previous one while that is still valid.
     fn insert(&self, key: &KeyRecord) {
-        self.by_hash.lock().expect("keyring").insert(
-            key.key_hash.clone(),
-            CachedKey {
-                id: key.id.clone(),
-                role: key.role,
-                last_touch_ms: key.last_used_at.unwrap_or(0),
-            },
-        );
+        let mut keys = self.by_hash.lock().expect("keyring");
+        let entry = |expires_at| CachedKey {
+            id: key.id.clone(),
+            role: key.role,
+            last_touch_ms: key.last_used_at.unwrap_or(0),
+            expires_at,
+        };
+        keys.insert(key.key_hash.clone(), entry(None));
+        if let (Some(hash), Some(until)) = (&key.previous_key_hash, key.previous_key_until) {
+            if until > ids::now_ms() {
+                keys.insert(hash.clone(), entry(Some(until)));
+            }
+        }
+    }
+
+    /// The id of the active key a secret belongs to, without recording a use.
+    pub fn owner(&self, presented: &str) -> Option<String> {
+        let now = ids::now_ms();
+        self.by_hash
+            .lock()
+            .expect("keyring")
+            .get(&hash_key(presented))
+            .filter(|k| !matches!(k.expires_at, Some(until) if now >= until))
+            .map(|k| k.id.clone())
     }
 
     fn remove_id(&self, id: &str) {
@@ -82,6 +111,14 @@ impl KeyRing {
         let hash = hash_key(presented);
         let now = ids::now_ms();
         let mut keys = self.by_hash.lock().expect("keyring");
+        if keys
+            .get(&hash)?
+            .expires_at
+            .is_some_and(|until| now >= until)
+        {
+            keys.remove(&hash);
+            return None;
+        }
         let key = keys.get_mut(&hash)?;
         if now - key.last_touch_ms > TOUCH_INTERVAL_MS {
             key.last_touch_ms = now;
@@ -112,19 +149,29 @@ impl KeyRing {
             created_at: ids::now_ms(),
             last_used_at: None,
             revoked_at: None,
+            previous_key_hash: None,
+            previous_key_until: None,
         };
         store.write(InsertKey(record.clone())).await?;
         self.insert(&record);
         Ok(IssuedKey { record, key })
     }
 
-    /// Replaces a key's secret; the old secret stops working at once.
-    pub async fn rotate(&self, store: &Store, id: &str) -> Result<Option<String>, StoreError> {
+    /// Replaces a key's secret. The old secret stops working at once, or with `overlap_ms`
+    /// keeps working that long beside the new one. `None` when no active key has that id.
+    pub async fn rotate(
+        &self,
+        store: &Store,
+        id: &str,
+        overlap_ms: Option<i64>,
+    ) -> Result<Option<RotatedKey>, StoreError> {
         let key = ids::api_key_secret();
+        let previous_until = overlap_ms.filter(|ms| *ms > 0).map(|ms| ids::now_ms() + ms);
         let cmd = RotateKey {
             id: id.to_string(),
             key_hash: hash_key(&key),
             key_prefix: masked_prefix(&key),
+            previous_until,
         };
         if !store.write(cmd).await? {
             return Ok(None);
@@ -134,17 +181,24 @@ impl KeyRing {
         if let Some(record) = record {
             self.insert(&record);
         }
-        Ok(Some(key))
+        Ok(Some(RotatedKey {
+            key,
+            previous_valid_until: previous_until,
+        }))
     }
 
-    pub async fn revoke(&self, store: &Store, id: &str) -> Result<bool, StoreError> {
-        let found = store
+    /// Revokes a key (and any old secret it still honours), unless it is the last active
+    /// admin key.
+    pub async fn revoke(&self, store: &Store, id: &str) -> Result<Revocation, StoreError> {
+        let revocation = store
             .write(RevokeKey {
                 id: id.to_string(),
                 at: ids::now_ms(),
             })
             .await?;
-        self.remove_id(id);
-        Ok(found)
+        if revocation == Revocation::Revoked {
+            self.remove_id(id);
+        }
+        Ok(revocation)
     }
 }

@@ -3,14 +3,15 @@
 //! step without choices). The answer is stored before the reply, then the run continues.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::extract::{Admin, JsonBody};
 use super::requests::load_run;
-use super::{endpoint, AppState};
+use super::routing::endpoint;
+use super::state::AppState;
+use super::views::RespondReply;
 use crate::actors::Respond;
 use crate::error::ApiError;
-use crate::store::{RunStatus, StepStatus};
+use crate::store::RunStatus;
 use crate::workflow::engine::approval_output;
 use crate::workflow::StepKind;
 
@@ -20,17 +21,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Answers the approval step a run waits at; the run then continues.
 #[utoipa::path(post, path = "/v1/runs/{id}/steps/{step}/respond", operation_id = "respond_to_step", tag = "runs",
-    request_body = super::schema::RespondBody,
+    request_body = super::bodies::RespondBody,
     params(
         ("id" = String, Path, description = "The run's `req_…` id"),
         ("step" = String, Path, description = "The approval step's id"),
     ),
     responses(
-        (status = 202, description = "The answer is stored; the run continues", body = super::schema::RespondReply),
-        (status = 404, description = "`Run not found.`, or no such step", body = super::schema::ErrorEnvelope),
-        (status = 409, description = "The step is not waiting (not reached, answered, or the run ended)", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
-        super::schema::BadBody,
+        (status = 202, description = "The answer is stored; the run continues", body = super::views::RespondReply),
+        (status = 404, description = "`Run not found.`, or no such step", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "The step is not waiting (not reached, answered, or the run ended)", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
+        super::responses::BadBody,
     ))]
 async fn respond(
     state: web::Data<AppState>,
@@ -72,8 +73,8 @@ async fn respond(
         .iter()
         .filter(|s| s.step_id == step_id)
         .max_by_key(|s| s.started_at)
-        .map(|s| s.status);
-    if run.status != RunStatus::Running || state_now != Some(StepStatus::Waiting) {
+        .map(|s| s.status.as_str());
+    if run.status != RunStatus::Running || state_now != Some("waiting") {
         let why = match (run.status, state_now) {
             (RunStatus::Running | RunStatus::Queued, None) => "it has not been reached yet".into(),
             (RunStatus::Running | RunStatus::Queued, Some(s)) => format!("it is {s}"),
@@ -95,11 +96,11 @@ async fn respond(
         })
         .await
         .map_err(|e| ApiError::internal(format!("invoke actor unavailable: {e}")))??;
-    Ok(HttpResponse::Accepted().json(json!({
-        "request_id": run.request_id,
-        "step": step_id,
-        "step_status": "completed",
-        "output": output,
-        "run_status": "running",
-    })))
+    Ok(HttpResponse::Accepted().json(RespondReply {
+        request_id: run.request_id,
+        step: step_id,
+        step_status: "completed".into(),
+        output,
+        run_status: "running".into(),
+    }))
 }

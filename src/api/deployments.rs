@@ -4,7 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, Authed, DefinitionBody};
-use super::{endpoint, AppState};
+use super::invoke_body::is_valid_callback_url;
+use super::params::{CallbackUrl, BLANK};
+use super::routing::endpoint;
+use super::state::AppState;
+use super::views::{
+    Deployment, DeploymentDeleted, DeploymentDetail, DeploymentList, SecretRotated, Snippet,
+};
 use crate::deployments::{parse_definition, DeployError, LiveDeployment};
 use crate::error::ApiError;
 use crate::ids;
@@ -23,51 +29,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/deployments/{key}/rotate-secret").post(rotate_secret));
 }
 
-/// The public view of a deployment; the signing secret only for admins.
-pub fn deployment_json(dep: &LiveDeployment, with_secret: bool) -> Value {
-    let def = &dep.definition;
-    let mut body = json!({
-        "key": dep.key,
-        "id": dep.id,
-        "description": def.description,
-        "version": dep.version,
-        "variants": def.variants.iter().map(|(name, v)| json!({"name": name, "vars": v.vars})).collect::<Vec<_>>(),
-        "inputs": def.inputs,
-        "steps": def.steps.iter().map(|s| json!({"id": s.id, "type": s.kind.type_name()})).collect::<Vec<_>>(),
-        "async_only": def.requires_async(),
-        "created_at": ids::rfc3339(dep.created_at),
-        "updated_at": ids::rfc3339(dep.updated_at),
-    });
-    if with_secret {
-        body["signing_secret"] = json!(dep.signing_secret);
-    }
-    body
-}
-
 /// Every deployment; `signing_secret` only for admin keys.
 #[utoipa::path(get, path = "/v1/deployments", operation_id = "list_deployments", tag = "deployments",
     responses(
-        (status = 200, description = "The deployments", body = super::schema::DeploymentList),
-        super::schema::NeedsKey,
+        (status = 200, description = "The deployments", body = super::views::DeploymentList),
+        super::responses::NeedsKey,
     ))]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpResponse {
     let admin = caller.role == Role::Admin;
-    let all: Vec<Value> = state
-        .deployments
-        .all()
-        .iter()
-        .map(|d| deployment_json(d, admin))
-        .collect();
-    HttpResponse::Ok().json(json!({ "deployments": all }))
+    HttpResponse::Ok().json(DeploymentList {
+        deployments: state
+            .deployments
+            .all()
+            .iter()
+            .map(|d| Deployment::new(d, admin))
+            .collect(),
+    })
 }
 
 /// One deployment with its versions and current definition.
 #[utoipa::path(get, path = "/v1/deployments/{key}", operation_id = "get_deployment", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "The deployment", body = super::schema::DeploymentDetail),
-        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsKey,
+        (status = 200, description = "The deployment", body = super::views::DeploymentDetail),
+        (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsKey,
     ))]
 async fn show(
     state: web::Data<AppState>,
@@ -80,13 +66,8 @@ async fn show(
         .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
     let key = dep.key.clone();
     let versions = state.store.deployment_versions(key).await?;
-    let mut body = deployment_json(&dep, caller.role == Role::Admin);
-    body["versions"] = versions
-        .iter()
-        .map(|v| json!({"version": v.version, "created_at": ids::rfc3339(v.created_at)}))
-        .collect();
-    body["definition"] = serde_json::to_value(&*dep.definition).unwrap_or(Value::Null);
-    Ok(HttpResponse::Ok().json(body))
+    let admin = caller.role == Role::Admin;
+    Ok(HttpResponse::Ok().json(DeploymentDetail::new(&dep, admin, &versions)))
 }
 
 fn definition_error(err: DefinitionError) -> ApiError {
@@ -107,14 +88,14 @@ fn definition_error(err: DefinitionError) -> ApiError {
 #[utoipa::path(put, path = "/v1/deployments/{key}", operation_id = "deploy", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     request_body(content(
-        (super::schema::Definition = "application/json"),
+        (super::bodies::Definition = "application/json"),
         (String = "application/toml"),
     )),
     responses(
-        (status = 200, description = "A new version of an existing deployment", body = super::schema::Deployment),
-        (status = 201, description = "A new deployment", body = super::schema::Deployment),
-        super::schema::NeedsAdmin,
-        super::schema::BadBody,
+        (status = 200, description = "A new version of an existing deployment", body = super::views::Deployment),
+        (status = 201, description = "A new deployment", body = super::views::Deployment),
+        super::responses::NeedsAdmin,
+        super::responses::BadBody,
     ))]
 async fn deploy(
     state: web::Data<AppState>,
@@ -135,7 +116,17 @@ async fn deploy(
             (toml::to_string(&table).map_err(ApiError::internal)?, true)
         }
         DefinitionBody::Json(Value::Object(mut obj)) => {
-            check_key(&key, obj.get("key").and_then(Value::as_str))?;
+            let body_key = match obj.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) => Some(k.as_str()),
+                Some(_) => {
+                    return Err(ApiError::field(
+                        "key",
+                        "key must be a string: the URL's deployment key",
+                    ))
+                }
+            };
+            check_key(&key, body_key)?;
             obj.insert("key".into(), json!(key));
             (Value::Object(obj).to_string(), false)
         }
@@ -156,7 +147,7 @@ async fn deploy(
                 DeployError::Store(err) => err.into(),
             })?;
     tracing::info!(deployment = %dep.key, version = dep.version, "deployed");
-    let body = deployment_json(&dep, true);
+    let body = Deployment::new(&dep, true);
     Ok(if created {
         HttpResponse::Created().json(body)
     } else {
@@ -180,9 +171,9 @@ fn check_key(url_key: &str, body_key: Option<&str>) -> Result<(), ApiError> {
 #[utoipa::path(delete, path = "/v1/deployments/{key}", operation_id = "delete_deployment", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "Deleted", body = super::schema::DeploymentDeleted),
-        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "Deleted", body = super::views::DeploymentDeleted),
+        (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn delete(
     state: web::Data<AppState>,
@@ -191,7 +182,10 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     if state.deployments.delete(&state.store, &key).await? {
         tracing::info!(deployment = %key, "deleted");
-        Ok(HttpResponse::Ok().json(json!({"key": key.into_inner(), "deleted": true})))
+        Ok(HttpResponse::Ok().json(DeploymentDeleted {
+            key: key.into_inner(),
+            deleted: true,
+        }))
     } else {
         Err(ApiError::NotFound("Deployment not found.".into()))
     }
@@ -202,9 +196,9 @@ async fn delete(
 #[utoipa::path(post, path = "/v1/deployments/{key}/rotate-secret", operation_id = "rotate_secret", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "The new secret", body = super::schema::SecretRotated),
-        (status = 404, description = "`Deployment not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "The new secret", body = super::views::SecretRotated),
+        (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn rotate_secret(
     state: web::Data<AppState>,
@@ -218,11 +212,11 @@ async fn rotate_secret(
         .await?
         .ok_or_else(|| ApiError::NotFound("Deployment not found.".into()))?;
     tracing::info!(deployment = %dep.key, "signing secret rotated");
-    Ok(HttpResponse::Ok().json(json!({
-        "key": dep.key,
-        "signing_secret": dep.signing_secret,
-        "previous_secret_valid_until": dep.previous_secret_until.map(ids::rfc3339),
-    })))
+    Ok(HttpResponse::Ok().json(SecretRotated {
+        key: dep.key.clone(),
+        signing_secret: dep.signing_secret.clone(),
+        previous_secret_valid_until: dep.previous_secret_until.map(ids::rfc3339),
+    }))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -269,15 +263,16 @@ pub fn curl_snippet(
     params(("key" = String, Path, description = "Deployment key"),
         ("variant" = Option<String>, Query, description = "Default `default`"),
         ("async" = Option<bool>, Query, description = "An async invoke with a callback"),
-        ("callback_url" = Option<String>, Query, description = "The callback URL to show"),
+        ("callback_url" = Option<CallbackUrl>, Query,
+            description = "The callback URL to show; blank for an example"),
         ("base_url" = Option<String>, Query, description = "The daemon's URL as callers see it"),
     ),
     responses(
-        (status = 200, description = "The snippet", body = super::schema::Snippet),
-        (status = 400, description = "A malformed query string (e.g. `async` not a boolean, or given twice)", body = super::schema::ErrorEnvelope),
-        (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = super::schema::ErrorEnvelope),
-        (status = 422, description = "Invalid `callback_url`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 200, description = "The snippet", body = super::views::Snippet),
+        (status = 400, description = "A malformed query string (e.g. `async` not a boolean, or given twice)", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = crate::error::ErrorEnvelope),
+        (status = 422, description = "Invalid `callback_url`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn snippet(
     state: web::Data<AppState>,
@@ -298,26 +293,32 @@ async fn snippet(
     if dep.vars(&variant).is_none() {
         return Err(ApiError::NotFound("Variant not found.".into()));
     }
-    let async_mode = matches!(
-        query.async_mode.as_deref(),
-        Some("true" | "1" | "yes" | "on")
-    );
-    let callback_url = if async_mode {
-        let url = query
-            .callback_url
-            .clone()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "https://your-app.example/webhooks/hivelet".into());
-        if !super::invoke::is_valid_callback_url(&url) {
-            return Err(ApiError::field(
-                "callback_url",
-                "callback_url must be a valid URL",
-            ));
+    // What the document declares: a boolean, and a callback URL checked whenever given.
+    let async_mode = match query.async_mode.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Malformed query string: async must be true or false.".into(),
+            ))
         }
-        Some(url)
-    } else {
-        None
     };
+    let given_url = query
+        .callback_url
+        .as_deref()
+        .map(|u| u.trim_matches(BLANK))
+        .filter(|u| !u.is_empty());
+    if given_url.is_some_and(|url| !is_valid_callback_url(url)) {
+        return Err(ApiError::field(
+            "callback_url",
+            "callback_url must be a valid URL",
+        ));
+    }
+    let callback_url = async_mode.then(|| {
+        given_url
+            .unwrap_or("https://your-app.example/webhooks/hivelet")
+            .to_string()
+    });
     let base_url = query.base_url.clone().unwrap_or_else(|| {
         let info = req.connection_info();
         format!("{}://{}", info.scheme(), info.host())
@@ -328,11 +329,12 @@ async fn snippet(
         &variant,
         callback_url.as_deref(),
     );
-    let mut body =
-        json!({"deployment": dep.key, "variant": variant, "async": async_mode, "curl": curl});
-    if async_mode {
-        body["callback_url"] = json!(callback_url);
-        body["signing_secret"] = json!(dep.signing_secret);
-    }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(Snippet {
+        deployment: dep.key.clone(),
+        variant,
+        is_async: async_mode,
+        curl,
+        signing_secret: callback_url.as_ref().map(|_| dep.signing_secret.clone()),
+        callback_url,
+    }))
 }

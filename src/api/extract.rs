@@ -10,7 +10,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::AppState;
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::keyring::Caller;
 use crate::store::Role;
@@ -155,6 +155,31 @@ impl FromRequest for JsonBody {
         }
         let body = read_body(req, payload);
         Box::pin(async move { parse_json(&body.await?).map(JsonBody) })
+    }
+}
+
+/// A JSON body that may be left out: no body (or only whitespace) is `None` whatever the
+/// `Content-Type`; a body must be JSON.
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl FromRequest for OptionalJsonBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = media_type(req).is_some_and(|m| is_json(&m));
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            let bytes = body.await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJsonBody(None));
+            }
+            if !json {
+                return Err(ApiError::UnsupportedMediaType(
+                    "Content-Type must be application/json.".into(),
+                ));
+            }
+            parse_json(&bytes).map(|v| OptionalJsonBody(Some(v)))
+        })
     }
 }
 

@@ -3,9 +3,10 @@
 use std::sync::atomic::Ordering;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
-use super::{endpoint, AppState};
+use super::routing::endpoint;
+use super::state::AppState;
+use super::views::Health;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/healthz").get(healthz));
@@ -14,13 +15,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Liveness: `ok`, or `stopping` with 503 while a shutdown drains.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()),
     responses(
-        (status = 200, description = "Serving", body = super::schema::Health),
-        (status = 503, description = "Stopping: new work is refused", body = super::schema::Health),
+        (status = 200, description = "Serving", body = super::views::Health),
+        (status = 503, description = "Stopping: new work is refused", body = super::views::Health),
     ))]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.stopping.load(Ordering::Relaxed) {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"}))
+        HttpResponse::ServiceUnavailable().json(Health {
+            status: "stopping".into(),
+            version: None,
+        })
     } else {
-        HttpResponse::Ok().json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+        HttpResponse::Ok().json(Health {
+            status: "ok".into(),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+        })
     }
 }

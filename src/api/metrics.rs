@@ -4,7 +4,8 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{endpoint, AppState};
+use super::routing::endpoint;
+use super::state::AppState;
 use crate::actors::invoke::Load;
 use crate::actors::retry::GetStats;
 use crate::metrics::{self, LiveState};

@@ -1,50 +1,37 @@
 //! The HTTP edge: parse, authenticate, validate, hand work to the actors, shape responses.
 //! One file per resource; business rules live in the actors, the store and `workflow/`.
+//!
+//! This file only declares the modules and registers the routes. What the handler modules
+//! share lives in modules that import none of them (`state`, `routing`, `extract`, `views`,
+//! `invoke_body`, `admit`, `params`), so no module here imports one that imports it back.
 
 pub mod access_log;
 mod actor_errors;
+pub mod admit;
 pub mod approvals;
+pub mod bodies;
 pub mod deployments;
 pub mod extract;
 pub mod health;
 pub mod invoke;
+pub mod invoke_body;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod params;
 pub mod requests;
+pub mod responses;
+pub mod routing;
 pub mod runs;
-pub mod schema;
+pub mod state;
 pub mod triggers;
+pub mod views;
 
-use std::collections::BTreeSet;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use actix_web::web;
 
-use actix::Addr;
-use actix_web::dev::{AppService, HttpServiceFactory};
-use actix_web::http::Method;
-use actix_web::{web, FromRequest, Handler, Resource, Responder};
-
-use crate::actors::{InvokeActor, RetrySupervisor};
-use crate::config::Config;
-use crate::deployments::Deployments;
-use crate::error::ApiError;
-use crate::keyring::KeyRing;
-use crate::store::Store;
-
-/// What every handler can reach.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub deployments: Arc<Deployments>,
-    pub keys: Arc<KeyRing>,
-    pub invoker: Addr<InvokeActor>,
-    pub supervisor: Addr<RetrySupervisor>,
-    /// (API key id, Idempotency-Key) of invokes still being answered.
-    pub idempotency_in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
-    /// Set when a stop was asked for: new work gets 503.
-    pub stopping: Arc<AtomicBool>,
-}
+pub(crate) use routing::resource;
+pub use routing::{not_found, served_routes};
+pub use state::AppState;
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -59,132 +46,4 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     runs::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);
-}
-
-/// Every (method, path) registered so far, with `*` as the method of a bare [`resource`].
-/// The OpenAPI test registers the routes and checks that each one is documented, so a new
-/// route cannot be forgotten.
-static SERVED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
-
-fn record(method: &str, path: &str) {
-    SERVED
-        .lock()
-        .expect("served routes")
-        .insert((method.to_string(), path.to_string()));
-}
-
-/// The routes registered in this process so far: (method or `*`, path).
-pub fn served_routes() -> Vec<(String, String)> {
-    SERVED
-        .lock()
-        .expect("served routes")
-        .iter()
-        .cloned()
-        .collect()
-}
-
-/// A resource whose other methods answer 405 in the envelope, with the `Allow` header HTTP
-/// asks for (`allow`: the methods it serves, e.g. `"GET, HEAD"`).
-pub(crate) fn resource(path: &str, allow: &str) -> Resource {
-    record("*", path);
-    web::resource(path).default_service(method_not_allowed(allow))
-}
-
-fn method_not_allowed(allow: &str) -> actix_web::Route {
-    let allow = allow.to_string();
-    web::to(move || {
-        let allow = allow.clone();
-        async move {
-            let mut response =
-                actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
-            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
-                response
-                    .headers_mut()
-                    .insert(actix_web::http::header::ALLOW, value);
-            }
-            response
-        }
-    })
-}
-
-/// A resource built method by method, each (method, path) recorded for the OpenAPI
-/// check: `cfg.service(endpoint("/v1/keys").get(list).post(create))`.
-pub(crate) struct Endpoint {
-    path: &'static str,
-    resource: Resource,
-    methods: Vec<Method>,
-}
-
-pub(crate) fn endpoint(path: &'static str) -> Endpoint {
-    record("*", path);
-    Endpoint {
-        path,
-        // The 405 answer (with `Allow`) is added in `register`, once every method is known.
-        resource: web::resource(path),
-        methods: Vec::new(),
-    }
-}
-
-impl Endpoint {
-    pub fn route<F, Args>(mut self, method: Method, handler: F) -> Self
-    where
-        F: Handler<Args>,
-        Args: FromRequest + 'static,
-        F::Output: Responder + 'static,
-    {
-        record(method.as_str(), self.path);
-        self.methods.push(method.clone());
-        self.resource = self.resource.route(web::method(method).to(handler));
-        self
-    }
-
-    pub fn get<F, Args>(self, handler: F) -> Self
-    where
-        F: Handler<Args>,
-        Args: FromRequest + 'static,
-        F::Output: Responder + 'static,
-    {
-        self.route(Method::GET, handler)
-    }
-
-    pub fn post<F, Args>(self, handler: F) -> Self
-    where
-        F: Handler<Args>,
-        Args: FromRequest + 'static,
-        F::Output: Responder + 'static,
-    {
-        self.route(Method::POST, handler)
-    }
-
-    pub fn put<F, Args>(self, handler: F) -> Self
-    where
-        F: Handler<Args>,
-        Args: FromRequest + 'static,
-        F::Output: Responder + 'static,
-    {
-        self.route(Method::PUT, handler)
-    }
-
-    pub fn delete<F, Args>(self, handler: F) -> Self
-    where
-        F: Handler<Args>,
-        Args: FromRequest + 'static,
-        F::Output: Responder + 'static,
-    {
-        self.route(Method::DELETE, handler)
-    }
-}
-
-impl HttpServiceFactory for Endpoint {
-    fn register(self, config: &mut AppService) {
-        let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
-        self.resource
-            .default_service(method_not_allowed(&allow.join(", ")))
-            .register(config)
-    }
-}
-
-/// Unknown routes answer 404 in the envelope.
-pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound("No such route.".into()))
 }

@@ -1,17 +1,21 @@
 //! Acting on one run: cancel it, redeliver its event, list its delivery attempts.
 
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
 
 use super::extract::{Admin, Authed, JsonBody};
-use super::requests::{load_run, parse_obj};
-use super::{endpoint, AppState};
+use super::params::{parse_time, time_value, Timestamp};
+use super::requests::load_run;
+use super::routing::endpoint;
+use super::state::AppState;
+use super::views::{
+    Attempt, AttemptList, CancelReply, PurgeReply, RedeliverReply, RunList, RunSummary,
+};
 use crate::actors::invoke::Cancel;
 use crate::actors::Enqueue;
 use crate::error::ApiError;
 use crate::ids;
 use crate::store::runs::{RunFilter, RunListItem};
-use crate::store::{AttemptRow, EventState, Redeliver, Role, RunDelivery, RunSource, RunStatus};
+use crate::store::{Redeliver, Role, RunDelivery, RunSource, RunStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/runs").get(list));
@@ -21,34 +25,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/runs/{id}/attempts").get(attempts));
 }
 
-/// One attempt as the log API shows it.
-pub fn attempt_json(a: &AttemptRow) -> Value {
-    json!({
-        "attempt_id": a.attempt_id,
-        "attempt": a.attempt_number,
-        "series": a.series,
-        "url": a.url,
-        "started_at": ids::rfc3339(a.started_at),
-        "duration_ms": a.duration_ms,
-        "status_code": a.status_code,
-        "error_kind": a.error_kind,
-        "error": a.error_message,
-        "outcome": a.outcome,
-        "request_headers": parse_obj(&a.request_headers_json),
-        "response_headers": a.response_headers_json.as_deref().map(parse_obj),
-        "response_body": a.response_body,
-        "next_attempt_at": a.next_attempt_at.map(ids::rfc3339),
-    })
-}
-
 /// Ends a queued or running run as `cancelled`.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancel_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 202, description = "Cancelled", body = super::schema::CancelReply),
-        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
-        (status = 409, description = "The run already ended", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 202, description = "Cancelled", body = super::views::CancelReply),
+        (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "The run already ended", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn cancel(
     state: web::Data<AppState>,
@@ -75,18 +59,20 @@ async fn cancel(
         ));
     }
     tracing::info!(request_id = %run.request_id, "run cancelled");
-    Ok(HttpResponse::Accepted()
-        .json(json!({"request_id": run.request_id, "run_status": "cancelled"})))
+    Ok(HttpResponse::Accepted().json(CancelReply {
+        request_id: run.request_id,
+        run_status: "cancelled".into(),
+    }))
 }
 
 /// Starts a new attempt series for the run's event (same `webhook-id`), whatever its state.
 #[utoipa::path(post, path = "/v1/runs/{id}/redeliver", operation_id = "redeliver_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 202, description = "Redelivery queued", body = super::schema::RedeliverReply),
-        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
-        (status = 409, description = "No callback URL, or the run has not ended yet", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsAdmin,
+        (status = 202, description = "Redelivery queued", body = super::views::RedeliverReply),
+        (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "No callback URL, or the run has not ended yet", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsAdmin,
     ))]
 async fn redeliver(
     state: web::Data<AppState>,
@@ -99,20 +85,25 @@ async fn redeliver(
             "This run has no callback URL, so there is no event to redeliver.".into(),
         ));
     }
-    let redelivered = state
+    let written = state
         .store
         .write(Redeliver {
             request_id: run.request_id.clone(),
             at: ids::now_ms(),
         })
         .await?;
-    let Some(event) = redelivered else {
+    let Some(event) = written else {
         return Err(ApiError::Conflict(
             "The run has not ended yet, so its event does not exist yet.".into(),
         ));
     };
     tracing::info!(request_id = %run.request_id, event_id = %event.event_id, series = event.series, "redelivery requested");
-    let body = json!({"request_id": run.request_id, "event_id": event.event_id, "series": event.series, "delivery_state": EventState::Pending});
+    let body = RedeliverReply {
+        request_id: run.request_id,
+        event_id: event.event_id.clone(),
+        series: event.series,
+        delivery_state: "pending".into(),
+    };
     state.supervisor.do_send(Enqueue(event));
     Ok(HttpResponse::Accepted().json(body))
 }
@@ -121,9 +112,9 @@ async fn redeliver(
 #[utoipa::path(get, path = "/v1/runs/{id}/attempts", operation_id = "list_attempts", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 200, description = "The attempts", body = super::schema::AttemptList),
-        (status = 404, description = "`Run not found.`", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsKey,
+        (status = 200, description = "The attempts", body = super::views::AttemptList),
+        (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsKey,
     ))]
 async fn attempts(
     state: web::Data<AppState>,
@@ -131,12 +122,11 @@ async fn attempts(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (run, _) = load_run(&state, &caller, id.into_inner(), "Run not found.").await?;
-    let request_id = run.request_id.clone();
-    let rows = state.store.attempts_for_run(request_id).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "request_id": run.request_id,
-        "attempts": rows.iter().map(attempt_json).collect::<Vec<_>>(),
-    })))
+    let rows = state.store.attempts_for_run(run.request_id.clone()).await?;
+    Ok(HttpResponse::Ok().json(AttemptList {
+        request_id: run.request_id,
+        attempts: rows.iter().map(Attempt::from_row).collect(),
+    }))
 }
 
 /// `GET /v1/runs`: newest first, cursor pagination, the filters of SPEC §5.
@@ -146,21 +136,22 @@ async fn attempts(
     params(
         ("deployment" = Option<String>, Query),
         ("variant" = Option<String>, Query),
-        ("status" = Option<String>, Query, description = "queued, running, completed, failed or cancelled"),
-        ("delivery" = Option<String>, Query, description = "callback or direct"),
-        ("source" = Option<String>, Query, description = "api, webhook, cli or ui"),
+        ("status" = Option<super::bodies::RunStatusFilter>, Query),
+        ("delivery" = Option<super::bodies::DeliveryFilter>, Query),
+        ("source" = Option<super::bodies::SourceFilter>, Query),
         ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
         ("user" = Option<String>, Query),
-        ("since" = Option<String>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
-        ("until" = Option<String>, Query, description = "Created before: RFC 3339 or Unix ms"),
-        ("q" = Option<String>, Query, description = "A full `req_…` id jumps to that run"),
-        ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("since" = Option<Timestamp>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
+        ("until" = Option<Timestamp>, Query, description = "Created before: RFC 3339 or Unix ms"),
+        ("q" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "A full `req_…` id jumps to that run"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "A page of runs", body = super::schema::RunList),
-        (status = 422, description = "An unknown filter or a bad value; `field` names it", body = super::schema::ErrorEnvelope),
-        super::schema::NeedsKey,
+        (status = 200, description = "A page of runs", body = super::views::RunList),
+        (status = 404, description = "`q` names a run that does not exist (or another key's)", body = crate::error::ErrorEnvelope),
+        (status = 422, description = "An unknown filter or a bad value; `field` names it", body = crate::error::ErrorEnvelope),
+        super::responses::NeedsKey,
     ))]
 async fn list(
     state: web::Data<AppState>,
@@ -234,8 +225,10 @@ async fn list(
                         delivery_state: None,
                         attempts: None,
                     };
-                    return Ok(HttpResponse::Ok()
-                        .json(json!({"runs": [list_item_json(&item)], "next_cursor": null})));
+                    return Ok(HttpResponse::Ok().json(RunList {
+                        runs: vec![RunSummary::from_item(&item)],
+                        next_cursor: None,
+                    }));
                 }
                 return Err(ApiError::field("q", "q must be a full request id (req_…)"));
             }
@@ -259,79 +252,37 @@ async fn list(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "runs": items.iter().map(list_item_json).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    Ok(HttpResponse::Ok().json(RunList {
+        runs: items.iter().map(RunSummary::from_item).collect(),
+        next_cursor,
+    }))
 }
 
 /// Deletes finished runs that ended before `before`, with their steps, events and attempts,
 /// in small transactions so invokes keep flowing. Runs whose event still waits for delivery
 /// are kept.
 #[utoipa::path(post, path = "/v1/runs/purge", operation_id = "purge_runs", tag = "runs",
-    request_body = super::schema::PurgeBody,
+    request_body = super::bodies::PurgeBody,
     responses(
-        (status = 200, description = "How many runs were deleted", body = super::schema::PurgeReply),
-        super::schema::NeedsAdmin,
-        super::schema::BadBody,
+        (status = 200, description = "How many runs were deleted", body = super::views::PurgeReply),
+        super::responses::NeedsAdmin,
+        super::responses::BadBody,
     ))]
 async fn purge(
     state: web::Data<AppState>,
     _admin: Admin,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let required = || {
+    let before = time_value("before", body.0.get("before"))?.ok_or_else(|| {
         ApiError::field(
             "before",
             "before is required: an RFC 3339 time or Unix milliseconds",
         )
-    };
-    let before = match body.0.get("before") {
-        Some(Value::String(text)) => parse_time("before", text.trim())?,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(required)?,
-        _ => return Err(required()),
-    };
+    })?;
     let purged = state.store.purge_runs(before).await?;
-    tracing::info!(purged, before = %ids::rfc3339(before), "runs purged");
-    Ok(HttpResponse::Ok().json(json!({ "purged": purged })))
-}
-
-/// RFC 3339 or Unix milliseconds.
-fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = value.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(value)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| {
-            ApiError::field(
-                field,
-                format!("{field} must be an RFC 3339 time or Unix milliseconds"),
-            )
-        })
-}
-
-fn list_item_json(item: &RunListItem) -> Value {
-    let run = &item.run;
-    json!({
-        "request_id": run.request_id,
-        "run_status": run.status.as_str(),
-        "deployment": run.deployment_key,
-        "variant": run.variant,
-        "version": run.version,
-        "source": run.source,
-        "delivery": run.delivery,
-        "async": run.callback_url.is_some(),
-        "callback_url": run.callback_url,
-        "delivery_state": item.delivery_state.map(EventState::as_str).or_else(|| run.callback_url.as_ref().map(|_| "not_started")),
-        "attempt_count": item.attempts,
-        "metadata": parse_obj(&run.metadata_json),
-        "user": run.user,
-        "created_at": ids::rfc3339(run.created_at),
-        "started_at": run.started_at.map(ids::rfc3339),
-        "ended_at": run.ended_at.map(ids::rfc3339),
-        "duration_ms": run.duration_ms,
-    })
+    // Milliseconds, not `ids::rfc3339`: a `before` past year 9999 has no RFC 3339 form.
+    tracing::info!(purged, before_ms = before, "runs purged");
+    Ok(HttpResponse::Ok().json(PurgeReply {
+        purged: purged as u64,
+    }))
 }

@@ -4,9 +4,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 
+use super::admit::{admit, prepare};
 use super::extract::JsonBody;
-use super::invoke::{admit, parse_async, parse_metadata, prepare, InvokeRequest};
-use super::{endpoint, AppState};
+use super::invoke_body::{parse_async, parse_metadata, InvokeRequest};
+use super::routing::endpoint;
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::ids;
 use crate::signing::secrets_equal;
@@ -72,7 +74,7 @@ fn trigger_request(
 /// deployment's signing secret instead of an API key.
 #[utoipa::path(post, path = "/v1/workflow/webhooks/{deployment}/variants/{variant}", operation_id = "trigger_workflow", tag = "invoke",
     security(()),
-    request_body = super::schema::TriggerBody,
+    request_body = super::bodies::TriggerBody,
     params(
         ("deployment" = String, Path, description = "Deployment key"),
         ("variant" = String, Path, description = "Variant name"),
@@ -80,12 +82,12 @@ fn trigger_request(
         ("secret" = Option<String>, Query, description = "The signing secret, when the sender cannot set a header"),
     ),
     responses(
-        (status = 202, description = "The run was accepted", body = super::schema::InvokeAccepted),
-        (status = 401, description = "No or wrong secret, or no such deployment: `Invalid access.`", body = super::schema::ErrorEnvelope),
-        (status = 404, description = "`Variant not found.`", body = super::schema::ErrorEnvelope),
-        (status = 429, description = "`queue_full`", body = super::schema::ErrorEnvelope),
-        (status = 503, description = "The daemon is stopping", body = super::schema::ErrorEnvelope),
-        super::schema::BadBody,
+        (status = 202, description = "The run was accepted", body = super::views::InvokeAccepted),
+        (status = 401, description = "No or wrong secret, or no such deployment: `Invalid access.`", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`Variant not found.`", body = crate::error::ErrorEnvelope),
+        (status = 429, description = "`queue_full`", body = crate::error::ErrorEnvelope),
+        (status = 503, description = "The daemon is stopping", body = crate::error::ErrorEnvelope),
+        super::responses::BadBody,
     ))]
 async fn trigger(
     state: web::Data<AppState>,

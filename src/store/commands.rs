@@ -7,7 +7,7 @@
 
 use super::deployments::{Deployed, NewDeploymentVersion};
 use super::events::{AttemptRow, DueEvent, EventUpdate};
-use super::keys::KeyRecord;
+use super::keys::{KeyRecord, Revocation};
 use super::runs::{FinishedRun, NewRun, StepRow};
 
 /// A change to the store, and what it answers once committed.
@@ -92,9 +92,11 @@ pub struct RotateKey {
     pub id: String,
     pub key_hash: String,
     pub key_prefix: String,
+    /// Until when the old secret keeps working (Unix ms); `None`: not at all.
+    pub previous_until: Option<i64>,
 }
 
-/// Revokes a key. Answers whether it existed and was live.
+/// Revokes a key, unless it is the last active admin key. Answers what it did.
 #[derive(Debug, Clone)]
 pub struct RevokeKey {
     pub id: String,
@@ -154,7 +156,7 @@ outputs! {
     RotateSecret => bool,
     InsertKey => (),
     RotateKey => bool,
-    RevokeKey => bool,
+    RevokeKey => Revocation,
     TouchKey => (),
     RecordAttempt => (),
     Redeliver => Option<DueEvent>,

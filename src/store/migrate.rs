@@ -67,8 +67,14 @@ DROP TABLE run_steps;
 ALTER TABLE run_steps_v2 RENAME TO run_steps;
 ";
 
+/// Version 3: a key rotated with an overlap (`expires_in`) keeps its old secret until then.
+const V3_KEY_OVERLAP: &str = "
+ALTER TABLE api_keys ADD COLUMN previous_key_hash TEXT;
+ALTER TABLE api_keys ADD COLUMN previous_key_until INTEGER;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES];
+const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -122,43 +128,8 @@ fn apply(conn: &mut Connection, current: i64) -> StoreResult<()> {
 mod tests {
     use super::*;
 
-    /// The two tables version 2 rebuilds, as version 1 had them.
-    const V1_TABLES: &str = "
-DROP TABLE attempts; DROP TABLE events; DROP TABLE run_steps;
-CREATE TABLE run_steps (
-    request_id TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
-    step_index INTEGER NOT NULL, step_id TEXT NOT NULL, step_type TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted')),
-    started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL, output TEXT, error TEXT,
-    attempts INTEGER NOT NULL, usage TEXT,
-    PRIMARY KEY (request_id, step_index, started_at)
-) WITHOUT ROWID;
-CREATE TABLE events (
-    event_id TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL UNIQUE REFERENCES runs(request_id) ON DELETE CASCADE,
-    deployment_key TEXT NOT NULL, event_type TEXT NOT NULL, callback_url TEXT NOT NULL,
-    body BLOB NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'retrying', 'delivered', 'failed')),
-    series INTEGER NOT NULL DEFAULT 1, attempts INTEGER NOT NULL DEFAULT 0,
-    total_attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER, failure_reason TEXT,
-    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'sending', 'retrying');
-CREATE TABLE attempts (
-    attempt_id TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL REFERENCES events(event_id) ON DELETE CASCADE,
-    request_id TEXT NOT NULL, attempt_number INTEGER NOT NULL, series INTEGER NOT NULL,
-    url TEXT NOT NULL, request_headers TEXT NOT NULL, status_code INTEGER,
-    error_kind TEXT CHECK (error_kind IN ('timeout', 'connect', 'dns', 'tls', 'too_large', 'redirect', 'http_status', 'denied', 'gone')),
-    error_message TEXT, response_headers TEXT, response_body TEXT,
-    started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
-    outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'retrying', 'failed')),
-    next_attempt_at INTEGER
-) WITHOUT ROWID;
-CREATE INDEX attempts_by_event ON attempts (event_id, attempt_number);
-CREATE INDEX attempts_by_request ON attempts (request_id, attempt_number);
-PRAGMA user_version = 1;
-";
+    /// The whole schema as version 1 shipped it (`schema.sql` at that version).
+    const V1_SCHEMA: &str = include_str!("testdata/schema-v1.sql");
 
     const V1_ROWS: &str = "
 INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
@@ -178,12 +149,10 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
     fn version_1() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.db");
-        let mut conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        migrate(&mut conn, &path).unwrap();
-        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
-        conn.execute_batch(V1_TABLES).unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute_batch(V1_SCHEMA).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute_batch(V1_ROWS).unwrap();
         (dir, path, conn)
     }
@@ -193,13 +162,13 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
     }
 
     #[test]
-    fn version_2_turns_sending_into_pending_and_keeps_every_row() {
+    fn version_1_loses_sending_to_pending_and_keeps_every_row() {
         let (_dir, path, mut conn) = version_1();
         migrate(&mut conn, &path).unwrap();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, LATEST_VERSION);
         let state: String = conn
             .query_row(
                 "SELECT state FROM events WHERE event_id = 'evt_1'",
@@ -259,8 +228,21 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
                 .unwrap();
             rows.map(Result::unwrap).collect()
         };
-        for table in ["events", "run_steps"] {
-            assert_eq!(columns(&fresh, table), columns(&migrated, table), "{table}");
+        let names = |conn: &Connection, kind: &str| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = ?1 AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .unwrap();
+            let rows = stmt.query_map([kind], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(names(&fresh, "table"), names(&migrated, "table"));
+        assert_eq!(names(&fresh, "index"), names(&migrated, "index"));
+        for table in names(&fresh, "table") {
+            assert_eq!(
+                columns(&fresh, &table),
+                columns(&migrated, &table),
+                "{table}"
+            );
         }
         let sql = |conn: &Connection, table: &str| -> String {
             conn.query_row(

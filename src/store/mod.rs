@@ -33,7 +33,7 @@ pub use backup::{backup, BackupError};
 pub use commands::*;
 pub use deployments::{Deployed, DeploymentRecord, NewDeploymentVersion, VersionInfo};
 pub use events::{AttemptRow, DueEvent, EventRecord, EventUpdate, NewEvent};
-pub use keys::{KeyRecord, Role};
+pub use keys::{KeyRecord, Revocation, Role};
 pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow, StoredTrace};
 pub use writer::Apply;
 

@@ -452,12 +452,15 @@ async fn keys_rotate_and_revoke_only_while_live() {
         created_at: 1,
         last_used_at: None,
         revoked_at: None,
+        previous_key_hash: None,
+        previous_key_until: None,
     };
-    f.store.write(InsertKey(key)).await.unwrap();
+    f.store.write(InsertKey(key.clone())).await.unwrap();
     let rotate = |id: &str| RotateKey {
         id: id.into(),
         key_hash: "h2".into(),
         key_prefix: "hvk_2".into(),
+        previous_until: None,
     };
     assert!(f.store.write(rotate("key_1")).await.unwrap());
     assert!(!f.store.write(rotate("key_9")).await.unwrap());
@@ -478,15 +481,31 @@ async fn keys_rotate_and_revoke_only_while_live() {
         id: "key_1".into(),
         at: 6,
     };
-    assert!(f.store.write(revoke()).await.unwrap());
-    assert!(!f.store.write(revoke()).await.unwrap(), "already revoked");
+    assert_eq!(
+        f.store.write(revoke()).await.unwrap(),
+        Revocation::LastAdmin,
+        "the only admin key stays"
+    );
+    let second_admin = KeyRecord {
+        id: "key_2".into(),
+        key_hash: "h3".into(),
+        ..key
+    };
+    f.store.write(InsertKey(second_admin)).await.unwrap();
+    assert_eq!(f.store.write(revoke()).await.unwrap(), Revocation::Revoked);
+    assert_eq!(
+        f.store.write(revoke()).await.unwrap(),
+        Revocation::NotFound,
+        "already revoked"
+    );
     assert!(
         !f.store.write(rotate("key_1")).await.unwrap(),
         "a revoked key stays dead"
     );
     let keys = f.store.list_keys_blocking().unwrap();
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0].revoked_at, Some(6));
+    assert_eq!(keys.len(), 2);
+    let revoked = keys.iter().find(|k| k.id == "key_1").unwrap();
+    assert_eq!(revoked.revoked_at, Some(6));
     assert!(f.store.key("key_9".into()).await.unwrap().is_none());
 }
 

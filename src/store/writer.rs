@@ -359,7 +359,7 @@ apply! {
         deployments::rotate_secret(conn, &c.key, &c.new_secret, c.previous_until)
     };
     InsertKey, several: false, |c, conn| keys::insert(conn, &c.0);
-    RotateKey, several: false, |c, conn| keys::rotate(conn, &c.id, &c.key_hash, &c.key_prefix);
+    RotateKey, several: false, |c, conn| keys::rotate(conn, &c.id, &c.key_hash, &c.key_prefix, c.previous_until);
     RevokeKey, several: false, |c, conn| keys::revoke(conn, &c.id, c.at);
     TouchKey, several: false, |c, conn| keys::touch(conn, &c.id, c.at);
     RecordAttempt, several: true, |c, conn| events::record_attempt(conn, &c.attempt, &c.update);

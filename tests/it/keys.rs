@@ -306,3 +306,241 @@ fn cli_manages_keys() {
         Some("Invalid access."),
     );
 }
+
+/// The id of the key named `name`.
+fn key_id(app: &TestApp, name: &str) -> String {
+    let (_, list) = list_keys(app);
+    list.iter()
+        .find(|k| k["name"] == name)
+        .and_then(|k| k["id"].as_str())
+        .unwrap_or_else(|| panic!("no key named {name}: {list:?}"))
+        .to_string()
+}
+
+#[test]
+fn the_last_admin_key_cannot_be_revoked() {
+    let app = TestApp::start();
+    let first = key_id(&app, "admin");
+    let err = app
+        .delete(&format!("/v1/keys/{first}"), Some(&app.admin_key))
+        .expect_error(409, "conflict", None);
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("This is the last admin key; create another admin key before revoking it."),
+        "{err}"
+    );
+    // Refused means untouched: the key still administers.
+    app.get("/v1/keys", Some(&app.admin_key)).expect_status(200);
+    let (_, list) = list_keys(&app);
+    assert_eq!(find_key(&list, &first).unwrap()["revoked"], false);
+
+    // With a second admin key the first can go; then the second is the last one.
+    let second = app.create_key("second-admin", "admin");
+    let second_key = second["key"].as_str().unwrap();
+    let second_id = second["id"].as_str().unwrap();
+    app.delete(&format!("/v1/keys/{first}"), Some(second_key))
+        .expect_status(200);
+    app.get("/v1/keys", Some(&app.admin_key)).expect_status(401);
+    app.delete(&format!("/v1/keys/{second_id}"), Some(second_key))
+        .expect_error(409, "conflict", None);
+    app.get("/v1/keys", Some(second_key)).expect_status(200);
+    // Invoke keys never count: revoking them is always allowed.
+    let created = app.post_json(
+        "/v1/keys",
+        Some(second_key),
+        &json!({"name": "app", "role": "invoke"}),
+    );
+    created.expect_status(201);
+    let invoke_id = created.json()["id"].as_str().unwrap().to_string();
+    app.delete(&format!("/v1/keys/{invoke_id}"), Some(second_key))
+        .expect_status(200);
+}
+
+#[test]
+fn rotating_the_key_in_admin_key_rewrites_the_file_and_the_cli_keeps_working() {
+    let app = TestApp::start();
+    let path = app.data_dir.join("admin.key");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        app.admin_key
+    );
+    let id = key_id(&app, "admin");
+    let r = app.post_json(
+        &format!("/v1/keys/{id}/rotate"),
+        Some(&app.admin_key),
+        &json!({}),
+    );
+    r.expect_status(200);
+    let new_key = r.json()["key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, app.admin_key);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), new_key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "admin.key mode {mode:o}");
+    }
+    app.get("/v1/keys", Some(&app.admin_key)).expect_status(401);
+    app.get("/v1/keys", Some(&new_key)).expect_status(200);
+    // The CLI reads the file, so it holds the live key.
+    let out = app.cli(&["keys", "list"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(out_text(&out).0.contains(&id), "{}", describe(&out));
+
+    // Rotating another admin key leaves the file alone.
+    let other = app.post_json(
+        "/v1/keys",
+        Some(&new_key),
+        &json!({"name": "other-admin", "role": "admin"}),
+    );
+    other.expect_status(201);
+    let other_id = other.json()["id"].as_str().unwrap().to_string();
+    app.post_json(
+        &format!("/v1/keys/{other_id}/rotate"),
+        Some(&new_key),
+        &json!({}),
+    )
+    .expect_status(200);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), new_key);
+}
+
+#[test]
+fn rotation_with_expires_in_keeps_the_old_secret_until_then() {
+    let mut app = TestApp::start();
+    let created = app.create_key("app", "invoke");
+    let id = created["id"].as_str().unwrap().to_string();
+    let first = created["key"].as_str().unwrap().to_string();
+
+    // An hour of overlap: both secrets work, across a restart too.
+    let r = app.post_json(
+        &format!("/v1/keys/{id}/rotate"),
+        Some(&app.admin_key),
+        &json!({"expires_in": 3600}),
+    );
+    r.expect_status(200);
+    let body = r.json();
+    assert!(
+        body["previous_key_valid_until"].is_string(),
+        "the overlap's end is answered: {body}"
+    );
+    let second = body["key"].as_str().unwrap().to_string();
+    app.invoke_with_key(&first, &hello("Ada"))
+        .expect_status(200);
+    app.invoke_with_key(&second, &hello("Ada"))
+        .expect_status(200);
+    app.restart();
+    app.invoke_with_key(&first, &hello("Ada"))
+        .expect_status(200);
+    app.invoke_with_key(&second, &hello("Ada"))
+        .expect_status(200);
+
+    // A second rotation replaces the overlap: the first secret is gone at once, the second
+    // one lasts a second more.
+    let r = app.post_json(
+        &format!("/v1/keys/{id}/rotate"),
+        Some(&app.admin_key),
+        &json!({"expires_in": 1}),
+    );
+    r.expect_status(200);
+    let third = r.json()["key"].as_str().unwrap().to_string();
+    app.invoke_with_key(&first, &hello("Ada")).expect_error(
+        401,
+        "unauthorized",
+        Some("Invalid access."),
+    );
+    wait_for("the second secret to expire", || {
+        (app.invoke_with_key(&second, &hello("Ada")).status == 401).then_some(())
+    });
+    app.invoke_with_key(&third, &hello("Ada"))
+        .expect_status(200);
+
+    // Without expires_in (or 0) the old secret stops at once, as before.
+    let r = app.post_json(
+        &format!("/v1/keys/{id}/rotate"),
+        Some(&app.admin_key),
+        &json!({"expires_in": 0}),
+    );
+    r.expect_status(200);
+    assert!(r.json().get("previous_key_valid_until").is_none(), "{r}");
+    app.invoke_with_key(&third, &hello("Ada"))
+        .expect_status(401);
+
+    // No body at all is a rotation without overlap too.
+    let r = app.request(
+        "POST",
+        &format!("/v1/keys/{id}/rotate"),
+        Some(&app.admin_key),
+        &[],
+        None,
+    );
+    r.expect_status(200);
+    let fifth = r.json()["key"].as_str().unwrap().to_string();
+    app.invoke_with_key(&fifth, &hello("Ada"))
+        .expect_status(200);
+
+    for bad in [json!(-1), json!(604801), json!("60"), json!(1.5)] {
+        let err = app
+            .post_json(
+                &format!("/v1/keys/{id}/rotate"),
+                Some(&app.admin_key),
+                &json!({ "expires_in": bad }),
+            )
+            .expect_error(422, "validation_error", None);
+        assert_eq!(err["field"], "expires_in", "{bad}: {err}");
+    }
+}
+
+#[test]
+fn two_admin_keys_revoking_each_other_at_once_leave_one() {
+    let app = TestApp::start();
+    // Rounds of two admins revoking each other concurrently: the check is inside the write,
+    // so exactly one revoke wins each time and an admin key always survives.
+    let mut survivor = (key_id(&app, "admin"), app.admin_key.clone());
+    for round in 0..5 {
+        let other = app.post_json(
+            "/v1/keys",
+            Some(&survivor.1),
+            &json!({"name": format!("admin-{round}"), "role": "admin"}),
+        );
+        other.expect_status(201);
+        let other = other.json();
+        let other = (
+            other["id"].as_str().unwrap().to_string(),
+            other["key"].as_str().unwrap().to_string(),
+        );
+        // Each revokes the other with its own key.
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let pairs = [(&survivor, &other), (&other, &survivor)];
+            let handles: Vec<_> = pairs
+                .iter()
+                .map(|(me, them)| {
+                    let url = app.url(&format!("/v1/keys/{}", them.0));
+                    let auth = format!("Bearer {}", me.1);
+                    s.spawn(move || send("DELETE", &url, &[("Authorization", &auth)], None).status)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        // Both authenticated: the second revoke finds the last admin key (409). Or the second
+        // request came after its own key was revoked (401). Never both revoked.
+        assert!(
+            sorted == [200, 409] || sorted == [200, 401],
+            "round {round}: {statuses:?}"
+        );
+        let alive: Vec<_> = [&survivor, &other]
+            .into_iter()
+            .filter(|k| app.get("/v1/keys", Some(&k.1)).status == 200)
+            .cloned()
+            .collect();
+        assert_eq!(
+            alive.len(),
+            1,
+            "round {round}: exactly one admin key is left"
+        );
+        survivor = alive.into_iter().next().unwrap();
+    }
+}
