@@ -16,6 +16,7 @@ mod errors;
 mod faults;
 mod invoke;
 mod keys;
+mod layout;
 mod lifecycle;
 mod ops;
 mod runs;
