@@ -559,7 +559,7 @@ fn main() {
     println!(
         "hivelet load benchmark: {} CPUs",
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(1)
     );
     if wants("memory") {

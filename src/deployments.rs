@@ -102,7 +102,7 @@ impl Deployments {
                     live.insert(key, Arc::new(dep));
                 }
                 Err(err) => {
-                    tracing::error!(deployment = %key, %err, "stored definition no longer parses; skipped")
+                    tracing::error!(deployment = %key, %err, "stored definition no longer parses; skipped");
                 }
             }
         }

@@ -138,7 +138,7 @@ impl ApiError {
             message,
             error_code: self.error_code().to_string(),
             request_id: request_id.clone(),
-            run_status: run_status.to_string(),
+            run_status: (*run_status).to_string(),
             step: step.clone(),
         })
     }

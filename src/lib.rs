@@ -168,7 +168,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Tells systemd about readiness and stopping when it asked (`NOTIFY_SOCKET`); otherwise
 /// does nothing.
-fn notify_service_manager(states: &[sd_notify::NotifyState]) {
+fn notify_service_manager(states: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }

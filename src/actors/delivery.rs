@@ -139,8 +139,9 @@ fn classify(err: &awc::error::SendRequestError) -> (ErrorKind, String) {
                 None => (ErrorKind::Dns, inner.to_string()),
             }
         }
-        SendRequestError::Connect(ConnectError::Unresolved)
-        | SendRequestError::Connect(ConnectError::NoRecords) => (ErrorKind::Dns, err.to_string()),
+        SendRequestError::Connect(ConnectError::Unresolved | ConnectError::NoRecords) => {
+            (ErrorKind::Dns, err.to_string())
+        }
         SendRequestError::Connect(ConnectError::SslIsNotSupported) => (
             ErrorKind::Tls,
             "this URL scheme needs TLS, which is not available".into(),
@@ -160,7 +161,7 @@ fn classify(err: &awc::error::SendRequestError) -> (ErrorKind, String) {
 /// rustls reports handshake failures (bad certificate, wrong name) as I/O errors.
 fn is_tls_error(err: &std::io::Error) -> bool {
     err.get_ref()
-        .is_some_and(|inner| inner.is::<rustls::Error>())
+        .is_some_and(<dyn std::error::Error + Send + Sync + 'static>::is::<rustls::Error>)
         || err.to_string().to_ascii_lowercase().contains("certificate")
 }
 
@@ -394,7 +395,7 @@ impl Handler<Deliver> for DeliveryActor {
             crate::metrics::get().attempt(outcome.as_str(), clock.elapsed());
             match settlement {
                 policy::Settlement::Delivered => {
-                    tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered")
+                    tracing::info!(status = ?exchange.status, duration_ms, "webhook delivered");
                 }
                 _ => tracing::warn!(
                     status = ?exchange.status,

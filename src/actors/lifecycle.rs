@@ -107,7 +107,7 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
 /// the end carries the outbox event, so giving up would lose an accepted run's webhook until
 /// the next start. Other errors are returned at once.
 async fn write_until_stored(
-    store: &crate::store::Store,
+    store: &Store,
     request_id: &str,
     done: FinishedRun,
 ) -> Result<bool, crate::store::StoreError> {
@@ -207,10 +207,10 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
             }
         }
         Ok(false) => {
-            tracing::info!(request_id = %request_id, "run had already ended (cancelled); result dropped")
+            tracing::info!(request_id = %request_id, "run had already ended (cancelled); result dropped");
         }
         Err(err) => {
-            tracing::error!(request_id = %request_id, %err, "could not store the run's end; it will run again at the next start")
+            tracing::error!(request_id = %request_id, %err, "could not store the run's end; it will run again at the next start");
         }
     }
     if let Some(tx) = completion {

@@ -13,7 +13,6 @@ use super::approvals::PausedRun;
 use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
 use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
-use crate::workflow;
 use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
 use crate::workflow::{Definition, OnError, StepKind};
 
@@ -30,15 +29,15 @@ pub struct Recovered {
 /// a run stopped between steps (or waiting on an approval) has none.
 fn record_interrupted_step(
     store: &Store,
-    def: &workflow::Definition,
+    def: &Definition,
     run: &crate::store::RunRecord,
-    rows: &[crate::store::StepRow],
+    rows: &[StepRow],
     ended_steps: usize,
 ) {
     let Some(step) = def.steps.get(ended_steps) else {
         return;
     };
-    if matches!(step.kind, workflow::StepKind::Approval { .. }) {
+    if matches!(step.kind, StepKind::Approval { .. }) {
         return;
     }
     // It started when the step before it ended (or when the run started).
@@ -55,7 +54,7 @@ fn record_interrupted_step(
     {
         return; // already marked by an earlier restart
     }
-    store.write_detached(RecordStep(crate::store::StepRow {
+    store.write_detached(RecordStep(StepRow {
         request_id: run.request_id.clone(),
         step_index: ended_steps as i64,
         step_id: step.id.clone(),
@@ -85,21 +84,19 @@ pub fn recover(
         paused: Vec::new(),
     };
     for run in unfinished {
-        let deployment = match deployments.at_version(store, &run.deployment_key, run.version) {
-            Some(dep) => dep,
-            None => {
-                tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
-                let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
-                store.write_detached(FinishRun(FinishedRun {
-                    request_id: run.request_id,
-                    status: RunStatus::Failed,
-                    output_json: None,
-                    error_json: Some(error.to_string()),
-                    ended_at: ids::now_ms(),
-                    event: None,
-                }));
-                continue;
-            }
+        let Some(deployment) = deployments.at_version(store, &run.deployment_key, run.version)
+        else {
+            tracing::error!(request_id = %run.request_id, deployment = %run.deployment_key, "cannot resume: the deployment version is gone");
+            let error = serde_json::json!({"message": "The deployment was deleted before the run could resume.", "error_code": "deployment_deleted", "step": null});
+            store.write_detached(FinishRun(FinishedRun {
+                request_id: run.request_id,
+                status: RunStatus::Failed,
+                output_json: None,
+                error_json: Some(error.to_string()),
+                ended_at: ids::now_ms(),
+                event: None,
+            }));
+            continue;
         };
         let as_map = |text: &str| match serde_json::from_str(text) {
             Ok(Value::Object(map)) => map,
@@ -274,7 +271,7 @@ template = "x"
 
     fn def() -> Definition {
         let mut def = Definition::from_toml_str(DEF).unwrap();
-        def.validate(&workflow::ValidateOptions {
+        def.validate(&crate::workflow::ValidateOptions {
             allow_command_steps: false,
             providers: &[],
         })

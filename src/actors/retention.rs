@@ -66,8 +66,8 @@ impl Actor for Retention {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = sweep_interval(self.keep);
         tracing::info!(keep = %humantime::format_duration(self.keep), every = ?every, "retention on");
-        ctx.run_later(FIRST_SWEEP_DELAY, |act, ctx| act.sweep(ctx));
-        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
+        ctx.run_later(FIRST_SWEEP_DELAY, Retention::sweep);
+        ctx.run_interval(every, Retention::sweep);
     }
 }
 

@@ -232,7 +232,7 @@ impl Actor for RetrySupervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Each DeliveryActor owns its HTTP client; one per worker thread spreads the signing.
         let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(1)
             .clamp(1, 4);
         for _ in 0..workers {

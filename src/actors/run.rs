@@ -146,7 +146,7 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         duration_ms: rec.duration_ms,
         output_json: rec.output.as_ref().map(Value::to_string),
         error: rec.error.clone(),
-        attempts: rec.attempts as i64,
+        attempts: i64::from(rec.attempts),
         usage_json: rec.usage.as_ref().map(Value::to_string),
     }
 }

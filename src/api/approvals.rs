@@ -27,7 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ("step" = String, Path, description = "The approval step's id"),
     ),
     responses(
-        (status = 202, description = "The answer is stored; the run continues", body = super::views::RespondReply),
+        (status = 202, description = "The answer is stored; the run continues", body = RespondReply),
         (status = 404, description = "`Run not found.`, or no such step", body = crate::error::ErrorEnvelope),
         (status = 409, description = "The step is not waiting (not reached, answered, or the run ended)", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,

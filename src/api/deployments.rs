@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Every deployment; `signing_secret` only for admin keys.
 #[utoipa::path(get, path = "/v1/deployments", operation_id = "list_deployments", tag = "deployments",
     responses(
-        (status = 200, description = "The deployments", body = super::views::DeploymentList),
+        (status = 200, description = "The deployments", body = DeploymentList),
         super::responses::NeedsKey,
     ))]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpResponse {
@@ -51,7 +51,7 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed) -> HttpRespons
 #[utoipa::path(get, path = "/v1/deployments/{key}", operation_id = "get_deployment", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "The deployment", body = super::views::DeploymentDetail),
+        (status = 200, description = "The deployment", body = DeploymentDetail),
         (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -92,8 +92,8 @@ fn definition_error(err: DefinitionError) -> ApiError {
         (String = "application/toml"),
     )),
     responses(
-        (status = 200, description = "A new version of an existing deployment", body = super::views::Deployment),
-        (status = 201, description = "A new deployment", body = super::views::Deployment),
+        (status = 200, description = "A new version of an existing deployment", body = Deployment),
+        (status = 201, description = "A new deployment", body = Deployment),
         super::responses::NeedsAdmin,
         super::responses::BadBody,
     ))]
@@ -171,7 +171,7 @@ fn check_key(url_key: &str, body_key: Option<&str>) -> Result<(), ApiError> {
 #[utoipa::path(delete, path = "/v1/deployments/{key}", operation_id = "delete_deployment", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "Deleted", body = super::views::DeploymentDeleted),
+        (status = 200, description = "Deleted", body = DeploymentDeleted),
         (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,
     ))]
@@ -196,7 +196,7 @@ async fn delete(
 #[utoipa::path(post, path = "/v1/deployments/{key}/rotate-secret", operation_id = "rotate_secret", tag = "deployments",
     params(("key" = String, Path, description = "Deployment key")),
     responses(
-        (status = 200, description = "The new secret", body = super::views::SecretRotated),
+        (status = 200, description = "The new secret", body = SecretRotated),
         (status = 404, description = "`Deployment not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,
     ))]
@@ -268,7 +268,7 @@ pub fn curl_snippet(
         ("base_url" = Option<String>, Query, description = "The daemon's URL as callers see it"),
     ),
     responses(
-        (status = 200, description = "The snippet", body = super::views::Snippet),
+        (status = 200, description = "The snippet", body = Snippet),
         (status = 400, description = "A malformed query string (e.g. `async` not a boolean, or given twice)", body = crate::error::ErrorEnvelope),
         (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = crate::error::ErrorEnvelope),
         (status = 422, description = "Invalid `callback_url`", body = crate::error::ErrorEnvelope),

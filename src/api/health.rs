@@ -15,8 +15,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Liveness: `ok`, or `stopping` with 503 while a shutdown drains.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()),
     responses(
-        (status = 200, description = "Serving", body = super::views::Health),
-        (status = 503, description = "Stopping: new work is refused", body = super::views::Health),
+        (status = 200, description = "Serving", body = Health),
+        (status = 503, description = "Stopping: new work is refused", body = Health),
     ))]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.stopping.load(Ordering::Relaxed) {

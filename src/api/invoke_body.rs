@@ -32,7 +32,7 @@ pub fn parse_invoke(body: &Value) -> Result<InvokeRequest, ApiError> {
     };
     let deployment = match obj.get("deployment") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) | Some(Value::Null) | None => return Err(missing()),
+        Some(Value::String(_) | Value::Null) | None => return Err(missing()),
         Some(_) => return Err(ApiError::field("deployment", "deployment must be a string")),
     };
     let variant = match obj.get("variant") {

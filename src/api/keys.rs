@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Every API key, masked, with its last use.
 #[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys",
     responses(
-        (status = 200, description = "The keys", body = super::views::KeyList),
+        (status = 200, description = "The keys", body = KeyList),
         super::responses::NeedsAdmin,
     ))]
 async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
@@ -34,7 +34,7 @@ async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse,
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys",
     request_body = super::bodies::KeyCreateBody,
     responses(
-        (status = 201, description = "The new key", body = super::views::KeyCreated),
+        (status = 201, description = "The new key", body = KeyCreated),
         super::responses::NeedsAdmin,
         super::responses::BadBody,
     ))]

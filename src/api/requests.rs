@@ -45,7 +45,7 @@ pub(super) async fn load_run(
 #[utoipa::path(get, path = "/v1/public/requests/{id}", operation_id = "get_request", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 200, description = "The request", body = super::views::PublicRequest),
+        (status = 200, description = "The request", body = PublicRequest),
         (status = 404, description = "`Request not found`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -62,7 +62,7 @@ async fn public_request(
 #[utoipa::path(get, path = "/v1/workflow_runs/{id}", operation_id = "get_workflow_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 200, description = "The run", body = super::views::LegacyRun),
+        (status = 200, description = "The run", body = LegacyRun),
         (status = 404, description = "`Workflow run not found`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -82,7 +82,7 @@ async fn legacy_run(
 #[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 200, description = "The run", body = super::views::RunDetail),
+        (status = 200, description = "The run", body = RunDetail),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]

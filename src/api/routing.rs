@@ -142,7 +142,7 @@ impl HttpServiceFactory for Endpoint {
         let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
         self.resource
             .default_service(method_not_allowed(&allow.join(", ")))
-            .register(config)
+            .register(config);
     }
 }
 

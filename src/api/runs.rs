@@ -29,7 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancel_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 202, description = "Cancelled", body = super::views::CancelReply),
+        (status = 202, description = "Cancelled", body = CancelReply),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
         (status = 409, description = "The run already ended", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,
@@ -69,7 +69,7 @@ async fn cancel(
 #[utoipa::path(post, path = "/v1/runs/{id}/redeliver", operation_id = "redeliver_run", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 202, description = "Redelivery queued", body = super::views::RedeliverReply),
+        (status = 202, description = "Redelivery queued", body = RedeliverReply),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
         (status = 409, description = "No callback URL, or the run has not ended yet", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,
@@ -112,7 +112,7 @@ async fn redeliver(
 #[utoipa::path(get, path = "/v1/runs/{id}/attempts", operation_id = "list_attempts", tag = "runs",
     params(("id" = String, Path, description = "The run's `req_…` id")),
     responses(
-        (status = 200, description = "The attempts", body = super::views::AttemptList),
+        (status = 200, description = "The attempts", body = AttemptList),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -148,7 +148,7 @@ async fn attempts(
         ("cursor" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "A page of runs", body = super::views::RunList),
+        (status = 200, description = "A page of runs", body = RunList),
         (status = 404, description = "`q` names a run that does not exist (or another key's)", body = crate::error::ErrorEnvelope),
         (status = 422, description = "An unknown filter or a bad value; `field` names it", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
@@ -174,7 +174,7 @@ async fn list(
                         "status must be one of queued, running, completed, failed, cancelled",
                     ));
                 };
-                filter.status = Some(status)
+                filter.status = Some(status);
             }
             "delivery" => {
                 let Some(delivery) = RunDelivery::parse(&value) else {
@@ -183,7 +183,7 @@ async fn list(
                         "delivery must be callback or direct",
                     ));
                 };
-                filter.delivery = Some(delivery)
+                filter.delivery = Some(delivery);
             }
             "source" => {
                 let Some(source) = RunSource::parse(&value) else {
@@ -192,7 +192,7 @@ async fn list(
                         "source must be one of api, webhook, cli, ui",
                     ));
                 };
-                filter.source = Some(source)
+                filter.source = Some(source);
             }
             "api_key" => filter.api_key_id = Some(value),
             "user" => filter.user = Some(value),
@@ -205,7 +205,7 @@ async fn list(
                     .filter(|n| (1..=200).contains(n))
                     .ok_or_else(|| {
                         ApiError::field("limit", "limit must be a number from 1 to 200")
-                    })?
+                    })?;
             }
             "cursor" => {
                 if !ids::is_request_id(&value) {
@@ -214,7 +214,7 @@ async fn list(
                         "cursor must be the next_cursor of a previous page",
                     ));
                 }
-                filter.before_request_id = Some(value)
+                filter.before_request_id = Some(value);
             }
             "q" => {
                 // A full request id jumps straight to that run.
@@ -264,7 +264,7 @@ async fn list(
 #[utoipa::path(post, path = "/v1/runs/purge", operation_id = "purge_runs", tag = "runs",
     request_body = super::bodies::PurgeBody,
     responses(
-        (status = 200, description = "How many runs were deleted", body = super::views::PurgeReply),
+        (status = 200, description = "How many runs were deleted", body = PurgeReply),
         super::responses::NeedsAdmin,
         super::responses::BadBody,
     ))]

@@ -137,7 +137,7 @@ impl RunSummary {
             delivery_state: item
                 .delivery_state
                 .as_ref()
-                .map(|s| s.to_string())
+                .map(ToString::to_string)
                 .or_else(|| run.callback_url.as_ref().map(|_| "not_started".to_string())),
             attempt_count: item.attempts,
             metadata: parse_obj(&run.metadata_json),

@@ -212,7 +212,7 @@ fn keys(client: &Client, cmd: KeysCommand, json_out: bool) -> anyhow::Result<u8>
         KeysCommand::Rotate { id } => {
             let reply = client.request("POST", &format!("/v1/keys/{id}/rotate"), None, None)?;
             finish(reply, json_out, |body| {
-                println!("{}", body["key"].as_str().unwrap_or(""))
+                println!("{}", body["key"].as_str().unwrap_or(""));
             })
         }
         KeysCommand::Revoke { id } => {

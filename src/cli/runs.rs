@@ -32,7 +32,7 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
                     text(&body["request_id"]),
                     text(&body["event_id"]),
                     body["series"]
-                )
+                );
             })
         }
         RunsCommand::Purge { before } => {
@@ -46,7 +46,7 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     }
-                )
+                );
             })
         }
         RunsCommand::Cancel { request_id } => {
@@ -57,7 +57,7 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
                 None,
             )?;
             finish(reply, json_out, |body| {
-                println!("{} cancelled", text(&body["request_id"]))
+                println!("{} cancelled", text(&body["request_id"]));
             })
         }
     }

@@ -78,7 +78,7 @@ pub fn next_delay(
 ) -> Option<Duration> {
     let scheduled = with_jitter(scheduled_delay(schedule, attempt)?, jitter, unit);
     let retry_after = match status {
-        Some(429) | Some(503) => retry_after,
+        Some(429 | 503) => retry_after,
         _ => None,
     };
     Some(honour_retry_after(scheduled, retry_after))

@@ -69,7 +69,7 @@ impl StoreError {
             Some(ErrorCode::DiskFull) => StoreError::Unavailable(
                 "The database disk is full; the request was not stored.".into(),
             ),
-            Some(ErrorCode::ReadOnly) | Some(ErrorCode::CannotOpen) => StoreError::Unavailable(
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => StoreError::Unavailable(
                 "The database is read-only; the request was not stored.".into(),
             ),
             // A write the file system refused (e.g. it was remounted read-only).

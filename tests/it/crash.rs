@@ -37,9 +37,10 @@ fn wait_long<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = probe() {
             return v;
         }
-        if start.elapsed() > LONG_DEADLINE {
-            panic!("timed out after {LONG_DEADLINE:?} waiting for {what}");
-        }
+        assert!(
+            start.elapsed() <= LONG_DEADLINE,
+            "timed out after {LONG_DEADLINE:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

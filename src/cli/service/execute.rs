@@ -97,7 +97,7 @@ pub(super) fn execute(steps: &[Step], dry_run: bool, root: Option<&Path>) -> any
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            println!("      (it was not there)")
+                            println!("      (it was not there)");
                         }
                         Err(e) => {
                             return Err(e).with_context(|| permission_hint(&path));

@@ -147,7 +147,7 @@ impl Target {
         if self.user {
             all.push("--user".into());
         }
-        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(args.iter().map(|a| (*a).to_string()));
         Step::Run {
             program: "systemctl".into(),
             args: all,

@@ -26,9 +26,10 @@ use serde_json::Value;
 /// with `HIVELET_NO_SKIP=1` (set by `.ci/run` when it runs as root) the test fails instead,
 /// so CI cannot pass by skipping.
 pub fn skip(why: &str) {
-    if std::env::var_os("HIVELET_NO_SKIP").is_some_and(|v| v == "1") {
-        panic!("{why} (HIVELET_NO_SKIP=1)");
-    }
+    assert!(
+        !std::env::var_os("HIVELET_NO_SKIP").is_some_and(|v| v == "1"),
+        "{why} (HIVELET_NO_SKIP=1)"
+    );
     eprintln!("{why}");
 }
 
@@ -56,9 +57,10 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         if let Some(value) = probe() {
             return value;
         }
-        if start.elapsed() > DEADLINE {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
-        }
+        assert!(
+            start.elapsed() <= DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -278,7 +280,7 @@ impl AppBuilder {
     /// Runs the daemon through this command, which must `exec` its trailing arguments (the
     /// daemon binary and its arguments), so the daemon keeps the pid the test signals.
     pub fn wrapper(mut self, command: &[&str]) -> Self {
-        self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self.wrapper = command.iter().map(|s| (*s).to_string()).collect();
         self
     }
 
@@ -1036,7 +1038,7 @@ impl StubServer {
 
 /// Serves HTTP/1.1 requests on one connection until the client closes it (or asks to).
 fn serve_connection(
-    socket: std::net::TcpStream,
+    socket: TcpStream,
     received: &Mutex<Vec<Recorded>>,
     responder: &Responder,
 ) -> std::io::Result<()> {
@@ -1156,7 +1158,7 @@ impl Acceptor {
                     match listener.accept() {
                         Ok((socket, _)) => on_accept(socket),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5))
+                            std::thread::sleep(Duration::from_millis(5));
                         }
                         Err(_) => break,
                     }
