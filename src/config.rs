@@ -144,6 +144,15 @@ pub struct DeliveryConfig {
     pub per_host_concurrency: usize,
     /// How long a rotated-out signing secret stays valid.
     pub secret_overlap: HumanDuration,
+    /// Tuning, not in the example config: how many events waiting for delivery are held in
+    /// memory; the rest wait in the database and are read in pages as the window empties.
+    /// Listed by `config dump` only when changed.
+    #[serde(skip_serializing_if = "is_default_window")]
+    pub schedule_window: usize,
+}
+
+fn is_default_window(n: &usize) -> bool {
+    *n == crate::delivery::schedule::DEFAULT_WINDOW
 }
 
 impl Default for DeliveryConfig {
@@ -154,6 +163,7 @@ impl Default for DeliveryConfig {
             jitter: 0.1,
             per_host_concurrency: 16,
             secret_overlap: secs(24 * 3600),
+            schedule_window: crate::delivery::schedule::DEFAULT_WINDOW,
         }
     }
 }
@@ -367,6 +377,7 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
         "delivery.per_host_concurrency",
         file.delivery.per_host_concurrency,
     )?;
+    positive("delivery.schedule_window", file.delivery.schedule_window)?;
     if !(0.0..=1.0).contains(&file.delivery.jitter) {
         return Err(format!(
             "invalid key `delivery.jitter`: expected a fraction between 0.0 and 1.0, got {}",

@@ -68,14 +68,9 @@ pub async fn run(
     .await
     .map_err(anyhow::Error::msg)?;
 
-    let pending_events = store.read_blocking(store::events::load_due)?;
-    let supervisor = RetrySupervisor::new(
-        store.clone(),
-        config.clone(),
-        deployments.clone(),
-        pending_events,
-    )
-    .start();
+    // Reads one page of the events still to deliver, not the whole backlog.
+    let supervisor =
+        RetrySupervisor::new(store.clone(), config.clone(), deployments.clone())?.start();
     let recovered = actors::invoke::recover(&store, &deployments)?;
     let invoker = InvokeActor::new(
         store.clone(),

@@ -233,7 +233,11 @@ impl Schedule {
     /// Evicts the latest events beyond capacity; the horizon moves back to the latest kept.
     fn trim(&mut self) {
         while self.window.len() > self.capacity {
-            let (_, id) = self.window.last().cloned().expect("window is over capacity");
+            let (_, id) = self
+                .window
+                .last()
+                .cloned()
+                .expect("window is over capacity");
             self.remove_waiting(&id);
             let last = self.window.last().cloned().expect("capacity is at least 1");
             self.horizon = Horizon::Until(last);
@@ -248,8 +252,7 @@ impl Schedule {
     /// [`Schedule::page_failed`].
     pub fn next_page(&mut self) -> Option<PageRequest> {
         let low_water = self.capacity / 2;
-        if self.loading.is_some() || self.horizon == Horizon::All || self.window.len() > low_water
-        {
+        if self.loading.is_some() || self.horizon == Horizon::All || self.window.len() > low_water {
             return None;
         }
         let after = match &self.horizon {
@@ -414,7 +417,12 @@ impl Schedule {
 }
 
 /// Keeps `heads` in step with a destination's earliest due time.
-fn move_head(heads: &mut BTreeSet<(i64, String)>, key: &str, before: Option<i64>, after: Option<i64>) {
+fn move_head(
+    heads: &mut BTreeSet<(i64, String)>,
+    key: &str,
+    before: Option<i64>,
+    after: Option<i64>,
+) {
     if before == after {
         return;
     }
@@ -495,8 +503,15 @@ mod tests {
         store.put(&event("x", 40, "two"));
         fill(&mut s, &store);
         let due = s.take_due(100);
-        assert_eq!(ids(&due.events), ["a", "b", "x"], "two for `one`, one for `two`");
-        assert_eq!(due.wake_at, None, "`one` is full: a finishing attempt wakes it");
+        assert_eq!(
+            ids(&due.events),
+            ["a", "b", "x"],
+            "two for `one`, one for `two`"
+        );
+        assert_eq!(
+            due.wake_at, None,
+            "`one` is full: a finishing attempt wakes it"
+        );
         assert_eq!(s.stats(100).in_flight, 3);
         assert!(s.take_due(100).events.is_empty(), "`one` is at its limit");
         let a = due.events.into_iter().next().unwrap();
@@ -614,7 +629,11 @@ mod tests {
         }
         assert_eq!(s.stats(10).waiting, 0, "past the horizon: left to a page");
         s.page_read(page);
-        assert_eq!(s.stats(10).waiting, 1, "e4 joins; the page stops before (5, e0)");
+        assert_eq!(
+            s.stats(10).waiting,
+            1,
+            "e4 joins; the page stops before (5, e0)"
+        );
         let mut sent = drain(&mut s, &mut store, 10);
         sent.sort();
         assert_eq!(sent, ["e0", "e1", "e2", "e3", "e4", "e5"], "each once");
@@ -653,7 +672,10 @@ mod tests {
         }
         let req = s.next_page().expect("below the low-water mark");
         let page = store.page(&req);
-        assert!(ids(&page).contains(&"a"), "the page holds the in-flight `a`");
+        assert!(
+            ids(&page).contains(&"a"),
+            "the page holds the in-flight `a`"
+        );
         let mut sent = Vec::new();
         if finish_first {
             store.remove("a");
@@ -789,7 +811,10 @@ mod tests {
                     }
                     _ => now += 1,
                 }
-                assert!(s.window.len() <= capacity, "seed {seed}: window over capacity");
+                assert!(
+                    s.window.len() <= capacity,
+                    "seed {seed}: window over capacity"
+                );
             }
             // Drain: pages applied at once, every attempt succeeds.
             for _ in 0..10_000 {
@@ -807,7 +832,11 @@ mod tests {
                 }
                 now += 1;
             }
-            assert_eq!(delivered.len(), created, "seed {seed}: every event delivered");
+            assert_eq!(
+                delivered.len(),
+                created,
+                "seed {seed}: every event delivered"
+            );
             assert!(
                 delivered.values().all(|n| *n == 1),
                 "seed {seed}: delivered twice: {delivered:?}"

@@ -185,15 +185,6 @@ fn due_from_row(row: &Row<'_>) -> rusqlite::Result<DueEvent> {
     })
 }
 
-/// Every event still to deliver (an attempt cut short by a crash counts as due).
-pub fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
-    let mut stmt = conn.prepare(&format!(
-        "{DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying') ORDER BY next_attempt_at"
-    ))?;
-    let rows = stmt.query_map([], due_from_row)?;
-    rows.collect()
-}
-
 pub fn event_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<EventRecord>> {
     conn.prepare_cached(
         "SELECT event_id, request_id, event_type, callback_url, state, series, attempts, total_attempts,
@@ -247,4 +238,142 @@ pub fn attempts_for_run(conn: &Connection, request_id: &str) -> rusqlite::Result
         })
     })?;
     rows.collect()
+}
+
+/// Up to `limit` events still to deliver whose (due time, id) comes after `after` (from the
+/// first when `None`), in that order: one page of the delivery schedule. An attempt cut short
+/// by a crash counts as due. The `events_due` index holds exactly these rows in due order, and
+/// its entries end with the table's key (`event_id`), so the row-value comparison seeks
+/// straight to the page: reading it costs the page, not the backlog before it.
+pub fn due_page(
+    conn: &Connection,
+    after: Option<(i64, &str)>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueEvent>> {
+    const DUE: &str = "state IN ('pending', 'sending', 'retrying')";
+    const ORDER: &str = "ORDER BY next_attempt_at, event_id LIMIT ?";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    match after {
+        None => conn
+            .prepare_cached(&format!("{DUE_SELECT} WHERE {DUE} {ORDER}"))?
+            .query_map([limit], due_from_row)?
+            .collect(),
+        Some((at, event_id)) => conn
+            .prepare_cached(&format!(
+                "{DUE_SELECT} WHERE {DUE} AND (next_attempt_at, event_id) > (?, ?) {ORDER}"
+            ))?
+            .query_map(rusqlite::params![at, event_id, limit], due_from_row)?
+            .collect(),
+    }
+}
+
+impl super::Store {
+    /// One page of the events still to deliver, after `after` in (due time, id) order; see
+    /// [`due_page`].
+    pub async fn due_events_after(
+        &self,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read(move |conn| {
+            due_page(
+                conn,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )
+        })
+        .await
+    }
+
+    /// [`Store::due_events_after`] on the calling thread (start-up).
+    pub fn due_events_after_blocking(
+        &self,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read_blocking(|conn| {
+            due_page(
+                conn,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_db(rows: &[(&str, i64, &str)]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../schema.sql"))
+            .unwrap();
+        for (n, (id, at, state)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
+                                   inputs, metadata, created_at)
+                 VALUES (?1, 'd', 'default', 1, 'completed', 'api', 'callback', '{}', '{}', 0)",
+                [format!("req_{n}")],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO events (event_id, request_id, deployment_key, event_type, callback_url, body,
+                                     state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, 'd', 'run.completed', 'http://h/', X'7B7D', ?3, ?4, 0, 0)",
+                rusqlite::params![id, format!("req_{n}"), state, at],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn page_ids(conn: &Connection, after: Option<(i64, &str)>, limit: usize) -> Vec<String> {
+        due_page(conn, after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_the_due_events_in_order_once_each() {
+        let conn = due_db(&[
+            ("evt_c", 10, "pending"),
+            ("evt_a", 10, "retrying"),
+            ("evt_b", 5, "sending"),
+            ("evt_d", 20, "delivered"),
+            ("evt_e", 30, "failed"),
+            ("evt_f", 40, "pending"),
+        ]);
+        assert_eq!(page_ids(&conn, None, 2), ["evt_b", "evt_a"]);
+        assert_eq!(page_ids(&conn, Some((10, "evt_a")), 2), ["evt_c", "evt_f"]);
+        assert_eq!(
+            page_ids(&conn, Some((40, "evt_f")), 2),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            page_ids(&conn, Some((9, "evt_z")), 10),
+            ["evt_a", "evt_c", "evt_f"]
+        );
+    }
+
+    #[test]
+    fn a_page_seeks_the_due_index() {
+        let conn = due_db(&[]);
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying')
+                 AND (next_attempt_at, event_id) > (?, ?) ORDER BY next_attempt_at, event_id LIMIT ?"
+            ))
+            .unwrap()
+            .query_map(rusqlite::params![0, "", 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("USING INDEX events_due"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+        assert!(plan.contains('>'), "a seek, not a scan: {plan}");
+    }
 }
