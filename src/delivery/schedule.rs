@@ -211,7 +211,6 @@ impl Schedule {
         }
         self.events
             .insert(event.event_id.clone(), (dest_key, event));
-        self.peak = self.peak.max(self.events.len());
     }
 
     /// Takes an event out of the waiting set (a redelivery replaces a waiting retry).
@@ -230,7 +229,8 @@ impl Schedule {
         Some(event)
     }
 
-    /// Evicts the latest events beyond capacity; the horizon moves back to the latest kept.
+    /// Evicts the latest events beyond capacity (the horizon moves back to the latest kept),
+    /// then notes the peak.
     fn trim(&mut self) {
         while self.window.len() > self.capacity {
             let (_, id) = self
@@ -245,6 +245,7 @@ impl Schedule {
                 loading.stale = true;
             }
         }
+        self.peak = self.peak.max(self.events.len());
     }
 
     /// The page to read next, if the window runs low and the store may hold more. The window
