@@ -63,7 +63,7 @@ impl RetrySupervisor {
     ) -> StoreResult<Self> {
         let delivery = &config.file.delivery;
         let mut schedule = Schedule::new(delivery.schedule_window, delivery.per_host_concurrency);
-        if let Some(PageRequest { after, limit }) = schedule.next_page() {
+        if let Some(PageRequest::Next { after, limit }) = schedule.next_page() {
             schedule.page_read(store.due_events_after_blocking(after, limit)?);
         }
         Ok(RetrySupervisor {
@@ -110,11 +110,27 @@ impl RetrySupervisor {
 
     /// Reads the next page in a blocking thread, so the actor keeps answering meanwhile.
     fn read_next_page(&mut self, ctx: &mut Context<Self>) {
-        let Some(PageRequest { after, limit }) = self.schedule.next_page() else {
+        let Some(request) = self.schedule.next_page() else {
             return;
         };
         let store = self.store.clone();
-        let read = async move { store.due_events_after(after, limit).await };
+        let read = async move {
+            match request {
+                PageRequest::Next { after, limit } => store.due_events_after(after, limit).await,
+                PageRequest::Destination {
+                    destination,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let of_destination =
+                        move |callback_url: &str| destination_key(callback_url) == destination;
+                    store
+                        .due_events_of(from, until, limit, of_destination)
+                        .await
+                }
+            }
+        };
         ctx.spawn(read.into_actor(self).map(|result, act, ctx| match result {
             Ok(page) => {
                 act.schedule.page_read(page);

@@ -7,15 +7,20 @@
 //! *horizon* (a `(due time, event id)` key); everything after it stays in the database and is
 //! read page by page, in key order, when the window runs low.
 //!
-//! Keeping the window exact while pages are read off the actor thread:
-//! - an event placed (new, redelivered or retried) past the horizon is not kept: it is in the
-//!   store already and a later page reads it. While a page is being read it may have been
-//!   read before it was written, so the page is cut short just before the first such key;
+//! One destination may not fill the window: it holds at most a quota of events, and the rest
+//! of its events within the horizon are its *overflow*, read back (by a page of that
+//! destination alone) as it drains. So a receiver that is down with a million events waiting
+//! holds a quota's worth while the other destinations' events, due later, still go out.
+//!
+//! Keeping the window exact while pages are read off the actor thread (one read at a time):
+//! - an event placed (new, redelivered or retried) past the horizon, or into its
+//!   destination's overflow, is not kept: it is in the store already and a later page reads
+//!   it. The page being read may predate it, so that page is cut just before its key;
 //! - a page never brings back an event the window holds, one in flight, or one whose attempt
 //!   finished while the page was read (the page may have seen it before its attempt was
 //!   recorded);
-//! - evicting from a full window lowers the horizon, so a page read from the old horizon no
-//!   longer fits and is dropped (the next one starts from the new horizon).
+//! - evicting lowers the horizon or the destination's overflow, so a page being read from the
+//!   old one no longer fits and is dropped (the next one starts from the new bound).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -53,9 +58,10 @@ pub fn destination_key(url: &str) -> String {
 enum Horizon {
     /// No page read yet: nothing is covered.
     Nothing,
-    /// Every due event with a key up to this one (inclusive) is in memory or in flight.
+    /// Every due event with a key up to this one (inclusive) is in memory, in flight, or in
+    /// its destination's overflow.
     Until(Key),
-    /// Every due event is in memory or in flight: the last page was not full.
+    /// Every due event is in memory, in flight, or in its destination's overflow.
     All,
 }
 
@@ -67,27 +73,57 @@ impl Horizon {
             Horizon::All => true,
         }
     }
+
+    fn until(&self) -> Option<Key> {
+        match self {
+            Horizon::Until(key) => Some(key.clone()),
+            Horizon::Nothing | Horizon::All => None,
+        }
+    }
 }
 
-/// A page to read: due events after `after` (all of them when `None`), in key order, at most
-/// `limit`.
+/// A page to read: due events in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageRequest {
-    pub after: Option<Key>,
-    pub limit: usize,
+pub enum PageRequest {
+    /// The events after `after` (from the first when `None`), at most `limit`.
+    Next { after: Option<Key>, limit: usize },
+    /// The events of one destination (see [`destination_key`]) from `from` (inclusive) up to
+    /// `until` (inclusive; no bound when `None`), at most `limit`.
+    Destination {
+        destination: String,
+        from: Key,
+        until: Option<Key>,
+        limit: usize,
+    },
+}
+
+/// What is being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reading {
+    Next,
+    Destination(String),
 }
 
 /// A page being read.
 #[derive(Debug)]
 struct Loading {
+    reading: Reading,
     limit: usize,
-    /// The horizon moved back while the page was read: the page no longer joins the window.
+    /// A bound the page was read from moved while it was read: the page no longer fits.
     stale: bool,
-    /// The smallest key placed past the horizon while the page was read: the page may predate
-    /// it, so the page is cut before it.
+    /// The smallest key the page's range gained while it was read: the page may predate it,
+    /// so it is cut before it.
     cut: Option<Key>,
     /// Events whose attempt finished while the page was read: the page's copy may be older.
     finished: HashSet<String>,
+}
+
+impl Loading {
+    fn cut_at(&mut self, key: &Key) {
+        if self.cut.as_ref().map_or(true, |cut| key < cut) {
+            self.cut = Some(key.clone());
+        }
+    }
 }
 
 /// One (scheme, host, port): its attempts in flight, its breaker, and its waiting events.
@@ -95,13 +131,23 @@ struct Loading {
 struct Destination {
     in_flight: usize,
     breaker: Breaker,
-    /// Keys of the events waiting for this destination, earliest first.
+    /// Keys of the events waiting for this destination in memory, earliest first.
     due: BTreeSet<Key>,
+    /// How many of them are pinned (they do not count against the quota).
+    pinned: usize,
+    /// When set, this destination's due events from this key (inclusive) up to the horizon
+    /// are not in memory (beyond its quota); the ones before it are.
+    overflow: Option<Key>,
 }
 
 impl Destination {
     fn head(&self) -> Option<i64> {
         self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Held events that count against the quota.
+    fn held(&self) -> usize {
+        self.due.len() - self.pinned
     }
 }
 
@@ -130,6 +176,10 @@ pub struct ScheduleStats {
 pub struct Schedule {
     /// Most events held (pinned ones aside); at least 1.
     capacity: usize,
+    /// Most events one destination holds: four rounds of its attempts, so it keeps going
+    /// between two reads of its overflow, but at least a sixteenth of the window, so a few
+    /// destinations share it without paging all the time.
+    quota: usize,
     /// Attempts in flight at once per destination; at least 1.
     per_host: usize,
     /// Waiting events by id, with their destination key.
@@ -140,6 +190,8 @@ pub struct Schedule {
     /// never evicted, since no page would bring them back.
     pinned: HashSet<String>,
     destinations: HashMap<String, Destination>,
+    /// Destinations with an overflow.
+    overflowing: HashSet<String>,
     /// (earliest due time, destination key) of every destination with waiting events, so
     /// taking due events looks at destinations, not at every event stuck behind a busy one.
     heads: BTreeSet<(i64, String)>,
@@ -152,13 +204,17 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(capacity: usize, per_host: usize) -> Schedule {
+        let capacity = capacity.max(1);
+        let per_host = per_host.max(1);
         Schedule {
-            capacity: capacity.max(1),
-            per_host: per_host.max(1),
+            capacity,
+            quota: per_host.saturating_mul(4).max(capacity / 16).min(capacity),
+            per_host,
             events: HashMap::new(),
             window: BTreeSet::new(),
             pinned: HashSet::new(),
             destinations: HashMap::new(),
+            overflowing: HashSet::new(),
             heads: BTreeSet::new(),
             in_flight: HashMap::new(),
             horizon: Horizon::Nothing,
@@ -182,21 +238,38 @@ impl Schedule {
     fn place(&mut self, event: DueEvent, pinned: bool) {
         self.remove_waiting(&event.event_id);
         let key = key_of(&event);
-        if !pinned && !self.horizon.covers(&key) {
-            // In the store already: a later page reads it. A page being read now may predate
-            // it, so that page stops short of it.
-            if let Some(loading) = &mut self.loading {
-                if loading.cut.as_ref().map_or(true, |cut| key < *cut) {
-                    loading.cut = Some(key);
+        if !pinned {
+            if !self.horizon.covers(&key) {
+                // In the store already: a later page reads it.
+                if let Some(loading) = &mut self.loading {
+                    if loading.reading == Reading::Next {
+                        loading.cut_at(&key);
+                    }
                 }
+                return;
             }
-            return;
+            let dest_key = destination_key(&event.callback_url);
+            let overflow = self
+                .destinations
+                .get(&dest_key)
+                .and_then(|d| d.overflow.as_ref());
+            if overflow.is_some_and(|from| key >= *from) {
+                // In the store already: a page of its destination reads it.
+                if let Some(loading) = &mut self.loading {
+                    if loading.reading == Reading::Destination(dest_key) {
+                        loading.cut_at(&key);
+                    }
+                }
+                return;
+            }
         }
-        self.add(event, pinned);
+        let dest_key = self.add(event, pinned);
+        self.enforce_quota(&dest_key);
         self.trim();
     }
 
-    fn add(&mut self, event: DueEvent, pinned: bool) {
+    /// Holds an event; returns its destination key.
+    fn add(&mut self, event: DueEvent, pinned: bool) -> String {
         let key = key_of(&event);
         let dest_key = destination_key(&event.callback_url);
         let dest = self.destinations.entry(dest_key.clone()).or_default();
@@ -205,22 +278,26 @@ impl Schedule {
         let after = dest.head();
         move_head(&mut self.heads, &dest_key, before, after);
         if pinned {
+            dest.pinned += 1;
             self.pinned.insert(event.event_id.clone());
         } else {
             self.window.insert(key);
         }
         self.events
-            .insert(event.event_id.clone(), (dest_key, event));
+            .insert(event.event_id.clone(), (dest_key.clone(), event));
+        dest_key
     }
 
     /// Takes an event out of the waiting set (a redelivery replaces a waiting retry).
     fn remove_waiting(&mut self, event_id: &str) -> Option<DueEvent> {
         let (dest_key, event) = self.events.remove(event_id)?;
         let key = key_of(&event);
-        if !self.pinned.remove(event_id) {
+        let pinned = self.pinned.remove(event_id);
+        if !pinned {
             self.window.remove(&key);
         }
         if let Some(dest) = self.destinations.get_mut(&dest_key) {
+            dest.pinned -= usize::from(pinned);
             let before = dest.head();
             dest.due.remove(&key);
             let after = dest.head();
@@ -229,9 +306,43 @@ impl Schedule {
         Some(event)
     }
 
+    /// Evicts a destination's latest events beyond its quota into its overflow.
+    fn enforce_quota(&mut self, dest_key: &str) {
+        loop {
+            let Some(dest) = self.destinations.get(dest_key) else {
+                return;
+            };
+            if dest.held() <= self.quota {
+                return;
+            }
+            // Its latest event the store agrees with (pinned ones stay).
+            let Some(latest) = dest
+                .due
+                .iter()
+                .rev()
+                .find(|(_, id)| !self.pinned.contains(id))
+                .cloned()
+            else {
+                return;
+            };
+            self.remove_waiting(&latest.1);
+            if let Some(dest) = self.destinations.get_mut(dest_key) {
+                // Every held event of the destination comes before its overflow.
+                dest.overflow = Some(latest);
+            }
+            self.overflowing.insert(dest_key.to_string());
+            if let Some(loading) = &mut self.loading {
+                if loading.reading == Reading::Destination(dest_key.to_string()) {
+                    loading.stale = true;
+                }
+            }
+        }
+    }
+
     /// Evicts the latest events beyond capacity (the horizon moves back to the latest kept),
     /// then notes the peak.
     fn trim(&mut self) {
+        let mut moved = false;
         while self.window.len() > self.capacity {
             let (_, id) = self
                 .window
@@ -241,34 +352,83 @@ impl Schedule {
             self.remove_waiting(&id);
             let last = self.window.last().cloned().expect("capacity is at least 1");
             self.horizon = Horizon::Until(last);
+            moved = true;
+        }
+        if moved {
             if let Some(loading) = &mut self.loading {
                 loading.stale = true;
             }
+            // An overflow now past the horizon is the horizon's to read.
+            let horizon = self.horizon.clone();
+            let destinations = &mut self.destinations;
+            self.overflowing.retain(|dest_key| {
+                let Some(dest) = destinations.get_mut(dest_key) else {
+                    return false;
+                };
+                if dest
+                    .overflow
+                    .as_ref()
+                    .is_some_and(|from| horizon.covers(from))
+                {
+                    return true;
+                }
+                dest.overflow = None;
+                false
+            });
         }
         self.peak = self.peak.max(self.events.len());
     }
 
-    /// The page to read next, if the window runs low and the store may hold more. The window
+    /// The page to read next, if a destination's overflow or the window runs low. The window
     /// then counts the page as being read until [`Schedule::page_read`] or
     /// [`Schedule::page_failed`].
     pub fn next_page(&mut self) -> Option<PageRequest> {
-        let low_water = self.capacity / 2;
-        if self.loading.is_some() || self.horizon == Horizon::All || self.window.len() > low_water {
+        if self.loading.is_some() {
             return None;
         }
-        let after = match &self.horizon {
-            Horizon::Nothing => None,
-            Horizon::Until(key) => Some(key.clone()),
-            Horizon::All => return None,
-        };
+        let low = self.quota / 2;
+        let draining = self.overflowing.iter().find_map(|dest_key| {
+            let dest = self.destinations.get(dest_key)?;
+            let from = dest.overflow.clone()?;
+            (dest.held() <= low).then(|| (dest_key.clone(), from, dest.held()))
+        });
+        if let Some((destination, from, held)) = draining {
+            // One more than it takes: the extra one says where the overflow now starts.
+            let limit = self.quota - held + 1;
+            self.loading = Some(Loading {
+                reading: Reading::Destination(destination.clone()),
+                limit,
+                stale: false,
+                cut: None,
+                finished: HashSet::new(),
+            });
+            return Some(PageRequest::Destination {
+                destination,
+                from,
+                until: self.horizon.until(),
+                limit,
+            });
+        }
+        if self.horizon == Horizon::All || self.window.len() > self.capacity / 2 {
+            return None;
+        }
+        let after = self.horizon.until();
         let limit = self.capacity - self.window.len();
         self.loading = Some(Loading {
+            reading: Reading::Next,
             limit,
             stale: false,
             cut: None,
             finished: HashSet::new(),
         });
-        Some(PageRequest { after, limit })
+        Some(PageRequest::Next { after, limit })
+    }
+
+    /// Whether a page's event is held or handled already (see the module notes).
+    fn known(&self, loading: &Loading, event_id: &str) -> bool {
+        self.events.contains_key(event_id)
+            || self.in_flight.contains_key(event_id)
+            || loading.finished.contains(event_id)
     }
 
     /// Joins a page read for the last [`PageRequest`] (due events in key order) to the window.
@@ -279,33 +439,71 @@ impl Schedule {
         if loading.stale {
             return;
         }
-        let mut complete = page.len() < loading.limit;
+        match &loading.reading {
+            Reading::Next => self.join_next(&loading, page),
+            Reading::Destination(dest_key) => self.join_destination(&loading, dest_key, page),
+        }
+        self.trim();
+    }
+
+    fn join_next(&mut self, loading: &Loading, page: Vec<DueEvent>) {
+        let mut complete = page.len() < loading.limit && loading.cut.is_none();
         let mut last = None;
         for event in page {
             let key = key_of(&event);
-            if loading.cut.as_ref().is_some_and(|cut| key >= *cut) {
+            if loading.cut.as_ref().is_some_and(|cut| key >= *cut)
+                || self.window.len() >= self.capacity
+            {
                 complete = false;
                 break;
             }
-            last = Some(key);
-            let id = &event.event_id;
-            if self.events.contains_key(id)
-                || self.in_flight.contains_key(id)
-                || loading.finished.contains(id)
-            {
+            last = Some(key.clone());
+            if self.known(loading, &event.event_id) {
+                continue;
+            }
+            let dest_key = destination_key(&event.callback_url);
+            let dest = self.destinations.entry(dest_key.clone()).or_default();
+            if dest.overflow.is_some() {
+                // After its overflow's start: part of the overflow once the horizon passes.
+                continue;
+            }
+            if dest.held() >= self.quota {
+                dest.overflow = Some(key);
+                self.overflowing.insert(dest_key);
                 continue;
             }
             self.add(event, false);
-        }
-        if loading.cut.is_some() {
-            complete = false;
         }
         if complete {
             self.horizon = Horizon::All;
         } else if let Some(last) = last {
             self.horizon = Horizon::Until(last);
         }
-        self.trim();
+    }
+
+    fn join_destination(&mut self, loading: &Loading, dest_key: &str, page: Vec<DueEvent>) {
+        // Where the overflow starts after this page: the first event not held.
+        let mut overflow = loading.cut.clone();
+        for (n, event) in page.into_iter().enumerate() {
+            let key = key_of(&event);
+            if loading.cut.as_ref().is_some_and(|cut| key >= *cut) {
+                break;
+            }
+            if n + 1 == loading.limit {
+                overflow = Some(key);
+                break;
+            }
+            if self.known(loading, &event.event_id) {
+                continue;
+            }
+            self.add(event, false);
+        }
+        if let Some(dest) = self.destinations.get_mut(dest_key) {
+            dest.overflow = overflow.clone();
+        }
+        if overflow.is_none() {
+            self.overflowing.remove(dest_key);
+        }
     }
 
     /// The read for the last [`PageRequest`] failed; the next call to
@@ -354,8 +552,12 @@ impl Schedule {
         }
         let mut events = Vec::with_capacity(ready.len());
         for id in ready {
-            let (_, event) = self.events.remove(&id).expect("due events are indexed");
-            if !self.pinned.remove(&id) {
+            let (dest_key, event) = self.events.remove(&id).expect("due events are indexed");
+            if self.pinned.remove(&id) {
+                if let Some(dest) = self.destinations.get_mut(&dest_key) {
+                    dest.pinned -= 1;
+                }
+            } else {
                 self.window.remove(&key_of(&event));
             }
             *self.in_flight.entry(id).or_default() += 1;
@@ -473,12 +675,31 @@ mod tests {
             self.rows.retain(|(_, i), _| i != id);
         }
         fn page(&self, req: &PageRequest) -> Vec<DueEvent> {
-            self.rows
-                .iter()
-                .filter(|(k, _)| req.after.as_ref().map_or(true, |a| *k > a))
-                .take(req.limit)
-                .map(|(_, e)| e.clone())
-                .collect()
+            match req {
+                PageRequest::Next { after, limit } => self
+                    .rows
+                    .iter()
+                    .filter(|(k, _)| after.as_ref().map_or(true, |a| *k > a))
+                    .take(*limit)
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+                PageRequest::Destination {
+                    destination,
+                    from,
+                    until,
+                    limit,
+                } => self
+                    .rows
+                    .iter()
+                    .filter(|(k, e)| {
+                        *k >= from
+                            && until.as_ref().map_or(true, |u| *k <= u)
+                            && destination_key(&e.callback_url) == *destination
+                    })
+                    .take(*limit)
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+            }
         }
     }
 
@@ -724,6 +945,48 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_with_a_backlog_holds_its_quota_and_the_others_still_go_out() {
+        // Quota: 4 rounds of 1 attempt = 4 events of the window of 64.
+        let mut s = Schedule::new(64, 1);
+        let mut store = Due_::default();
+        for n in 0..1000 {
+            store.put(&event(&format!("a{n:04}"), n, "down"));
+        }
+        store.put(&event("b", 5000, "up"));
+        fill(&mut s, &store);
+        assert_eq!(
+            s.stats(0).waiting,
+            5,
+            "4 of `down`, and `b` behind its backlog"
+        );
+        let due = s.take_due(5000);
+        assert_eq!(ids(&due.events), ["a0000", "b"]);
+        // `down` fails (its retries go far ahead); `b` is delivered.
+        let mut retried = 0;
+        for e in due.events {
+            if e.event_id == "b" {
+                store.remove("b");
+                s.finished(e, None, true, Some(true), 5000);
+            } else {
+                let mut later = e.clone();
+                later.next_attempt_at = 1_000_000;
+                store.put(&later);
+                s.finished(e, Some(1_000_000), true, Some(false), 5000);
+                retried += 1;
+            }
+        }
+        assert_eq!(retried, 1);
+        // The backlog drains through its overflow, in order, each event once.
+        let mut sent = drain(&mut s, &mut store, 5000);
+        assert_eq!(sent.len(), 999);
+        assert!(sent.windows(2).all(|w| w[0] < w[1]), "in due order");
+        assert!(s.stats(5000).waiting_peak <= 64);
+        sent.extend(drain(&mut s, &mut store, 1_000_000));
+        assert_eq!(sent.len(), 1000);
+        assert_eq!(sent.last().map(String::as_str), Some("a0000"), "its retry");
+    }
+
+    #[test]
     fn a_retry_the_store_did_not_record_stays_in_memory() {
         let mut s = Schedule::new(1, 100);
         let mut store = Due_::default();
@@ -746,8 +1009,9 @@ mod tests {
     fn random_interleavings_deliver_every_event_once() {
         for seed in 0..200u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let capacity = rng.gen_range(1..6);
+            let capacity = rng.gen_range(1..14);
             let mut s = Schedule::new(capacity, rng.gen_range(1..3));
+            let hosts = ["h", "g", "f"];
             let mut store = Due_::default();
             let mut now = 0i64;
             let mut next_id = 0;
@@ -755,8 +1019,9 @@ mod tests {
             let mut delivered: HashMap<String, u32> = HashMap::new();
             let mut in_flight: Vec<(DueEvent, bool)> = Vec::new();
             let mut pending_page: Option<Vec<DueEvent>> = None;
-            for _ in 0..8 {
-                store.put(&event(&format!("e{next_id}"), rng.gen_range(0..20), "h"));
+            for _ in 0..16 {
+                let host = hosts[rng.gen_range(0..hosts.len())];
+                store.put(&event(&format!("e{next_id}"), rng.gen_range(0..20), host));
                 next_id += 1;
                 created += 1;
             }
@@ -764,8 +1029,8 @@ mod tests {
             for step in 0..4000 {
                 let finishing = step > 3000;
                 match rng.gen_range(0..6) {
-                    0 if !finishing && created < 40 => {
-                        let host = if rng.gen_bool(0.5) { "h" } else { "g" };
+                    0 if !finishing && created < 60 => {
+                        let host = hosts[rng.gen_range(0..hosts.len())];
                         let e = event(&format!("e{next_id}"), now + rng.gen_range(0..30), host);
                         next_id += 1;
                         created += 1;

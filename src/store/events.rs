@@ -267,6 +267,44 @@ pub fn due_page(
     }
 }
 
+/// Up to `limit` events still to deliver whose callback URL `keep` accepts, from `from`
+/// (inclusive) up to `until` (inclusive; no bound when `None`) in (due time, id) order: a page
+/// of one destination's overflow in the delivery schedule. It walks the `events_due` index
+/// from `from` and stops at the limit; the rows of other destinations it passes are the ones
+/// the schedule holds in memory or other destinations' overflow, so the walk stays short.
+pub fn due_page_where(
+    conn: &Connection,
+    from: (i64, &str),
+    until: Option<(i64, &str)>,
+    limit: usize,
+    keep: &dyn Fn(&str) -> bool,
+) -> rusqlite::Result<Vec<DueEvent>> {
+    let (until_at, until_id) = until.unwrap_or((i64::MAX, ""));
+    let mut stmt = conn.prepare_cached(&format!(
+        "{DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying')
+             AND (next_attempt_at, event_id) >= (?1, ?2)
+             AND (?5 OR (next_attempt_at, event_id) <= (?3, ?4))
+         ORDER BY next_attempt_at, event_id"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![
+        from.0,
+        from.1,
+        until_at,
+        until_id,
+        until.is_none()
+    ])?;
+    let mut page = Vec::new();
+    while page.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        // The body is read only for the rows kept.
+        let url: String = row.get(3)?;
+        if keep(&url) {
+            page.push(due_from_row(row)?);
+        }
+    }
+    Ok(page)
+}
+
 impl super::Store {
     /// One page of the events still to deliver, after `after` in (due time, id) order; see
     /// [`due_page`].
@@ -280,6 +318,27 @@ impl super::Store {
                 conn,
                 after.as_ref().map(|(at, id)| (*at, id.as_str())),
                 limit,
+            )
+        })
+        .await
+    }
+
+    /// One page of the events still to deliver to the callback URLs `keep` accepts, from
+    /// `from` up to `until`; see [`due_page_where`].
+    pub async fn due_events_of(
+        &self,
+        from: (i64, String),
+        until: Option<(i64, String)>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool + Send + 'static,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read(move |conn| {
+            due_page_where(
+                conn,
+                (from.0, from.1.as_str()),
+                until.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+                &keep,
             )
         })
         .await
@@ -356,6 +415,37 @@ mod tests {
             page_ids(&conn, Some((9, "evt_z")), 10),
             ["evt_a", "evt_c", "evt_f"]
         );
+    }
+
+    #[test]
+    fn a_destination_page_keeps_its_urls_within_the_bounds() {
+        let conn = due_db(&[
+            ("evt_a", 1, "pending"),
+            ("evt_b", 2, "pending"),
+            ("evt_c", 3, "pending"),
+            ("evt_d", 4, "pending"),
+            ("evt_e", 5, "delivered"),
+            ("evt_f", 6, "pending"),
+        ]);
+        conn.execute(
+            "UPDATE events SET callback_url = 'http://other/' WHERE event_id IN ('evt_b', 'evt_d')",
+            [],
+        )
+        .unwrap();
+        let ids = |from, until, limit| -> Vec<String> {
+            due_page_where(&conn, from, until, limit, &|url: &str| url == "http://h/")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect()
+        };
+        assert_eq!(ids((1, "evt_a"), None, 10), ["evt_a", "evt_c", "evt_f"]);
+        assert_eq!(ids((1, "evt_b"), None, 2), ["evt_c", "evt_f"]);
+        assert_eq!(
+            ids((1, "evt_a"), Some((3, "evt_c")), 10),
+            ["evt_a", "evt_c"]
+        );
+        assert_eq!(ids((2, "evt_a"), Some((5, "evt_e")), 10), ["evt_c"]);
     }
 
     #[test]
