@@ -267,6 +267,12 @@ pub fn due_page(
     }
 }
 
+/// The due events from (?1, ?2) on, up to (?3, ?4) unless ?5, in due order.
+const DUE_RANGE: &str = "WHERE state IN ('pending', 'sending', 'retrying')
+    AND (next_attempt_at, event_id) >= (?1, ?2)
+    AND (?5 OR (next_attempt_at, event_id) <= (?3, ?4))
+    ORDER BY next_attempt_at, event_id";
+
 /// Up to `limit` events still to deliver whose callback URL `keep` accepts, from `from`
 /// (inclusive) up to `until` (inclusive; no bound when `None`) in (due time, id) order: a page
 /// of one destination's overflow in the delivery schedule. It walks the `events_due` index
@@ -280,12 +286,7 @@ pub fn due_page_where(
     keep: &dyn Fn(&str) -> bool,
 ) -> rusqlite::Result<Vec<DueEvent>> {
     let (until_at, until_id) = until.unwrap_or((i64::MAX, ""));
-    let mut stmt = conn.prepare_cached(&format!(
-        "{DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying')
-             AND (next_attempt_at, event_id) >= (?1, ?2)
-             AND (?5 OR (next_attempt_at, event_id) <= (?3, ?4))
-         ORDER BY next_attempt_at, event_id"
-    ))?;
+    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} {DUE_RANGE}"))?;
     let mut rows = stmt.query(rusqlite::params![
         from.0,
         from.1,
@@ -448,22 +449,37 @@ mod tests {
         assert_eq!(ids((2, "evt_a"), Some((5, "evt_e")), 10), ["evt_c"]);
     }
 
-    #[test]
-    fn a_page_seeks_the_due_index() {
-        let conn = due_db(&[]);
+    fn plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
         let plan: Vec<String> = conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying')
-                 AND (next_attempt_at, event_id) > (?, ?) ORDER BY next_attempt_at, event_id LIMIT ?"
-            ))
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
-            .query_map(rusqlite::params![0, "", 10], |r| r.get::<_, String>(3))
+            .query_map(params, |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        let plan = plan.join("; ");
-        assert!(plan.contains("USING INDEX events_due"), "{plan}");
-        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
-        assert!(plan.contains('>'), "a seek, not a scan: {plan}");
+        plan.join("; ")
+    }
+
+    #[test]
+    fn pages_seek_the_due_index() {
+        let conn = due_db(&[]);
+        let next = plan(
+            &conn,
+            &format!(
+                "{DUE_SELECT} WHERE state IN ('pending', 'sending', 'retrying')
+                 AND (next_attempt_at, event_id) > (?, ?) ORDER BY next_attempt_at, event_id LIMIT ?"
+            ),
+            rusqlite::params![0, "", 10],
+        );
+        let range = plan(
+            &conn,
+            &format!("{DUE_SELECT} {DUE_RANGE}"),
+            rusqlite::params![0, "", 5, "", false],
+        );
+        for plan in [next, range] {
+            assert!(plan.contains("USING INDEX events_due"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+            assert!(plan.contains('>'), "a seek, not a scan: {plan}");
+        }
     }
 }
