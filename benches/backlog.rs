@@ -43,7 +43,7 @@ fn start(dir: &Path, config: &str) -> (Child, String, Duration) {
         .arg("--data-dir")
         .arg(&data)
         .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("HIVELET_LOG", "warn")
+        .env("HIVELET_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

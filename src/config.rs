@@ -528,6 +528,21 @@ mod tests {
     }
 
     #[test]
+    fn the_schedule_window_is_tuning_listed_only_when_changed() {
+        let default = toml::to_string_pretty(&FileConfig::default()).unwrap();
+        assert!(!default.contains("schedule_window"), "{default}");
+        let c = parse_file("[delivery]\nschedule_window = 64\n").unwrap();
+        assert_eq!(c.delivery.schedule_window, 64);
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(parse_file(&text).unwrap().delivery.schedule_window, 64);
+        let zero = parse_file("[delivery]\nschedule_window = 0\n").unwrap();
+        assert_eq!(
+            validate(&zero).unwrap_err(),
+            "invalid key `delivery.schedule_window`: must be at least 1"
+        );
+    }
+
+    #[test]
     fn dump_round_trips() {
         let c = FileConfig::default();
         let text = toml::to_string_pretty(&c).unwrap();
