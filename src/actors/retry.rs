@@ -92,7 +92,6 @@ impl RetrySupervisor {
     /// Sends every due event whose destination has room; reads the next page when the window
     /// runs low; schedules the next wake-up.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        self.read_next_page(ctx);
         let now = ids::now_ms();
         let due = self.schedule.take_due(now);
         for event in due.events {
@@ -105,6 +104,8 @@ impl RetrySupervisor {
                 reply_to: ctx.address().recipient(),
             });
         }
+        // After taking: the window refills while those attempts run.
+        self.read_next_page(ctx);
         self.schedule_wakeup(due.wake_at, ctx);
     }
 
