@@ -144,6 +144,15 @@ pub struct DeliveryConfig {
     pub per_host_concurrency: usize,
     /// How long a rotated-out signing secret stays valid.
     pub secret_overlap: HumanDuration,
+    /// Tuning, not in the example config: how many events waiting for delivery are held in
+    /// memory; the rest wait in the database and are read in pages as the window empties.
+    /// Listed by `config dump` only when changed.
+    #[serde(skip_serializing_if = "is_default_window")]
+    pub schedule_window: usize,
+}
+
+fn is_default_window(n: &usize) -> bool {
+    *n == crate::delivery::schedule::DEFAULT_WINDOW
 }
 
 impl Default for DeliveryConfig {
@@ -154,6 +163,7 @@ impl Default for DeliveryConfig {
             jitter: 0.1,
             per_host_concurrency: 16,
             secret_overlap: secs(24 * 3600),
+            schedule_window: crate::delivery::schedule::DEFAULT_WINDOW,
         }
     }
 }
@@ -367,6 +377,7 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
         "delivery.per_host_concurrency",
         file.delivery.per_host_concurrency,
     )?;
+    positive("delivery.schedule_window", file.delivery.schedule_window)?;
     if !(0.0..=1.0).contains(&file.delivery.jitter) {
         return Err(format!(
             "invalid key `delivery.jitter`: expected a fraction between 0.0 and 1.0, got {}",
@@ -514,6 +525,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.invoke_body.0, 2 * 1024 * 1024);
         assert_eq!(c.delivery.retry_schedule[0].0, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_schedule_window_is_tuning_listed_only_when_changed() {
+        let default = toml::to_string_pretty(&FileConfig::default()).unwrap();
+        assert!(!default.contains("schedule_window"), "{default}");
+        let c = parse_file("[delivery]\nschedule_window = 64\n").unwrap();
+        assert_eq!(c.delivery.schedule_window, 64);
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(parse_file(&text).unwrap().delivery.schedule_window, 64);
+        let zero = parse_file("[delivery]\nschedule_window = 0\n").unwrap();
+        assert_eq!(
+            validate(&zero).unwrap_err(),
+            "invalid key `delivery.schedule_window`: must be at least 1"
+        );
     }
 
     #[test]

@@ -69,14 +69,9 @@ pub async fn run(
     .await
     .map_err(anyhow::Error::msg)?;
 
-    let pending_events = store.load_due_events_blocking()?;
-    let supervisor = RetrySupervisor::new(
-        store.clone(),
-        config.clone(),
-        deployments.clone(),
-        pending_events,
-    )
-    .start();
+    // Reads one page of the events still to deliver, not the whole backlog.
+    let supervisor =
+        RetrySupervisor::new(store.clone(), config.clone(), deployments.clone())?.start();
     let recovered = actors::recovery::recover(&store, &deployments)?;
     let invoker = InvokeActor::new(
         store.clone(),

@@ -66,8 +66,12 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabel, Counter>,
     /// Seconds one delivery attempt took (connect, send, response).
     pub attempt_duration: Histogram,
-    /// Events waiting for their next attempt, and attempts in flight (set at scrape time).
+    /// Events held in memory waiting for their next attempt (a backlog beyond
+    /// `delivery.schedule_window` waits in the database), and attempts in flight (set at
+    /// scrape time).
     pub events_waiting: Gauge,
+    /// The most events held in memory at once since start (set at scrape time).
+    pub events_waiting_peak: Gauge,
     pub deliveries_in_flight: Gauge,
     /// Destinations whose circuit breaker is open (set at scrape time).
     pub destinations_paused: Gauge,
@@ -94,6 +98,7 @@ impl Metrics {
             deliveries: Family::default(),
             attempt_duration: seconds(),
             events_waiting: Gauge::default(),
+            events_waiting_peak: Gauge::default(),
             deliveries_in_flight: Gauge::default(),
             destinations_paused: Gauge::default(),
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)), // 1 … 2048
@@ -150,8 +155,13 @@ impl Metrics {
         );
         registry.register(
             "events_waiting",
-            "Webhook events waiting for their next attempt",
+            "Webhook events held in memory waiting for their next attempt (at most delivery.schedule_window; more wait in the database)",
             m.events_waiting.clone(),
+        );
+        registry.register(
+            "events_waiting_peak",
+            "The most webhook events held in memory at once since start",
+            m.events_waiting_peak.clone(),
         );
         registry.register(
             "deliveries_in_flight",
@@ -237,6 +247,8 @@ impl Metrics {
         self.run_slots_in_use.set(live.slots_in_use as i64);
         self.run_slots_max.set(live.slots_max as i64);
         self.events_waiting.set(live.events_waiting as i64);
+        self.events_waiting_peak
+            .set(live.events_waiting_peak as i64);
         self.deliveries_in_flight
             .set(live.deliveries_in_flight as i64);
         self.destinations_paused
@@ -261,6 +273,7 @@ pub struct LiveState {
     pub queued: usize,
     pub waiting_approval: usize,
     pub events_waiting: usize,
+    pub events_waiting_peak: usize,
     pub deliveries_in_flight: usize,
     pub destinations_paused: usize,
 }

@@ -36,6 +36,8 @@ pub struct AttemptFinished {
     pub event: DueEvent,
     /// When to try again; `None` when the event is delivered or finally failed.
     pub retry_at: Option<i64>,
+    /// Whether the store recorded the attempt (and so knows `retry_at`).
+    pub recorded: bool,
     /// Success or failure of the destination itself (None when the destination was never
     /// tried, e.g. no secret), for the circuit breaker.
     pub counts_for_breaker: Option<bool>,
@@ -416,17 +418,18 @@ impl Handler<Deliver> for DeliveryActor {
                     .map(|reason| reason.as_str().to_string()),
             };
             let recorded = store.write(RecordAttempt { attempt, update }).await;
-            let retry_at = match recorded {
-                Ok(_) => retry_at,
+            let (retry_at, recorded) = match recorded {
+                Ok(_) => (retry_at, true),
                 Err(err) => {
                     // The store still says the event is due: try again soon rather than lose it.
                     tracing::error!(%err, "could not record the attempt; will retry");
-                    Some(ids::now_ms() + 1000)
+                    (Some(ids::now_ms() + 1000), false)
                 }
             };
             reply_to.do_send(AttemptFinished {
                 event,
                 retry_at,
+                recorded,
                 counts_for_breaker: reply.counts_for_breaker(),
             });
         };

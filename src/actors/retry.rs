@@ -1,19 +1,26 @@
-//! The RetrySupervisor owns the schedule of events waiting for delivery. It keeps them in
-//! memory ordered by due time (rebuilt from SQLite at start), enforces per-destination
-//! concurrency and the circuit breaker, and hands due events to DeliveryActors. SQLite stays
-//! the record: an event leaves the store's due set only when an attempt says so.
+//! The RetrySupervisor hands due events to DeliveryActors. What is due when, under the
+//! per-destination limits and the circuit breaker, is decided by the pure
+//! [`Schedule`](crate::delivery::schedule::Schedule), which keeps only a bounded window of the
+//! soonest-due events in memory; this actor feeds it pages read from SQLite (off its thread),
+//! sets its wake-up timer, and reports attempts back to it. SQLite stays the record: an event
+//! leaves the store's due set only when an attempt says so.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::delivery::{AttemptFinished, Deliver, DeliveryActor};
 use crate::config::Config;
-use crate::delivery::policy::Breaker;
+use crate::delivery::schedule::{PageRequest, Schedule};
 use crate::deployments::Deployments;
 use crate::ids;
-use crate::store::{DueEvent, Store};
+use crate::store::{DueEvent, Store, StoreResult};
+
+pub use crate::delivery::schedule::destination_key;
+
+/// How long to wait before reading a page again after a read failed.
+const PAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// An event to deliver now or at its `next_attempt_at`.
 #[derive(Message)]
@@ -27,119 +34,47 @@ pub struct GetStats;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SupervisorStats {
+    /// Events held in memory waiting for their time or their destination (the rest of a
+    /// backlog waits in the database).
     pub waiting: usize,
+    /// The most events held in memory at once since start.
+    pub waiting_peak: usize,
     pub in_flight: usize,
     pub paused_destinations: usize,
-}
-
-/// One (scheme, host, port): its attempts in flight, its breaker, and its waiting events.
-#[derive(Default)]
-struct Destination {
-    in_flight: usize,
-    breaker: Breaker,
-    /// (due time, event id) of the events waiting for this destination, earliest first.
-    due: BTreeSet<(i64, String)>,
-}
-
-impl Destination {
-    fn head(&self) -> Option<i64> {
-        self.due.first().map(|(at, _)| *at)
-    }
 }
 
 pub struct RetrySupervisor {
     store: Store,
     config: Arc<Config>,
     deployments: Arc<Deployments>,
-    /// Waiting events by id, with their destination key.
-    events: HashMap<String, (String, DueEvent)>,
-    destinations: HashMap<String, Destination>,
-    /// (earliest due time, destination key) of every destination with waiting events, so a
-    /// pump looks at destinations, not at every event stuck behind a busy one.
-    heads: BTreeSet<(i64, String)>,
+    schedule: Schedule,
     deliverers: Vec<Addr<DeliveryActor>>,
     next_deliverer: usize,
     wakeup: Option<(i64, SpawnHandle)>,
 }
 
-/// `scheme://host:port` of a callback URL: the unit of concurrency and circuit breaking.
-pub fn destination_key(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => url.to_string(),
-    }
-}
-
 impl RetrySupervisor {
+    /// Reads the first page of the events still to deliver (not the whole backlog: start-up
+    /// stays quick however many wait); the actor reads the rest as the window empties.
     pub fn new(
         store: Store,
         config: Arc<Config>,
         deployments: Arc<Deployments>,
-        pending: Vec<DueEvent>,
-    ) -> Self {
-        let mut sup = RetrySupervisor {
+    ) -> StoreResult<Self> {
+        let delivery = &config.file.delivery;
+        let mut schedule = Schedule::new(delivery.schedule_window, delivery.per_host_concurrency);
+        if let Some(PageRequest::Next { after, limit }) = schedule.next_page() {
+            schedule.page_read(store.due_events_after_blocking(after, limit)?);
+        }
+        Ok(RetrySupervisor {
             store,
             config,
             deployments,
-            events: HashMap::new(),
-            destinations: HashMap::new(),
-            heads: BTreeSet::new(),
+            schedule,
             deliverers: Vec::new(),
             next_deliverer: 0,
             wakeup: None,
-        };
-        for event in pending {
-            sup.insert(event);
-        }
-        sup
-    }
-
-    fn insert(&mut self, event: DueEvent) {
-        self.remove_waiting(&event.event_id);
-        let key = destination_key(&event.callback_url);
-        let dest = self.destinations.entry(key.clone()).or_default();
-        let before = dest.head();
-        dest.due
-            .insert((event.next_attempt_at, event.event_id.clone()));
-        let after = dest.head();
-        Self::move_head(&mut self.heads, &key, before, after);
-        self.events.insert(event.event_id.clone(), (key, event));
-    }
-
-    /// Takes an event out of the waiting set (a redelivery replaces a waiting retry).
-    fn remove_waiting(&mut self, event_id: &str) -> Option<DueEvent> {
-        let (key, event) = self.events.remove(event_id)?;
-        if let Some(dest) = self.destinations.get_mut(&key) {
-            let before = dest.head();
-            dest.due
-                .remove(&(event.next_attempt_at, event.event_id.clone()));
-            let after = dest.head();
-            Self::move_head(&mut self.heads, &key, before, after);
-        }
-        Some(event)
-    }
-
-    /// Keeps `heads` in step with a destination's earliest due time.
-    fn move_head(
-        heads: &mut BTreeSet<(i64, String)>,
-        key: &str,
-        before: Option<i64>,
-        after: Option<i64>,
-    ) {
-        if before == after {
-            return;
-        }
-        if let Some(at) = before {
-            heads.remove(&(at, key.to_string()));
-        }
-        if let Some(at) = after {
-            heads.insert((at, key.to_string()));
-        }
+        })
     }
 
     /// The signing secrets for an event: the current one, then a rotated-out one still valid.
@@ -154,48 +89,12 @@ impl RetrySupervisor {
             .collect())
     }
 
-    /// Sends every due event whose destination has room; schedules the next wake-up.
+    /// Sends every due event whose destination has room; reads the next page when the window
+    /// runs low; schedules the next wake-up.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let now = ids::now_ms();
-        let per_host = self.config.file.delivery.per_host_concurrency;
-        let mut next_wake: Option<i64> = self.heads.iter().map(|(at, _)| *at).find(|at| *at > now);
-        let due_destinations: Vec<(i64, String)> = self
-            .heads
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .cloned()
-            .collect();
-        let mut ready = Vec::new();
-        for (head, key) in due_destinations {
-            let dest = self
-                .destinations
-                .get_mut(&key)
-                .expect("heads name known destinations");
-            if let Some(until) = dest.breaker.paused_until(now) {
-                // Paused: its events wait without using up attempts.
-                next_wake = Some(next_wake.map_or(until, |w| w.min(until)));
-                continue;
-            }
-            // A destination at its limit is pumped again by its next AttemptFinished.
-            while dest.in_flight < per_host {
-                match dest.due.first() {
-                    Some((at, _)) if *at <= now => {
-                        let (_, id) = dest.due.pop_first().expect("first exists");
-                        dest.in_flight += 1;
-                        ready.push(id);
-                    }
-                    Some((at, _)) => {
-                        next_wake = Some(next_wake.map_or(*at, |w| w.min(*at)));
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            let after = dest.head();
-            Self::move_head(&mut self.heads, &key, Some(head), after);
-        }
-        for id in ready {
-            let (_, event) = self.events.remove(&id).expect("due events are indexed");
+        let due = self.schedule.take_due(now);
+        for event in due.events {
             let secrets = self.secrets(&event.deployment_key, now);
             let deliverer = &self.deliverers[self.next_deliverer % self.deliverers.len()];
             self.next_deliverer = self.next_deliverer.wrapping_add(1);
@@ -205,7 +104,47 @@ impl RetrySupervisor {
                 reply_to: ctx.address().recipient(),
             });
         }
-        self.schedule_wakeup(next_wake, ctx);
+        // After taking: the window refills while those attempts run.
+        self.read_next_page(ctx);
+        self.schedule_wakeup(due.wake_at, ctx);
+    }
+
+    /// Reads the next page in a blocking thread, so the actor keeps answering meanwhile.
+    fn read_next_page(&mut self, ctx: &mut Context<Self>) {
+        let Some(request) = self.schedule.next_page() else {
+            return;
+        };
+        let store = self.store.clone();
+        let read = async move {
+            match request {
+                PageRequest::Next { after, limit } => store.due_events_after(after, limit).await,
+                PageRequest::Destination {
+                    destination,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let of_destination =
+                        move |callback_url: &str| destination_key(callback_url) == destination;
+                    store
+                        .due_events_of(from, until, limit, of_destination)
+                        .await
+                }
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(|result, act, ctx| match result {
+            Ok(page) => {
+                act.schedule.page_read(page);
+                act.pump(ctx);
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot read the next events to deliver; trying again");
+                ctx.run_later(PAGE_RETRY, |act, ctx| {
+                    act.schedule.page_failed();
+                    act.pump(ctx);
+                });
+            }
+        }));
     }
 
     fn schedule_wakeup(&mut self, at: Option<i64>, ctx: &mut Context<Self>) {
@@ -217,7 +156,7 @@ impl RetrySupervisor {
             }
             ctx.cancel_future(handle);
         }
-        let delay = std::time::Duration::from_millis((at - ids::now_ms()).max(0) as u64);
+        let delay = Duration::from_millis((at - ids::now_ms()).max(0) as u64);
         let handle = ctx.run_later(delay, |act, ctx| {
             act.wakeup = None;
             act.pump(ctx);
@@ -244,8 +183,9 @@ impl Actor for RetrySupervisor {
                 move |_| DeliveryActor::new(store, config),
             ));
         }
-        if !self.events.is_empty() {
-            tracing::info!(events = self.events.len(), "resuming deliveries");
+        let waiting = self.schedule.stats(ids::now_ms()).waiting;
+        if waiting > 0 {
+            tracing::info!(events = waiting, "resuming deliveries");
         }
         self.pump(ctx);
     }
@@ -255,7 +195,7 @@ impl Handler<Enqueue> for RetrySupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        self.insert(msg.0);
+        self.schedule.insert(msg.0);
         self.pump(ctx);
     }
 }
@@ -264,20 +204,13 @@ impl Handler<AttemptFinished> for RetrySupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: AttemptFinished, ctx: &mut Context<Self>) {
-        let now = ids::now_ms();
-        let dest = self
-            .destinations
-            .entry(destination_key(&msg.event.callback_url))
-            .or_default();
-        dest.in_flight = dest.in_flight.saturating_sub(1);
-        if let Some(success) = msg.counts_for_breaker {
-            dest.breaker.record(success, now);
-        }
-        if let Some(next_at) = msg.retry_at {
-            let mut event = msg.event;
-            event.next_attempt_at = next_at;
-            self.insert(event);
-        }
+        self.schedule.finished(
+            msg.event,
+            msg.retry_at,
+            msg.recorded,
+            msg.counts_for_breaker,
+            ids::now_ms(),
+        );
         self.pump(ctx);
     }
 }
@@ -286,15 +219,12 @@ impl Handler<GetStats> for RetrySupervisor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        let now = ids::now_ms();
+        let stats = self.schedule.stats(ids::now_ms());
         MessageResult(SupervisorStats {
-            waiting: self.events.len(),
-            in_flight: self.destinations.values().map(|d| d.in_flight).sum(),
-            paused_destinations: self
-                .destinations
-                .values()
-                .filter(|d| d.breaker.paused_until(now).is_some())
-                .count(),
+            waiting: stats.waiting,
+            waiting_peak: stats.waiting_peak,
+            in_flight: stats.in_flight,
+            paused_destinations: stats.paused_destinations,
         })
     }
 }

@@ -29,6 +29,7 @@ async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         queued: load.queued,
         waiting_approval: load.waiting_approval,
         events_waiting: deliveries.waiting,
+        events_waiting_peak: deliveries.waiting_peak,
         deliveries_in_flight: deliveries.in_flight,
         destinations_paused: deliveries.paused_destinations,
     });

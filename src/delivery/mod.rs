@@ -1,6 +1,8 @@
 //! Webhook delivery logic without actors: retry timing (`policy`), the event body
-//! (`event`), and where a callback may connect (`destination`).
+//! (`event`), where a callback may connect (`destination`), and which waiting events go out
+//! when (`schedule`).
 
 pub mod destination;
 pub mod event;
 pub mod policy;
+pub mod schedule;

@@ -186,15 +186,6 @@ fn due_from_row(row: &Row<'_>) -> rusqlite::Result<DueEvent> {
     })
 }
 
-/// Every event still to deliver (an attempt cut short by a crash counts as due).
-pub(super) fn load_due(conn: &Connection) -> rusqlite::Result<Vec<DueEvent>> {
-    let mut stmt = conn.prepare(&format!(
-        "{DUE_SELECT} WHERE state IN ('pending', 'retrying') ORDER BY next_attempt_at"
-    ))?;
-    let rows = stmt.query_map([], due_from_row)?;
-    rows.collect()
-}
-
 pub(super) fn event_for_run(
     conn: &Connection,
     request_id: &str,
@@ -254,4 +245,248 @@ pub(super) fn attempts_for_run(
         })
     })?;
     rows.collect()
+}
+
+/// Up to `limit` events still to deliver whose (due time, id) comes after `after` (from the
+/// first when `None`), in that order: one page of the delivery schedule. An attempt cut short
+/// by a crash counts as due. The `events_due` index holds exactly these rows in due order, and
+/// its entries end with the table's key (`event_id`), so the row-value comparison seeks
+/// straight to the page: reading it costs the page, not the backlog before it.
+pub(super) fn due_page(
+    conn: &Connection,
+    after: Option<(i64, &str)>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueEvent>> {
+    const DUE: &str = "state IN ('pending', 'retrying')";
+    const ORDER: &str = "ORDER BY next_attempt_at, event_id LIMIT ?";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    match after {
+        None => conn
+            .prepare_cached(&format!("{DUE_SELECT} WHERE {DUE} {ORDER}"))?
+            .query_map([limit], due_from_row)?
+            .collect(),
+        Some((at, event_id)) => conn
+            .prepare_cached(&format!(
+                "{DUE_SELECT} WHERE {DUE} AND (next_attempt_at, event_id) > (?, ?) {ORDER}"
+            ))?
+            .query_map(rusqlite::params![at, event_id, limit], due_from_row)?
+            .collect(),
+    }
+}
+
+/// The due events from (?1, ?2) on, up to (?3, ?4) unless ?5, in due order.
+const DUE_RANGE: &str = "WHERE state IN ('pending', 'retrying')
+    AND (next_attempt_at, event_id) >= (?1, ?2)
+    AND (?5 OR (next_attempt_at, event_id) <= (?3, ?4))
+    ORDER BY next_attempt_at, event_id";
+
+/// Up to `limit` events still to deliver whose callback URL `keep` accepts, from `from`
+/// (inclusive) up to `until` (inclusive; no bound when `None`) in (due time, id) order: a page
+/// of one destination's overflow in the delivery schedule. It walks the `events_due` index
+/// from `from` and stops at the limit; the rows of other destinations it passes are the ones
+/// the schedule holds in memory or other destinations' overflow, so the walk stays short.
+pub(super) fn due_page_where(
+    conn: &Connection,
+    from: (i64, &str),
+    until: Option<(i64, &str)>,
+    limit: usize,
+    keep: &dyn Fn(&str) -> bool,
+) -> rusqlite::Result<Vec<DueEvent>> {
+    let (until_at, until_id) = until.unwrap_or((i64::MAX, ""));
+    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} {DUE_RANGE}"))?;
+    let mut rows = stmt.query(rusqlite::params![
+        from.0,
+        from.1,
+        until_at,
+        until_id,
+        until.is_none()
+    ])?;
+    let mut page = Vec::new();
+    while page.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        // The body is read only for the rows kept.
+        let url: String = row.get(3)?;
+        if keep(&url) {
+            page.push(due_from_row(row)?);
+        }
+    }
+    Ok(page)
+}
+
+impl super::Store {
+    /// One page of the events still to deliver, after `after` in (due time, id) order; see
+    /// [`due_page`].
+    pub async fn due_events_after(
+        &self,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read(move |conn| {
+            due_page(
+                conn,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )
+        })
+        .await
+    }
+
+    /// One page of the events still to deliver to the callback URLs `keep` accepts, from
+    /// `from` up to `until`; see [`due_page_where`].
+    pub async fn due_events_of(
+        &self,
+        from: (i64, String),
+        until: Option<(i64, String)>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool + Send + 'static,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read(move |conn| {
+            due_page_where(
+                conn,
+                (from.0, from.1.as_str()),
+                until.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+                &keep,
+            )
+        })
+        .await
+    }
+
+    /// [`Store::due_events_after`] on the calling thread (start-up).
+    pub fn due_events_after_blocking(
+        &self,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> super::StoreResult<Vec<DueEvent>> {
+        self.read_blocking(|conn| {
+            due_page(
+                conn,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_db(rows: &[(&str, i64, &str)]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../schema.sql"))
+            .unwrap();
+        for (n, (id, at, state)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
+                                   inputs, metadata, created_at)
+                 VALUES (?1, 'd', 'default', 1, 'completed', 'api', 'callback', '{}', '{}', 0)",
+                [format!("req_{n}")],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO events (event_id, request_id, deployment_key, event_type, callback_url, body,
+                                     state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, 'd', 'run.completed', 'http://h/', X'7B7D', ?3, ?4, 0, 0)",
+                rusqlite::params![id, format!("req_{n}"), state, at],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn page_ids(conn: &Connection, after: Option<(i64, &str)>, limit: usize) -> Vec<String> {
+        due_page(conn, after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_the_due_events_in_order_once_each() {
+        let conn = due_db(&[
+            ("evt_c", 10, "pending"),
+            ("evt_a", 10, "retrying"),
+            ("evt_b", 5, "pending"),
+            ("evt_d", 20, "delivered"),
+            ("evt_e", 30, "failed"),
+            ("evt_f", 40, "pending"),
+        ]);
+        assert_eq!(page_ids(&conn, None, 2), ["evt_b", "evt_a"]);
+        assert_eq!(page_ids(&conn, Some((10, "evt_a")), 2), ["evt_c", "evt_f"]);
+        assert_eq!(
+            page_ids(&conn, Some((40, "evt_f")), 2),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            page_ids(&conn, Some((9, "evt_z")), 10),
+            ["evt_a", "evt_c", "evt_f"]
+        );
+    }
+
+    #[test]
+    fn a_destination_page_keeps_its_urls_within_the_bounds() {
+        let conn = due_db(&[
+            ("evt_a", 1, "pending"),
+            ("evt_b", 2, "pending"),
+            ("evt_c", 3, "pending"),
+            ("evt_d", 4, "pending"),
+            ("evt_e", 5, "delivered"),
+            ("evt_f", 6, "pending"),
+        ]);
+        conn.execute(
+            "UPDATE events SET callback_url = 'http://other/' WHERE event_id IN ('evt_b', 'evt_d')",
+            [],
+        )
+        .unwrap();
+        let ids = |from, until, limit| -> Vec<String> {
+            due_page_where(&conn, from, until, limit, &|url: &str| url == "http://h/")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect()
+        };
+        assert_eq!(ids((1, "evt_a"), None, 10), ["evt_a", "evt_c", "evt_f"]);
+        assert_eq!(ids((1, "evt_b"), None, 2), ["evt_c", "evt_f"]);
+        assert_eq!(
+            ids((1, "evt_a"), Some((3, "evt_c")), 10),
+            ["evt_a", "evt_c"]
+        );
+        assert_eq!(ids((2, "evt_a"), Some((5, "evt_e")), 10), ["evt_c"]);
+    }
+
+    fn plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        plan.join("; ")
+    }
+
+    #[test]
+    fn pages_seek_the_due_index() {
+        let conn = due_db(&[]);
+        let next = plan(
+            &conn,
+            &format!(
+                "{DUE_SELECT} WHERE state IN ('pending', 'retrying')
+                 AND (next_attempt_at, event_id) > (?, ?) ORDER BY next_attempt_at, event_id LIMIT ?"
+            ),
+            rusqlite::params![0, "", 10],
+        );
+        let range = plan(
+            &conn,
+            &format!("{DUE_SELECT} {DUE_RANGE}"),
+            rusqlite::params![0, "", 5, "", false],
+        );
+        for plan in [next, range] {
+            assert!(plan.contains("USING INDEX events_due"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+            assert!(plan.contains('>'), "a seek, not a scan: {plan}");
+        }
+    }
 }

@@ -303,12 +303,6 @@ impl Store {
         })
     }
 
-    /// Every event still to deliver, soonest first (an attempt cut short by a crash counts
-    /// as due); on the calling thread (start-up).
-    pub fn load_due_events_blocking(&self) -> StoreResult<Vec<DueEvent>> {
-        self.read_blocking(events::load_due)
-    }
-
     /// Runs a read on a pooled connection in a blocking thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where

@@ -164,7 +164,7 @@ async fn a_finished_callback_run_stores_its_event_once() {
     let mut again = finished(&id, 2_020, true);
     again.status = RunStatus::Cancelled;
     assert!(!f.store.write(FinishRun(again)).await.unwrap());
-    let due = f.store.load_due_events_blocking().unwrap();
+    let due = f.store.due_events_after_blocking(None, 10_000).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].request_id, id);
     assert_eq!(due[0].next_attempt_at, 2_010);
@@ -190,18 +190,26 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
         .write(FinishRun(finished(&id, 3_001, true)))
         .await
         .unwrap();
-    let event = f.store.load_due_events_blocking().unwrap().remove(0);
+    let event = f
+        .store
+        .due_events_after_blocking(None, 10_000)
+        .unwrap()
+        .remove(0);
     f.store
         .write(attempt(&event, AttemptOutcome::Retrying, 3_002))
         .await
         .unwrap();
-    let due = f.store.load_due_events_blocking().unwrap();
+    let due = f.store.due_events_after_blocking(None, 10_000).unwrap();
     assert_eq!((due[0].attempts, due[0].next_attempt_at), (1, 4_002));
     f.store
         .write(attempt(&due[0], AttemptOutcome::Delivered, 4_002))
         .await
         .unwrap();
-    assert!(f.store.load_due_events_blocking().unwrap().is_empty());
+    assert!(f
+        .store
+        .due_events_after_blocking(None, 10_000)
+        .unwrap()
+        .is_empty());
     let attempts = f.store.attempts_for_run(id.clone()).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0].outcome, AttemptOutcome::Retrying);
@@ -226,7 +234,13 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
     assert_eq!(event.next_attempt_at, 5_000);
     let (record, _) = f.store.delivery_of_run(id).await.unwrap();
     assert_eq!(record.unwrap().state, EventState::Pending);
-    assert_eq!(f.store.load_due_events_blocking().unwrap().len(), 1);
+    assert_eq!(
+        f.store
+            .due_events_after_blocking(None, 10_000)
+            .unwrap()
+            .len(),
+        1
+    );
 
     let no_event = Redeliver {
         request_id: req(3_000, 9),
@@ -265,7 +279,7 @@ async fn purge_keeps_live_runs_and_runs_whose_event_is_due() {
         .write(FinishRun(finished(&recent, 50_005, false)))
         .await
         .unwrap();
-    let events = f.store.load_due_events_blocking().unwrap();
+    let events = f.store.due_events_after_blocking(None, 10_000).unwrap();
     let first = events.iter().find(|e| e.request_id == delivered).unwrap();
     f.store
         .write(attempt(first, AttemptOutcome::Delivered, 10_006))

@@ -5,6 +5,7 @@
 mod support;
 
 mod approval;
+mod backlog;
 mod bad_input;
 mod cli;
 mod cli_webhooks;
