@@ -662,11 +662,11 @@ mod tests {
 
     /// The store's due set, as the paging query reads it.
     #[derive(Default, Clone)]
-    struct Due_ {
+    struct StoreModel {
         rows: BTreeMap<Key, DueEvent>,
     }
 
-    impl Due_ {
+    impl StoreModel {
         fn put(&mut self, e: &DueEvent) {
             self.rows.retain(|(_, id), _| *id != e.event_id);
             self.rows.insert(key_of(e), e.clone());
@@ -708,7 +708,7 @@ mod tests {
     }
 
     /// Reads and joins pages until the window is full or the store is exhausted.
-    fn fill(s: &mut Schedule, store: &Due_) {
+    fn fill(s: &mut Schedule, store: &StoreModel) {
         while let Some(req) = s.next_page() {
             let page = store.page(&req);
             s.page_read(page);
@@ -718,7 +718,7 @@ mod tests {
     #[test]
     fn takes_due_events_up_to_the_per_host_limit_and_wakes_for_the_next() {
         let mut s = Schedule::new(100, 2);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for (id, at) in [("a", 10), ("b", 20), ("c", 30), ("d", 500)] {
             store.put(&event(id, at, "one"));
         }
@@ -746,7 +746,7 @@ mod tests {
     #[test]
     fn wakes_at_the_next_due_time() {
         let mut s = Schedule::new(100, 4);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         store.put(&event("a", 10, "one"));
         store.put(&event("b", 500, "one"));
         store.put(&event("c", 300, "two"));
@@ -761,7 +761,7 @@ mod tests {
     #[test]
     fn a_paused_destination_keeps_its_events_and_wakes_at_the_pause_end() {
         let mut s = Schedule::new(100, 1);
-        let store = Due_::default();
+        let store = StoreModel::default();
         fill(&mut s, &store);
         for n in 0..policy::BREAKER_FAILURE_THRESHOLD {
             s.insert(event(&format!("e{n}"), 0, "down"));
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn the_window_holds_at_most_its_capacity_and_pages_the_rest_in_order() {
         let mut s = Schedule::new(4, 100);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for n in 0..10 {
             store.put(&event(&format!("e{n}"), n, "h"));
         }
@@ -796,7 +796,7 @@ mod tests {
     #[test]
     fn an_event_placed_past_the_horizon_is_left_to_a_page() {
         let mut s = Schedule::new(2, 100);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
             store.put(&event(id, at, "h"));
         }
@@ -814,7 +814,7 @@ mod tests {
 
     /// Attempts everything due at `now` until nothing is left, every attempt delivered;
     /// returns the ids in the order they were sent.
-    fn drain(s: &mut Schedule, store: &mut Due_, now: i64) -> Vec<String> {
+    fn drain(s: &mut Schedule, store: &mut StoreModel, now: i64) -> Vec<String> {
         let mut sent = Vec::new();
         loop {
             fill(s, store);
@@ -833,7 +833,7 @@ mod tests {
     #[test]
     fn a_page_read_before_a_retry_was_recorded_is_cut_before_it() {
         let mut s = Schedule::new(4, 100);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for n in 0..6 {
             store.put(&event(&format!("e{n}"), n, "h"));
         }
@@ -873,7 +873,7 @@ mod tests {
 
     fn page_around_an_attempt(finish_first: bool) {
         let mut s = Schedule::new(2, 1);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
             store.put(&event(id, at, "h"));
         }
@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn eviction_while_a_page_is_read_drops_that_page() {
         let mut s = Schedule::new(2, 100);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for (id, at) in [("a", 10), ("b", 20), ("c", 30)] {
             store.put(&event(id, at, "h"));
         }
@@ -948,7 +948,7 @@ mod tests {
     fn a_destination_with_a_backlog_holds_its_quota_and_the_others_still_go_out() {
         // Quota: 4 rounds of 1 attempt = 4 events of the window of 64.
         let mut s = Schedule::new(64, 1);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         for n in 0..1000 {
             store.put(&event(&format!("a{n:04}"), n, "down"));
         }
@@ -989,7 +989,7 @@ mod tests {
     #[test]
     fn a_retry_the_store_did_not_record_stays_in_memory() {
         let mut s = Schedule::new(1, 100);
-        let mut store = Due_::default();
+        let mut store = StoreModel::default();
         store.put(&event("a", 1, "h"));
         store.put(&event("b", 2, "h"));
         fill(&mut s, &store);
@@ -1012,7 +1012,7 @@ mod tests {
             let capacity = rng.gen_range(1..14);
             let mut s = Schedule::new(capacity, rng.gen_range(1..3));
             let hosts = ["h", "g", "f"];
-            let mut store = Due_::default();
+            let mut store = StoreModel::default();
             let mut now = 0i64;
             let mut next_id = 0;
             let mut created = 0;

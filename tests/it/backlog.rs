@@ -1,7 +1,9 @@
 //! A backlog larger than the delivery schedule's memory window (`delivery.schedule_window`,
 //! set tiny here): events wait in the database and are read page by page, a restart reads
 //! only the first page, and when the receiver comes back every event arrives exactly once,
-//! correctly signed, while the daemon never held more than the window in memory.
+//! correctly signed, while the daemon never held more than the window in memory; and one
+//! receiver's backlog holds only its quota of the window, so another receiver's events, due
+//! after that whole backlog, still go out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,4 +113,53 @@ fn a_backlog_beyond_the_window_is_paged_and_delivered_once_after_a_restart() {
     );
     assert_eq!(metric(&app, "hivelet_events_waiting"), 0.0);
     gate.open();
+}
+
+#[test]
+fn a_receiver_that_hangs_with_a_backlog_does_not_hold_up_another() {
+    // `slow` holds every attempt; its backlog fills far more than the window. `fine` answers.
+    let gate = Gate::new();
+    let slow = {
+        let gate = gate.clone();
+        StubServer::threaded(move |_, _| {
+            gate.wait();
+            StubReply::text(200, "ok")
+        })
+    };
+    let fine = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start_with(
+        &format!(
+            "[delivery]\nschedule_window = {WINDOW}\nper_host_concurrency = 1\n\
+             attempt_timeout = \"60s\"\njitter = 0.0\n"
+        ),
+        &[],
+        &[],
+    );
+    let slow_ids: Vec<String> = (0..3 * WINDOW)
+        .map(|_| invoke_async(&app, hello("Ada"), &format!("{}/hook", slow.url())))
+        .collect();
+    for id in &slow_ids {
+        wait_for(&format!("{id} to complete"), || {
+            (run_detail(&app, id)["run_status"] == "completed").then_some(())
+        });
+    }
+    // Due after the whole backlog of `slow`, and still delivered while it hangs.
+    let fine_ids: Vec<String> = (0..3)
+        .map(|_| invoke_async(&app, hello("Ada"), &format!("{}/hook", fine.url())))
+        .collect();
+    for id in &fine_ids {
+        wait_for(&format!("{id} to be delivered"), || {
+            (run_detail(&app, id)["async"]["delivery_state"] == "delivered").then_some(())
+        });
+    }
+    assert_eq!(slow.requests().len(), 1, "`slow` holds its one attempt");
+    assert!(metric(&app, "hivelet_events_waiting_peak") <= WINDOW as f64);
+
+    gate.open();
+    for id in &slow_ids {
+        wait_for(&format!("{id} to be delivered"), || {
+            (run_detail(&app, id)["async"]["delivery_state"] == "delivered").then_some(())
+        });
+    }
+    assert_eq!(slow.requests().len(), 3 * WINDOW, "each once");
 }
