@@ -301,14 +301,32 @@ pub enum ConfigError {
     NoDirectories(String),
 }
 
+/// A key of `hivelet.toml` (or its override) that cannot be used: the message names it and
+/// says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidKey(pub String);
+
+impl From<String> for InvalidKey {
+    fn from(message: String) -> InvalidKey {
+        InvalidKey(message)
+    }
+}
+
+impl From<&str> for InvalidKey {
+    fn from(message: &str) -> InvalidKey {
+        InvalidKey(message.to_string())
+    }
+}
+
 impl Config {
     /// Resolves paths, reads `hivelet.toml` if present, applies overrides, validates.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let paths = resolve_paths(overrides)?;
         let mut file = match std::fs::read_to_string(&paths.config_file) {
-            Ok(text) => parse_file(&text).map_err(|message| ConfigError::Invalid {
+            Ok(text) => parse_file(&text).map_err(|invalid| ConfigError::Invalid {
                 path: paths.config_file.clone(),
-                message,
+                message: invalid.0,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
             Err(source) => {
@@ -321,7 +339,7 @@ impl Config {
         if let Some(bind) = &overrides.bind {
             file.bind = bind.clone();
         }
-        let invalid = |message: String| ConfigError::Invalid {
+        let invalid = |InvalidKey(message)| ConfigError::Invalid {
             path: paths.config_file.clone(),
             message,
         };
@@ -337,7 +355,7 @@ impl Config {
 }
 
 /// Parses `hivelet.toml`, naming the dotted key at fault.
-pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+pub fn parse_file(text: &str) -> Result<FileConfig, InvalidKey> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
@@ -354,11 +372,11 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
             .span()
             .map(|span| format!(" (line {})", text[..span.start].matches('\n').count() + 1))
             .unwrap_or_default();
-        format!("invalid key `{key}`{line}: {inner}{hint}")
+        InvalidKey(format!("invalid key `{key}`{line}: {inner}{hint}"))
     })
 }
 
-fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
+fn validate(file: &FileConfig) -> Result<SocketAddr, InvalidKey> {
     let bind: SocketAddr = file.bind.parse().map_err(|_| {
         format!(
             "invalid key `bind`: expected an address like \"127.0.0.1:8420\", got \"{}\"",
@@ -367,7 +385,9 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
     })?;
     let positive = |key: &str, n: usize| {
         if n == 0 {
-            Err(format!("invalid key `{key}`: must be at least 1"))
+            Err(InvalidKey::from(format!(
+                "invalid key `{key}`: must be at least 1"
+            )))
         } else {
             Ok(())
         }
@@ -379,28 +399,32 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
     )?;
     positive("delivery.schedule_window", file.delivery.schedule_window)?;
     if !(0.0..=1.0).contains(&file.delivery.jitter) {
-        return Err(format!(
+        return Err(InvalidKey::from(format!(
             "invalid key `delivery.jitter`: expected a fraction between 0.0 and 1.0, got {}",
             file.delivery.jitter
-        ));
+        )));
     }
     if file.delivery.retry_schedule.is_empty() {
         // An empty schedule is legal: one attempt, no retries.
     }
     if file.delivery.attempt_timeout.0.is_zero() {
-        return Err("invalid key `delivery.attempt_timeout`: must be longer than 0s".into());
+        return Err(InvalidKey::from(
+            "invalid key `delivery.attempt_timeout`: must be longer than 0s",
+        ));
     }
     if file.limits.invoke_body.0 < 1024 {
-        return Err("invalid key `limits.invoke_body`: must be at least 1KiB".into());
+        return Err(InvalidKey::from(
+            "invalid key `limits.invoke_body`: must be at least 1KiB",
+        ));
     }
     for (name, provider) in &file.providers {
         match url::Url::parse(&provider.base_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => {
-                return Err(format!(
+                return Err(InvalidKey::from(format!(
                     "invalid key `providers.{name}.base_url`: expected an http(s) URL like \"http://127.0.0.1:11434/v1\", got \"{}\"",
                     provider.base_url
-                ))
+                )))
             }
         }
     }
@@ -410,9 +434,9 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, String> {
     ] {
         for entry in list {
             if entry.trim().is_empty() || entry.contains(char::is_whitespace) {
-                return Err(format!(
+                return Err(InvalidKey::from(format!(
                     "invalid key `{key}`: expected host names or CIDRs like \"10.0.0.0/8\", got \"{entry}\""
-                ));
+                )));
             }
         }
     }
@@ -496,13 +520,13 @@ mod tests {
     fn retention_takes_days() {
         let c = parse_file("[retention]\nruns = \"30d\"\n").unwrap();
         assert_eq!(c.retention.runs.0, Duration::from_secs(30 * 24 * 3600));
-        let err = parse_file("[retention]\nrun = \"30d\"\n").unwrap_err();
+        let err = parse_file("[retention]\nrun = \"30d\"\n").unwrap_err().0;
         assert!(err.contains("`retention.run`"), "{err}");
     }
 
     #[test]
     fn unknown_key_is_named_with_its_table() {
-        let err = parse_file("[runs]\nmax_concurent = 5\n").unwrap_err();
+        let err = parse_file("[runs]\nmax_concurent = 5\n").unwrap_err().0;
         assert!(err.contains("`runs.max_concurent`"), "{err}");
         assert!(
             err.contains("max_concurrent"),
@@ -512,7 +536,9 @@ mod tests {
 
     #[test]
     fn bad_duration_names_the_key_and_the_form() {
-        let err = parse_file("[runs]\nshutdown_grace = \"soon\"\n").unwrap_err();
+        let err = parse_file("[runs]\nshutdown_grace = \"soon\"\n")
+            .unwrap_err()
+            .0;
         assert!(err.contains("runs.shutdown_grace"), "{err}");
         assert!(err.contains("\"5s\""), "{err}");
     }
@@ -538,7 +564,7 @@ mod tests {
         let zero = parse_file("[delivery]\nschedule_window = 0\n").unwrap();
         assert_eq!(
             validate(&zero).unwrap_err(),
-            "invalid key `delivery.schedule_window`: must be at least 1"
+            "invalid key `delivery.schedule_window`: must be at least 1".into()
         );
     }
 

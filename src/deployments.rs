@@ -296,7 +296,7 @@ pub async fn deploy_at_start(
     deployments: &Deployments,
     first_start: bool,
     no_examples: bool,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut files: Vec<(String, String)> = Vec::new();
     if first_start && !no_examples {
         files.push(("example hello.toml".into(), HELLO_EXAMPLE.into()));
@@ -310,12 +310,12 @@ pub async fn deploy_at_start(
         paths.sort();
         for path in paths {
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             files.push((path.display().to_string(), text));
         }
     }
     for (source, text) in files {
-        let def = parse_definition(config, &text, true, &source).map_err(|e| e.to_string())?;
+        let def = parse_definition(config, &text, true, &source)?;
         if let Some(current) = deployments.get(&def.key) {
             if same_definition(&current.definition, &def) {
                 continue;
@@ -324,7 +324,7 @@ pub async fn deploy_at_start(
         let (dep, _) = deployments
             .deploy(store, def)
             .await
-            .map_err(|e| format!("{source}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         tracing::info!(deployment = %dep.key, version = dep.version, %source, "deployed");
     }
     Ok(())

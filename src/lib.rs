@@ -66,8 +66,7 @@ pub async fn run(
         first_start,
         options.no_examples,
     )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
 
     // Reads one page of the events still to deliver, not the whole backlog.
     let supervisor =

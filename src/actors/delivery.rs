@@ -20,12 +20,19 @@ use crate::store::{AttemptRow, DueEvent, ErrorKind, EventUpdate, RecordAttempt, 
 /// `User-Agent` of every attempt.
 pub const USER_AGENT: &str = concat!("hivelet/", env!("CARGO_PKG_VERSION"));
 
+/// An event whose deployment is gone has no secret to be signed with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("deployment {deployment_key} was deleted, so there is no secret to sign with")]
+pub struct NoSecret {
+    pub deployment_key: String,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver {
     pub event: DueEvent,
     /// Current secret first, then a rotated-out one still valid; an error if none exists.
-    pub secrets: Result<Vec<String>, String>,
+    pub secrets: Result<Vec<String>, NoSecret>,
     pub reply_to: Recipient<AttemptFinished>,
 }
 
@@ -270,8 +277,8 @@ async fn post(
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
     /// No secret to sign with (the deployment is gone).
-    #[error("{0}")]
-    NoSecret(String),
+    #[error(transparent)]
+    NoSecret(#[from] NoSecret),
     #[error("cannot sign: {0}")]
     Sign(#[from] signing::VerifyError),
     /// The callback URL names an address the callback policy does not allow.
@@ -282,11 +289,11 @@ enum Refusal {
 /// Prepare: the signed headers of an attempt, or why it cannot be sent.
 fn prepare(
     event: &DueEvent,
-    secrets: Result<Vec<String>, String>,
+    secrets: Result<Vec<String>, NoSecret>,
     policy: &CallbackPolicy,
     timestamp: i64,
 ) -> Result<Vec<(String, String)>, Refusal> {
-    let secrets = secrets.map_err(Refusal::NoSecret)?;
+    let secrets = secrets?;
     let headers = attempt_headers(event, &secrets, timestamp)?;
     policy.check_ip_literal(&event.callback_url)?;
     Ok(headers)
@@ -492,8 +499,14 @@ mod tests {
         };
         let hook = event("http://127.0.0.1:9/hook");
         assert_eq!(
-            refused(&hook, Err("deployment t was deleted".into()), &open),
-            "deployment t was deleted"
+            refused(
+                &hook,
+                Err(NoSecret {
+                    deployment_key: "t".into()
+                }),
+                &open
+            ),
+            "deployment t was deleted, so there is no secret to sign with"
         );
         assert_eq!(
             refused(&hook, Ok(vec!["whsec_!!".into()]), &open),

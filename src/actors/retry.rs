@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::delivery::{AttemptFinished, Deliver, DeliveryActor};
+use super::delivery::{AttemptFinished, Deliver, DeliveryActor, NoSecret};
 use crate::config::Config;
 use crate::delivery::schedule::{PageRequest, Schedule};
 use crate::deployments::Deployments;
@@ -78,10 +78,13 @@ impl RetrySupervisor {
     }
 
     /// The signing secrets for an event: the current one, then a rotated-out one still valid.
-    fn secrets(&self, deployment_key: &str, now_ms: i64) -> Result<Vec<String>, String> {
-        let dep = self.deployments.get(deployment_key).ok_or_else(|| {
-            format!("deployment {deployment_key} was deleted, so there is no secret to sign with")
-        })?;
+    fn secrets(&self, deployment_key: &str, now_ms: i64) -> Result<Vec<String>, NoSecret> {
+        let dep = self
+            .deployments
+            .get(deployment_key)
+            .ok_or_else(|| NoSecret {
+                deployment_key: deployment_key.to_string(),
+            })?;
         Ok(dep
             .valid_secrets(now_ms)
             .into_iter()
