@@ -14,36 +14,15 @@ use crate::support::*;
 const FAST_RETRIES: &str =
     "[delivery]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\njitter = 0.0\n";
 
-fn signing_secret(app: &TestApp, deployment: &str) -> String {
-    let r = app.admin_get(&format!("/v1/deployments/{deployment}"));
-    r.expect_status(200);
-    r.json()["signing_secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("signing_secret: {r}"))
-        .to_string()
-}
-
+/// `hello` invoked async with `extra` fields merged into the body (never `async` itself).
 fn async_invoke(app: &TestApp, callback_url: &str, extra: Value) -> String {
-    let mut body = json!({
-        "deployment": "hello",
-        "inputs": {"name": "Ada"},
-        "async": {"enabled": true, "callback_url": callback_url}
-    });
+    let mut body = json!({"deployment": "hello", "inputs": {"name": "Ada"}});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             b.insert(k.clone(), v.clone());
         }
     }
-    let r = app.invoke(&body);
-    r.expect_status(202);
-    let reply = r.json();
-    assert!(
-        reply["run_status"] == "running" || reply["run_status"] == "queued",
-        "async reply: {reply}"
-    );
-    let id = reply["request_id"].as_str().unwrap_or_default().to_string();
-    assert!(is_request_id(&id), "{reply}");
-    id
+    invoke_async(app, body, callback_url)
 }
 
 fn hex_hmac(secret: &str, body: &[u8]) -> String {
