@@ -41,18 +41,49 @@ impl Daemon {
         std::fs::write(dir.path().join("hivelet.toml"), config).unwrap();
         let _ = std::fs::remove_file(data.join("hivelet.addr"));
         let clock = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_hivelet"))
-            .arg("--config")
-            .arg(dir.path().join("hivelet.toml"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("HIVELET_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start hivelet");
-        let base = wait_for_addr(&data);
+        // `CEILING=path/to/hivelet-ceiling` drives the bare ceiling (../shared/perf-ceiling)
+        // instead: it takes `serve --config --data-dir`, binds `HIVELET_BIND` and writes no
+        // address file, so the port is chosen here and `/healthz` says when it listens.
+        let (child, base) = match std::env::var("CEILING") {
+            Ok(ceiling) => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .unwrap()
+                    .port();
+                let child = Command::new(ceiling)
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(dir.path().join("hivelet.toml"))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .env("HIVELET_BIND", format!("127.0.0.1:{port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start hivelet-ceiling");
+                let base = format!("http://127.0.0.1:{port}");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while ureq::get(&format!("{base}/healthz")).call().is_err() {
+                    assert!(Instant::now() < deadline, "ceiling did not start");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (child, base)
+            }
+            Err(_) => {
+                let child = Command::new(env!("CARGO_BIN_EXE_hivelet"))
+                    .arg("--config")
+                    .arg(dir.path().join("hivelet.toml"))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["serve", "--bind", "127.0.0.1:0"])
+                    .env("HIVELET_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("start hivelet");
+                (child, wait_for_addr(&data))
+            }
+        };
         let started_in = clock.elapsed();
         let key = std::fs::read_to_string(data.join("admin.key"))
             .unwrap()
