@@ -1,4 +1,4 @@
--- hivelet schema, version 3: the whole current schema, which a new database gets at once. Each
+-- hivelet schema, version 4: the whole current schema, which a new database gets at once. Each
 -- change also appends a numbered migration in src/store/migrate.rs that takes an existing
 -- database from the version before to the same tables.
 -- Times are Unix milliseconds (*_at), durations end in _ms, ids are prefixed text.
@@ -43,7 +43,7 @@ CREATE TABLE runs (
     variant        TEXT NOT NULL,
     version        INTEGER NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
-    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui')),
+    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui', 'workflow')),
     delivery       TEXT NOT NULL CHECK (delivery IN ('direct', 'callback')),
     callback_url   TEXT,
     api_key_id     TEXT,
@@ -55,15 +55,19 @@ CREATE TABLE runs (
     created_at     INTEGER NOT NULL,
     started_at     INTEGER,
     ended_at       INTEGER,
-    duration_ms    INTEGER
+    duration_ms    INTEGER,
+    usage          TEXT,                                -- JSON: summed token usage (SPEC §10)
+    rerun_of       TEXT,                                -- the run this one reruns
+    parent_request_id TEXT                              -- the run whose workflow step started it
 ) WITHOUT ROWID;
 CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
 CREATE INDEX runs_by_status ON runs (status, request_id);
 CREATE INDEX runs_unfinished ON runs (created_at) WHERE status IN ('queued', 'running');
+CREATE INDEX runs_by_parent ON runs (parent_request_id) WHERE parent_request_id IS NOT NULL;
 
 CREATE TABLE run_steps (
     request_id   TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
-    step_index   INTEGER NOT NULL,
+    step_index   INTEGER NOT NULL,                      -- position in the definition, depth first
     step_id      TEXT NOT NULL,
     step_type    TEXT NOT NULL,
     status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted', 'reused')),
@@ -73,7 +77,11 @@ CREATE TABLE run_steps (
     error        TEXT,
     attempts     INTEGER NOT NULL,
     usage        TEXT,
-    PRIMARY KEY (request_id, step_index, started_at)
+    parent       TEXT,                                  -- the enclosing branch/loop step id
+    passes       TEXT NOT NULL DEFAULT '',              -- enclosing loop passes, outermost first: '3.0'
+    reason       TEXT,                                  -- why a waiting step waits
+    child_request_id TEXT,                              -- the run a workflow step started
+    PRIMARY KEY (request_id, step_index, passes, started_at)
 ) WITHOUT ROWID;
 
 -- The answer to an approval step (SPEC §7), written before the run resumes so a restart

@@ -73,8 +73,80 @@ ALTER TABLE api_keys ADD COLUMN previous_key_hash TEXT;
 ALTER TABLE api_keys ADD COLUMN previous_key_until INTEGER;
 ";
 
+/// Version 4 (SPEC §10): a run may be started by a `workflow` step (source `workflow`, with
+/// `parent_request_id`), be a rerun (`rerun_of`) and carries its summed token `usage`. A trace
+/// line may be a nested step: `parent` (the enclosing branch or loop), `passes` (the pass
+/// indexes of the enclosing loops, outermost first, joined with `.`, `''` outside loops: part
+/// of the key, so two passes never collide even within a millisecond), `reason` (why a step
+/// waits) and `child_request_id` (the run a `workflow` step started). `runs` gets a new
+/// `CHECK`, so both tables are rebuilt as in version 2.
+const V4_WORKFLOWS: &str = "
+CREATE TABLE runs_v4 (
+    request_id     TEXT PRIMARY KEY,
+    deployment_key TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui', 'workflow')),
+    delivery       TEXT NOT NULL CHECK (delivery IN ('direct', 'callback')),
+    callback_url   TEXT,
+    api_key_id     TEXT,
+    inputs         TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    user           TEXT,
+    output         TEXT,
+    error          TEXT,
+    created_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    ended_at       INTEGER,
+    duration_ms    INTEGER,
+    usage          TEXT,
+    rerun_of       TEXT,
+    parent_request_id TEXT
+) WITHOUT ROWID;
+INSERT INTO runs_v4 (request_id, deployment_key, variant, version, status, source, delivery,
+                     callback_url, api_key_id, inputs, metadata, user, output, error,
+                     created_at, started_at, ended_at, duration_ms)
+    SELECT request_id, deployment_key, variant, version, status, source, delivery,
+           callback_url, api_key_id, inputs, metadata, user, output, error,
+           created_at, started_at, ended_at, duration_ms
+    FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
+CREATE INDEX runs_by_status ON runs (status, request_id);
+CREATE INDEX runs_unfinished ON runs (created_at) WHERE status IN ('queued', 'running');
+CREATE INDEX runs_by_parent ON runs (parent_request_id) WHERE parent_request_id IS NOT NULL;
+
+CREATE TABLE run_steps_v4 (
+    request_id   TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    step_index   INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    step_type    TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'skipped', 'waiting', 'interrupted', 'reused')),
+    started_at   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    output       TEXT,
+    error        TEXT,
+    attempts     INTEGER NOT NULL,
+    usage        TEXT,
+    parent       TEXT,
+    passes       TEXT NOT NULL DEFAULT '',
+    reason       TEXT,
+    child_request_id TEXT,
+    PRIMARY KEY (request_id, step_index, passes, started_at)
+) WITHOUT ROWID;
+INSERT INTO run_steps_v4 (request_id, step_index, step_id, step_type, status, started_at,
+                          duration_ms, output, error, attempts, usage)
+    SELECT request_id, step_index, step_id, step_type, status, started_at,
+           duration_ms, output, error, attempts, usage
+    FROM run_steps;
+DROP TABLE run_steps;
+ALTER TABLE run_steps_v4 RENAME TO run_steps;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP];
+const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -191,8 +263,24 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
         );
         assert!(sending.is_err(), "sending must be refused now");
         conn.execute(
-            "INSERT INTO run_steps VALUES ('req_1', 1, 'b', 'template', 'reused', 2, 0, NULL, NULL, 0, NULL)",
+            "INSERT INTO run_steps (request_id, step_index, step_id, step_type, status, started_at,
+                                    duration_ms, attempts)
+             VALUES ('req_1', 1, 'b', 'template', 'reused', 2, 0, 0)",
             [],
+        )
+        .unwrap();
+        // Version 4: a run started by a workflow step, and two passes of a loop in one
+        // millisecond, are both allowed.
+        conn.execute(
+            "UPDATE runs SET source = 'workflow', parent_request_id = 'req_2' WHERE request_id = 'req_1'",
+            [],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO run_steps (request_id, step_index, step_id, step_type, status, started_at,
+                                    duration_ms, attempts, parent, passes)
+             VALUES ('req_1', 2, 'c', 'template', 'completed', 3, 0, 1, 'l', '0'),
+                    ('req_1', 2, 'c', 'template', 'completed', 3, 0, 1, 'l', '1');",
         )
         .unwrap();
         // The due index is back, and foreign keys work again: deleting a run cascades.
