@@ -245,9 +245,8 @@ async fn run_steps(
         let jinja_scope = template::to_context(&Value::Object(scope.clone()));
         let outcome = match &step.when {
             None => Ok(true),
-            Some(cond) => {
-                template::eval_bool_with(cond, &jinja_scope).map_err(|e| format!("when: {e}"))
-            }
+            Some(cond) => template::eval_bool_with(cond, &jinja_scope)
+                .map_err(|e| StepError::permanent(format!("when: {e}"))),
         };
         let result = match outcome {
             Ok(false) => {
@@ -273,7 +272,10 @@ async fn run_steps(
             Ok(true) => match (&step.kind, answer) {
                 (StepKind::Approval { timeout_ms, .. }, Some(approval)) => match approval.answer {
                     ApprovalAnswer::Given(output) => Ok((StepOutput::new(output), 1)),
-                    ApprovalAnswer::TimedOut => Err((approval::timed_out_message(*timeout_ms), 1)),
+                    ApprovalAnswer::TimedOut => Err((
+                        StepError::permanent(approval::timed_out_message(*timeout_ms)),
+                        1,
+                    )),
                 },
                 (
                     StepKind::Approval {
@@ -288,7 +290,7 @@ async fn run_steps(
                         .map(|q| template::render_with(q, &jinja_scope))
                         .transpose();
                     match rendered {
-                        Err(e) => Err((format!("question: {e}"), 0)),
+                        Err(e) => Err((StepError::permanent(format!("question: {e}")), 0)),
                         Ok(question) => {
                             running.borrow_mut().take();
                             let timeout_at_ms = approval::timeout_at(started_at_ms, *timeout_ms);
@@ -337,7 +339,9 @@ async fn run_steps(
                 });
                 last_output = Some(out.output);
             }
-            Err((reason, attempts)) => {
+            Err((error, attempts)) => {
+                let code = error.error_code();
+                let reason = error.message;
                 on_step(&record(
                     StepStatus::Failed,
                     None,
@@ -347,7 +351,7 @@ async fn run_steps(
                 ));
                 if step.on_error == OnError::Terminate {
                     return Err(RunFailure::new(
-                        "step_failed",
+                        code,
                         Some(&step.id),
                         format!("step {} failed: {reason}", step.id),
                     ));
@@ -388,7 +392,7 @@ async fn run_with_retries(
     scope: &Map<String, Value>,
     jinja_scope: &minijinja::Value,
     running: &RefCell<Option<Running>>,
-) -> Result<(StepOutput, u32), (String, u32)> {
+) -> Result<(StepOutput, u32), (StepError, u32)> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -397,10 +401,10 @@ async fn run_with_retries(
         }
         match run_once(&step.kind, env, scope, jinja_scope).await {
             Ok(out) => return Ok((out, attempts)),
-            Err(e) if attempts > step.retries => return Err((e.message, attempts)),
+            Err(e) if attempts > step.retries => return Err((e, attempts)),
             Err(e) if !e.retryable => {
                 tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed; a retry cannot help");
-                return Err((e.message, attempts));
+                return Err((e, attempts));
             }
             Err(e) => {
                 tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed, retrying");

@@ -68,6 +68,7 @@ pub(crate) async fn run(
         return Err(StepError {
             message,
             retryable: status_is_retryable(status),
+            code: None,
         });
     }
     let output = if bytes.is_empty() {

@@ -47,6 +47,10 @@ pub(crate) struct StepError {
     pub message: String,
     /// Whether another attempt could succeed (see the module comment for the rule).
     pub retryable: bool,
+    /// The run's `error_code` when this failure ends the run, where SPEC §10 names one
+    /// (`invalid_model_output`, `iteration_limit_exceeded`, `workflow_depth_exceeded`);
+    /// `None` means `step_failed`.
+    pub code: Option<&'static str>,
 }
 
 impl StepError {
@@ -55,6 +59,7 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: true,
+            code: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: false,
+            code: None,
         }
     }
 
@@ -70,6 +76,11 @@ impl StepError {
     /// deterministic, so this is permanent.
     pub(crate) fn template(field: &str, e: &TemplateError) -> Self {
         Self::permanent(format!("{field}: {e}"))
+    }
+
+    /// The run's `error_code` should this failure end the run.
+    pub(crate) fn error_code(&self) -> &'static str {
+        self.code.unwrap_or("step_failed")
     }
 
     /// Puts `prefix` before the message, keeping whether it is retryable.

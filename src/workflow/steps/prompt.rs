@@ -70,6 +70,7 @@ pub(crate) async fn run(
         return Err(StepError {
             message,
             retryable: status_is_retryable(status),
+            code: None,
         });
     }
     // A reply that answered 2xx but is not a completion is the server's fault (a proxy's
