@@ -1,5 +1,7 @@
 //! Load benchmarks (issue 6). `cargo bench --bench load -- SCENARIO [...]` with scenarios
-//! `accept`, `e2e`, `sync`, `slow-receiver`, `recovery`, `memory`, or `all` (the default).
+//! `accept`, `e2e`, `sync`, `slow-receiver`, `recovery`, `memory`, or `all` (the default),
+//! and, not in `all`, the workflow scenarios `steps20` (a 20-step workflow) and `loop1000` (a
+//! loop of 1 000 passes), run sync with `WORKFLOW_RUNS` (default 2000 / 200) runs.
 //! Each starts the release daemon on a temp data dir (`synchronous=FULL`), drives it over
 //! loopback HTTP with keep-alive from a load generator written here, with a webhook receiver
 //! here that verifies every signature, prints a table, and writes JSON under
@@ -553,6 +555,83 @@ fn memory() {
     );
 }
 
+/// A workflow of `n` template steps, each reading the one before (issue 12's benchmark).
+fn chain_definition(n: usize) -> String {
+    let mut toml = String::from(
+        "key = \"steps20\"\n[[inputs]]\nname = \"name\"\ntype = \"text\"\n\n\
+         [[steps]]\nid = \"s1\"\ntype = \"template\"\ntemplate = \"{{ name }}\"\n",
+    );
+    for i in 2..=n {
+        toml.push_str(&format!(
+            "\n[[steps]]\nid = \"s{i}\"\ntype = \"template\"\ntemplate = \"{{{{ s{}.output | length }}}}:{i}\"\n",
+            i - 1
+        ));
+    }
+    toml
+}
+
+/// A loop over an input array with one template step per pass.
+const LOOP_DEFINITION: &str = r#"key = "loop1000"
+[[inputs]]
+name = "items"
+type = "array"
+
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "items"
+as = "item"
+max_iterations = 10000
+  [[steps.steps]]
+  id = "double"
+  type = "template"
+  template = "{{ item * 2 }}"
+"#;
+
+/// Deploys `toml` on the daemon (TOML body).
+fn deploy(daemon: &Daemon, key: &str, toml: &str) {
+    let resp = ureq::put(&format!("{}/v1/deployments/{key}", daemon.base))
+        .set("Authorization", &format!("Bearer {}", daemon.key))
+        .set("Content-Type", "application/toml")
+        .send_string(toml);
+    if let Err(e) = resp {
+        let detail = match e {
+            ureq::Error::Status(code, r) => {
+                format!("{code}: {}", r.into_string().unwrap_or_default())
+            }
+            other @ ureq::Error::Transport(_) => other.to_string(),
+        };
+        panic!("deploying {key}: {detail}");
+    }
+}
+
+/// Sync runs of one workflow: runs/s, latency and the daemon's memory (RSS now and peak).
+fn workflow(name: &str, toml: &str, inputs: Value, total: usize, concurrency: usize) {
+    let daemon = Daemon::start(&config());
+    deploy(&daemon, name, toml);
+    let (idle, _) = rss_mib(daemon.pid());
+    let body = serde_json::to_vec(&json!({"deployment": name, "inputs": inputs})).unwrap();
+    let load = drive(
+        &daemon.base,
+        &daemon.key,
+        total,
+        concurrency,
+        Arc::new(move |_| body.clone()),
+    );
+    let (rss, hwm) = rss_mib(daemon.pid());
+    let rate = total as f64 / load.elapsed.as_secs_f64();
+    let l = &load.latencies_ms;
+    println!(
+        "{name:<11} {total} sync runs, concurrency {concurrency}: {rate:.1} runs/s · p50 {:.2} ms p99 {:.2} ms · errors {} · statuses {:?} · RSS idle {idle:.1} MiB, after {rss:.1} MiB, peak {hwm:.1} MiB",
+        percentile(l, 0.5), percentile(l, 0.99), load.errors, load.statuses
+    );
+    report(
+        name,
+        json!({"runs": total, "concurrency": concurrency, "runs_per_s": rate, "p50_ms": percentile(l, 0.5), "p99_ms": percentile(l, 0.99), "errors": load.errors, "rss_idle_mib": idle, "rss_mib": rss, "hwm_mib": hwm}),
+    );
+    daemon.stop();
+}
+
 fn main() {
     hivelet::install_crypto_provider();
     let args: Vec<String> = std::env::args()
@@ -598,5 +677,26 @@ fn main() {
     }
     if wants("recovery") {
         recovery(env_usize("DUE_EVENTS", 100_000));
+    }
+    if scenarios.contains(&"steps20") {
+        let runs = env_usize("WORKFLOW_RUNS", 2000);
+        workflow(
+            "steps20",
+            &chain_definition(20),
+            json!({"name": "Ada"}),
+            runs,
+            concurrency,
+        );
+    }
+    if scenarios.contains(&"loop1000") {
+        let runs = env_usize("WORKFLOW_RUNS", 200);
+        let items: Vec<usize> = (0..1000).collect();
+        workflow(
+            "loop1000",
+            LOOP_DEFINITION,
+            json!({"items": items}),
+            runs,
+            concurrency,
+        );
     }
 }
