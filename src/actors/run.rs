@@ -148,6 +148,9 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         error: rec.error.clone(),
         attempts: i64::from(rec.attempts),
         usage_json: rec.usage.as_ref().map(Value::to_string),
+        parent: rec.parent.clone(),
+        passes: rec.passes_key(),
+        reason: rec.reason.clone(),
     }
 }
 

@@ -2,11 +2,14 @@
 //! (names, templates that compile, step fields in range, providers and command steps the
 //! configuration allows), and the normalisation that goes with them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::definition::{Definition, DefinitionError, InputType, StepDef, StepKind};
+use super::definition::{
+    Definition, DefinitionError, InputType, StepDef, StepKind, DEFAULT_ITEM_NAME,
+    MAX_ITERATIONS_LIMIT, MAX_LOOP_CONCURRENCY,
+};
 use super::template;
 
 /// Upper bound for `retries`: more than this is almost certainly a typo and would spin.
@@ -79,33 +82,30 @@ impl Definition {
                 "a workflow needs at least one step",
             ));
         }
-        let mut step_ids = HashSet::new();
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            if let Some(m) = scope_name_problem(&step.id) {
-                return Err(DefinitionError::new(
-                    Some(&step.id),
-                    Some("id"),
-                    format!("steps[{i}]: {m}"),
-                ));
-            }
-            if input_names.contains(&step.id) {
+        let mut walk = Walk {
+            opts,
+            input_names: &input_names,
+            ids: HashMap::new(),
+            item_names: Vec::new(),
+        };
+        walk.steps(&mut self.steps, "steps", false)?;
+        // An element name must not hide an input or a step (a step nested in its own loop
+        // included): templates could not tell them apart.
+        for (name, loop_id, at) in &walk.item_names {
+            let clash = if input_names.contains(name) {
+                Some("an input")
+            } else if walk.ids.contains_key(name) {
+                Some("a step id")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
                 return Err(DefinitionError::step(
-                    &step.id,
-                    "id",
-                    format!(
-                        "step id {:?} is also the name of an input; templates could not tell them apart",
-                        step.id
-                    ),
+                    loop_id,
+                    &format!("{at}as"),
+                    format!("{name:?} is also {what}; templates could not tell them apart"),
                 ));
             }
-            if !step_ids.insert(step.id.clone()) {
-                return Err(DefinitionError::step(
-                    &step.id,
-                    "id",
-                    format!("duplicate step id {:?}", step.id),
-                ));
-            }
-            validate_step(step, opts)?;
         }
 
         if let Some(out) = &self.output {
@@ -185,10 +185,114 @@ fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), DefinitionError> {
+/// The walk over every step list, nested ones included.
+struct Walk<'a> {
+    opts: &'a ValidateOptions<'a>,
+    input_names: &'a HashSet<String>,
+    /// Every step id seen so far, with where it is (`steps[2].cases[0].steps[1]`).
+    ids: HashMap<String, String>,
+    /// Each `for_each` loop's element name: name, loop id, field prefix.
+    item_names: Vec<(String, String, String)>,
+}
+
+impl Walk<'_> {
+    /// Checks the step list at `at` (`steps`, `steps[2].cases[0].steps`, …).
+    fn steps(
+        &mut self,
+        steps: &mut [StepDef],
+        at: &str,
+        nested: bool,
+    ) -> Result<(), DefinitionError> {
+        for (i, step) in steps.iter_mut().enumerate() {
+            let path = format!("{at}[{i}]");
+            // Top-level steps are named by id alone (as before nesting existed); a nested
+            // one's fields carry its whole path.
+            let prefix = if nested {
+                format!("{path}.")
+            } else {
+                String::new()
+            };
+            let id_field = format!("{prefix}id");
+            if let Some(m) = scope_name_problem(&step.id) {
+                return Err(DefinitionError::new(
+                    Some(&step.id),
+                    Some(&id_field),
+                    format!("{path}: {m}"),
+                ));
+            }
+            if self.input_names.contains(&step.id) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &id_field,
+                    format!(
+                        "step id {:?} is also the name of an input; templates could not tell them apart",
+                        step.id
+                    ),
+                ));
+            }
+            if let Some(first) = self.ids.get(&step.id) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &id_field,
+                    format!(
+                        "duplicate step id {:?}: used at {first} and at {path} (ids are unique across the whole workflow, nested steps included)",
+                        step.id
+                    ),
+                ));
+            }
+            self.ids.insert(step.id.clone(), path.clone());
+            if nested && matches!(step.kind, StepKind::Approval { .. }) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &format!("{prefix}type"),
+                    "approval steps cannot be nested in a branch or loop; put the approval at the top level of the workflow",
+                ));
+            }
+            validate_step(step, self.opts, &prefix)?;
+            if let StepKind::Loop {
+                for_each: Some(_),
+                as_name,
+                ..
+            } = &step.kind
+            {
+                let name = as_name.as_deref().unwrap_or(DEFAULT_ITEM_NAME);
+                self.item_names
+                    .push((name.to_owned(), step.id.clone(), prefix.clone()));
+            }
+            let lists: Vec<String> = step.kind.nested().into_iter().map(|(p, _)| p).collect();
+            let mut lists = lists.into_iter();
+            match &mut step.kind {
+                StepKind::Branch { cases, default } => {
+                    for case in cases.iter_mut() {
+                        let sub = lists.next().unwrap_or_default();
+                        self.steps(&mut case.steps, &format!("{path}.{sub}"), true)?;
+                    }
+                    if let Some(d) = default {
+                        self.steps(d, &format!("{path}.default"), true)?;
+                    }
+                }
+                StepKind::Loop { steps, .. } => {
+                    self.steps(steps, &format!("{path}.steps"), true)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one step's own fields; `prefix` is put before field names (the step's path when
+/// it is nested, else empty).
+fn validate_step(
+    step: &mut StepDef,
+    opts: &ValidateOptions<'_>,
+    prefix: &str,
+) -> Result<(), DefinitionError> {
     let id = step.id.clone();
     let id = id.as_str();
-    let err = |field: &str, msg: String| DefinitionError::step(id, field, msg);
+    let err =
+        |field: &str, msg: String| DefinitionError::step(id, &format!("{prefix}{field}"), msg);
+    let check = |field: &str, src: &str| check_template(Some(id), &format!("{prefix}{field}"), src);
     if step.retries > MAX_RETRIES {
         return Err(err("retries", format!("must be at most {MAX_RETRIES}")));
     }
@@ -201,7 +305,7 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
         _ => Ok(()),
     };
     match &mut step.kind {
-        StepKind::Template { template, .. } => check_template(Some(id), "template", template)?,
+        StepKind::Template { template, .. } => check("template", template)?,
         StepKind::Http {
             method,
             url,
@@ -216,16 +320,16 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
             if url.trim().is_empty() {
                 return Err(err("url", "must not be empty".to_owned()));
             }
-            check_template(Some(id), "url", url)?;
+            check("url", url)?;
             for (name, value) in headers.iter() {
                 let field = format!("headers.{name}");
                 if !is_header_name(name) {
                     return Err(err(&field, format!("invalid header name {name:?}")));
                 }
-                check_template(Some(id), &field, value)?;
+                check(&field, value)?;
             }
             if let Some(body) = body {
-                check_template(Some(id), "body", body)?;
+                check("body", body)?;
             }
             positive("timeout_ms", *timeout_ms)?;
         }
@@ -254,9 +358,9 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
                 return Err(err("model", "must not be empty".to_owned()));
             }
             if let Some(system) = system {
-                check_template(Some(id), "system", system)?;
+                check("system", system)?;
             }
-            check_template(Some(id), "prompt", prompt)?;
+            check("prompt", prompt)?;
             if let Some(t) = temperature {
                 if !t.is_finite() || *t < 0.0 {
                     return Err(err("temperature", "must be a number >= 0".to_owned()));
@@ -282,21 +386,117 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
                 return Err(err("program", "must not be empty".to_owned()));
             }
             for (i, arg) in args.iter().enumerate() {
-                check_template(Some(id), &format!("args[{i}]"), arg)?;
+                check(&format!("args[{i}]"), arg)?;
             }
             if let Some(stdin) = stdin {
-                check_template(Some(id), "stdin", stdin)?;
+                check("stdin", stdin)?;
             }
             positive("timeout_ms", *timeout_ms)?;
         }
         StepKind::Delay { .. } => {}
+        StepKind::Branch { cases, default } => {
+            if step.retries > 0 {
+                return Err(err(
+                    "retries",
+                    "a branch step runs its steps once; put `retries` on the nested steps"
+                        .to_owned(),
+                ));
+            }
+            if cases.is_empty() {
+                return Err(err("cases", "a branch needs at least one case".to_owned()));
+            }
+            for (i, case) in cases.iter().enumerate() {
+                template::check_condition_syntax(&case.when).map_err(|e| {
+                    err(
+                        &format!("cases[{i}].when"),
+                        format!("expression syntax error: {e}"),
+                    )
+                })?;
+                if case.steps.is_empty() {
+                    return Err(err(
+                        &format!("cases[{i}].steps"),
+                        "a case needs at least one step".to_owned(),
+                    ));
+                }
+            }
+            if default.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    "default",
+                    "needs at least one step (or leave it out)".to_owned(),
+                ));
+            }
+        }
+        StepKind::Loop {
+            for_each,
+            as_name,
+            until,
+            steps,
+            max_iterations,
+            concurrency,
+        } => {
+            if step.retries > 0 {
+                return Err(err(
+                    "retries",
+                    "a loop step runs its passes once; put `retries` on the nested steps"
+                        .to_owned(),
+                ));
+            }
+            match (for_each.as_deref(), until.as_deref()) {
+                (Some(_), Some(_)) => {
+                    return Err(err("until", "a loop takes either `for_each` or `until`, not both".to_owned()))
+                }
+                (None, None) => {
+                    return Err(err("for_each", "a loop needs `for_each` (an expression giving an array) or `until` (a condition checked after each pass)".to_owned()))
+                }
+                (Some(expr), None) => {
+                    template::check_expression_syntax(expr)
+                        .map_err(|e| err("for_each", format!("expression syntax error: {e}")))?;
+                }
+                (None, Some(expr)) => {
+                    template::check_condition_syntax(expr)
+                        .map_err(|e| err("until", format!("expression syntax error: {e}")))?;
+                    if as_name.is_some() {
+                        return Err(err("as", "`as` names the element of a `for_each` loop; an `until` loop has none".to_owned()));
+                    }
+                    if concurrency.is_some() {
+                        return Err(err("concurrency", "only a `for_each` loop can run passes concurrently; an `until` loop's passes run one after another".to_owned()));
+                    }
+                }
+            }
+            if let Some(name) = as_name {
+                if let Some(problem) = scope_name_problem(name) {
+                    return Err(err("as", problem));
+                }
+            }
+            match *max_iterations {
+                Some(n) if n == 0 || n > MAX_ITERATIONS_LIMIT => {
+                    return Err(err(
+                        "max_iterations",
+                        format!("must be between 1 and {MAX_ITERATIONS_LIMIT}"),
+                    ))
+                }
+                _ => {}
+            }
+            match *concurrency {
+                Some(n) if n == 0 || n > MAX_LOOP_CONCURRENCY => {
+                    return Err(err(
+                        "concurrency",
+                        format!("must be between 1 and {MAX_LOOP_CONCURRENCY}"),
+                    ))
+                }
+                _ => {}
+            }
+            if steps.is_empty() {
+                return Err(err("steps", "a loop needs at least one step".to_owned()));
+            }
+        }
         StepKind::Approval {
             question,
             choices,
             timeout_ms,
         } => {
             if let Some(q) = question {
-                check_template(Some(id), "question", q)?;
+                check("question", q)?;
             }
             let mut seen = HashSet::new();
             for (i, c) in choices.iter().enumerate() {
