@@ -439,4 +439,52 @@ template = "x"
         assert_eq!(point.resume.done.len(), 1);
         assert!(point.resume.approvals.is_empty() && point.waiting.is_none());
     }
+
+    #[test]
+    fn a_loop_cut_off_mid_way_resumes_with_its_finished_passes() {
+        let mut def = Definition::from_toml_str(
+            "key = \"l\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2, 3]\"\n[[steps.steps]]\nid = \"p\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps.steps]]\nid = \"q\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"z\"\ntype = \"template\"\ntemplate = \"x\"\n",
+        )
+        .unwrap();
+        def.validate(&crate::workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        let nested = |index, id: &str, passes: &str, status, at, output| StepRow {
+            parent: Some("each".into()),
+            passes: passes.into(),
+            ..row(index, id, status, at, output)
+        };
+        let rows = vec![
+            row(0, "a", StepStatus::Completed, 10, Some("\"A\"")),
+            nested(2, "p", "0", StepStatus::Completed, 20, Some("\"p0\"")),
+            nested(2, "p", "1", StepStatus::Completed, 30, Some("\"p1\"")),
+            nested(2, "p", "2", StepStatus::Completed, 40, Some("\"p2\"")),
+            nested(3, "q", "0", StepStatus::Completed, 21, Some("\"q0\"")),
+            nested(3, "q", "1", StepStatus::Failed, 31, None),
+            nested(3, "q", "1", StepStatus::Completed, 32, Some("\"q1\"")),
+        ];
+        let point = trace_point(&def, &rows, &[]);
+        assert_eq!(point.open, Some(1));
+        assert_eq!(point.waiting, None);
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.passes.as_str(), d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", "", json!("A")),
+                ("p", "0", json!("p0")),
+                ("p", "1", json!("p1")),
+                ("p", "2", json!("p2")),
+                ("q", "0", json!("q0")),
+                ("q", "1", json!("q1")),
+            ]
+        );
+        assert_eq!(top_index(&def, 2), Some(4));
+    }
 }

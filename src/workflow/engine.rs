@@ -360,6 +360,9 @@ fn run_list<'s>(
         for (position, step) in steps.iter().enumerate() {
             let position = top.then_some(position);
             let index = shared.indexes.get(&step.id).copied().unwrap_or_default();
+            // A branch or loop reached while still reusing is entered reusing: it continues
+            // inside, at its first unfinished nested step or pass.
+            let entered_reusing = reuse;
             if reuse {
                 if let Some(d) = shared.earlier(&step.id, &passes_key) {
                     let case = match &step.kind {
@@ -508,7 +511,7 @@ fn run_list<'s>(
                         let inner = Nesting {
                             parent: Some(step.id.clone()),
                             passes: nesting.passes.clone(),
-                            reuse,
+                            reuse: entered_reusing,
                         };
                         run_branch(
                             shared,
@@ -534,7 +537,7 @@ fn run_list<'s>(
                         let inner = Nesting {
                             parent: Some(step.id.clone()),
                             passes: nesting.passes.clone(),
-                            reuse,
+                            reuse: entered_reusing,
                         };
                         let spec = LoopSpec {
                             for_each: for_each.as_deref(),
@@ -1861,5 +1864,353 @@ max_tokens = 20
 
         let (out, _) = run_with(&def, json!({"name": "Ada"}), json!({}), &env).await;
         assert!(out.unwrap_err().message.contains("choices[0]"));
+    }
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+    use crate::workflow::ValidateOptions;
+
+    fn definition(src: &str) -> Definition {
+        let mut def = Definition::from_toml_str(src).unwrap();
+        def.validate(&ValidateOptions {
+            allow_command_steps: true,
+            providers: &[],
+        })
+        .unwrap();
+        def
+    }
+
+    fn environment() -> Environment {
+        crate::install_crypto_provider();
+        Environment {
+            http: awc::Client::default(),
+            providers: HashMap::new(),
+            allow_command_steps: true,
+        }
+    }
+
+    async fn run_resumed(
+        def: &Definition,
+        inputs: Value,
+        resume: Resume,
+    ) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        let ctx = RunContext {
+            request_id: "req_1".into(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            vars: Map::new(),
+            resume,
+        };
+        let mut records = Vec::new();
+        let execution = execute(def, ctx, &environment(), &mut |r| records.push(r.clone())).await;
+        match execution {
+            Execution::Finished(result) => (result, records),
+            Execution::Paused(p) => panic!("unexpected pause at {}", p.record.step_id),
+        }
+    }
+
+    async fn run(src: &str, inputs: Value) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        run_resumed(&definition(src), inputs, Resume::default()).await
+    }
+
+    const BRANCH: &str = r#"
+key = "b"
+[[inputs]]
+name = "n"
+type = "number"
+[[steps]]
+id = "pick"
+type = "branch"
+[[steps.cases]]
+when = "n > 10"
+[[steps.cases.steps]]
+id = "big"
+type = "template"
+template = "big {{ n }}"
+[[steps.cases]]
+when = "n > 5"
+[[steps.cases.steps]]
+id = "medium"
+type = "template"
+template = "medium"
+[[steps.cases.steps]]
+id = "medium2"
+type = "template"
+template = "{{ medium.output }}!"
+[[steps]]
+id = "after"
+type = "template"
+template = "{{ pick.output }}|{{ pick.case }}|{{ medium2.output }}|{{ step_1.case }}"
+"#;
+
+    #[actix_rt::test]
+    async fn branch_takes_the_first_case_that_holds() {
+        let (out, records) = run(BRANCH, json!({"n": 7})).await;
+        assert_eq!(out.unwrap(), json!("medium!|1|medium!|1"));
+        let lines: Vec<_> = records
+            .iter()
+            .map(|r| (r.step_id.as_str(), r.index, r.parent.as_deref(), r.pass()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("medium", 2, Some("pick"), None),
+                ("medium2", 3, Some("pick"), None),
+                ("pick", 0, None, None),
+                ("after", 4, None, None),
+            ]
+        );
+        assert_eq!(records[2].output, Some(json!("medium!")));
+
+        let (out, _) = run(BRANCH, json!({"n": 11})).await;
+        assert_eq!(out.unwrap(), json!("big 11|0||0"));
+    }
+
+    #[actix_rt::test]
+    async fn branch_without_a_case_gives_null_or_runs_default() {
+        let (out, records) = run(BRANCH, json!({"n": 1})).await;
+        // No case and no default: output null, `.case` null (renders as nothing).
+        assert_eq!(out.unwrap(), json!("|||"));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].output, Some(Value::Null));
+
+        let src = BRANCH.replace(
+            "[[steps]]\nid = \"after\"",
+            "[[steps.default]]\nid = \"small\"\ntype = \"template\"\ntemplate = \"small\"\n[[steps]]\nid = \"after\"",
+        );
+        let (out, _) = run(&src, json!({"n": 1})).await;
+        assert_eq!(out.unwrap(), json!("small|default||default"));
+    }
+
+    const LOOP: &str = r#"
+key = "l"
+[[inputs]]
+name = "names"
+type = "array"
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "names"
+as = "name"
+[[steps.steps]]
+id = "greet"
+type = "template"
+template = "{{ loop.index }}:{{ name }}:{{ loop.first }}:{{ loop.last }}"
+[[steps.steps]]
+id = "shout"
+type = "template"
+template = "{{ greet.output | upper }}"
+[[steps]]
+id = "after"
+type = "template"
+json = true
+template = "{{ each.output | tojson }}"
+"#;
+
+    #[actix_rt::test]
+    async fn for_each_runs_a_pass_per_element_with_loop_variables() {
+        let (out, records) = run(LOOP, json!({"names": ["a", "b", "c"]})).await;
+        assert_eq!(
+            out.unwrap(),
+            json!(["0:A:TRUE:FALSE", "1:B:FALSE:FALSE", "2:C:FALSE:TRUE"])
+        );
+        let nested: Vec<_> = records
+            .iter()
+            .filter(|r| r.parent.is_some())
+            .map(|r| (r.step_id.as_str(), r.pass(), r.passes_key()))
+            .collect();
+        assert_eq!(nested.len(), 6);
+        assert_eq!(nested[0], ("greet", Some(0), "0".to_owned()));
+        assert_eq!(nested[5], ("shout", Some(2), "2".to_owned()));
+        let each = records.iter().find(|r| r.step_id == "each").unwrap();
+        assert_eq!(
+            (each.parent.as_deref(), each.pass(), each.index),
+            (None, None, 0)
+        );
+
+        // An empty array runs no pass.
+        let (out, records) = run(LOOP, json!({"names": []})).await;
+        assert_eq!(out.unwrap(), json!([]));
+        assert_eq!(records.len(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn for_each_refuses_non_arrays_and_too_many_elements_before_running() {
+        let (out, records) = run(LOOP, json!({"names": "abc"})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "step_failed");
+        assert!(
+            failure
+                .message
+                .contains("for_each must give an array, got text"),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+
+        let src = LOOP.replace("as = \"name\"", "as = \"name\"\nmax_iterations = 2");
+        let (out, records) = run(&src, json!({"names": ["a", "b", "c"]})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert_eq!(failure.step.as_deref(), Some("each"));
+        assert!(failure.message.contains("max_iterations = 2"), "{failure}");
+        assert_eq!(records.len(), 1, "no pass ran: {records:?}");
+
+        // An iterable of unknown length is read only up to the limit.
+        let src = LOOP.replace("for_each = \"names\"", "for_each = \"range(100000)\"");
+        let (out, records) = run(&src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert!(
+            failure.message.contains("max_iterations = 100"),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn until_checks_after_each_pass_and_stops_at_max_iterations() {
+        let src = r#"
+key = "u"
+[[steps]]
+id = "count"
+type = "loop"
+until = "double.output >= 6"
+[[steps.steps]]
+id = "double"
+type = "template"
+json = true
+template = "{{ loop.index * 2 }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(out.unwrap(), json!([0, 2, 4, 6]));
+        assert_eq!(records.len(), 5);
+
+        let src = src
+            .replace(">= 6", ">= 600")
+            .replace("until", "max_iterations = 3\nuntil");
+        let (out, records) = run(&src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert!(failure.message.contains("after 3 passes"), "{failure}");
+        assert_eq!(records.len(), 4, "three passes, then the loop");
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_passes_keep_the_element_order() {
+        let src = r#"
+key = "c"
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "[3, 0, 2, 1]"
+concurrency = 4
+[[steps.steps]]
+id = "nap"
+type = "command"
+program = "/bin/sh"
+args = ["-c", "sleep 0.$0; echo $0", "{{ item }}"]
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(out.unwrap(), json!([3, 0, 2, 1]));
+        assert_eq!(records.len(), 5);
+    }
+
+    #[actix_rt::test]
+    async fn nested_failures_fail_the_loop_with_their_code_unless_it_continues() {
+        let src = r#"
+key = "f"
+[[steps]]
+id = "outer"
+type = "loop"
+for_each = "[1, 2]"
+[[steps.steps]]
+id = "inner"
+type = "loop"
+until = "false"
+max_iterations = 2
+[[steps.steps.steps]]
+id = "tick"
+type = "template"
+template = "t"
+[[steps]]
+id = "after"
+type = "template"
+template = "{{ outer.status }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert_eq!(failure.step.as_deref(), Some("outer"));
+        assert!(
+            failure
+                .message
+                .starts_with("step outer failed: pass 0: step inner failed: "),
+            "{failure}"
+        );
+        let ticks: Vec<_> = records
+            .iter()
+            .filter(|r| r.step_id == "tick")
+            .map(StepRecord::passes_key)
+            .collect();
+        assert_eq!(ticks, ["0.0", "0.1"]);
+
+        let src = src.replace(
+            "type = \"loop\"\nfor_each",
+            "type = \"loop\"\non_error = \"continue\"\nfor_each",
+        );
+        let (out, _) = run(&src, json!({})).await;
+        assert_eq!(out.unwrap(), json!("failed"));
+    }
+
+    #[actix_rt::test]
+    async fn resume_continues_at_the_first_unfinished_pass() {
+        let def = definition(LOOP);
+        let done = |id: &str, passes: &str, output: Value| DoneStep {
+            step_id: id.into(),
+            passes: passes.into(),
+            status: StepStatus::Completed,
+            output,
+            error: None,
+        };
+        let resume = Resume {
+            done: vec![
+                done("greet", "0", json!("old greet 0")),
+                done("shout", "0", json!("OLD 0")),
+                done("greet", "1", json!("old greet 1")),
+                done("shout", "2", json!("OLD 2 (stale: greet 2 never ended)")),
+            ],
+            approvals: HashMap::new(),
+        };
+        let (out, records) = run_resumed(&def, json!({"names": ["a", "b", "c"]}), resume).await;
+        assert_eq!(
+            out.unwrap(),
+            json!(["OLD 0", "OLD GREET 1", "2:C:FALSE:TRUE"])
+        );
+        let ran: Vec<_> = records
+            .iter()
+            .map(|r| format!("{}@{}", r.step_id, r.passes_key()))
+            .collect();
+        assert_eq!(ran, ["shout@1", "greet@2", "shout@2", "each@", "after@"]);
+    }
+
+    #[actix_rt::test]
+    async fn resume_continues_in_the_case_the_branch_took() {
+        let def = definition(BRANCH);
+        let resume = Resume {
+            done: vec![DoneStep {
+                step_id: "medium".into(),
+                passes: String::new(),
+                status: StepStatus::Completed,
+                output: json!("earlier medium"),
+                error: None,
+            }],
+            approvals: HashMap::new(),
+        };
+        // n = 20 would take case 0 now; the run continues in case 1, which it had taken.
+        let (out, records) = run_resumed(&def, json!({"n": 20}), resume).await;
+        assert_eq!(out.unwrap(), json!("earlier medium!|1|earlier medium!|1"));
+        let ran: Vec<_> = records.iter().map(|r| r.step_id.as_str()).collect();
+        assert_eq!(ran, ["medium2", "pick", "after"]);
     }
 }

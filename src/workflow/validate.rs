@@ -624,4 +624,123 @@ mod tests {
         let e = parse_and_validate(src, &opts()).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("inputs[0].default"));
     }
+
+    /// A workflow whose step 1 is `step` (TOML lines of a `[[steps]]` table and its
+    /// sub-tables), after a plain step 0.
+    fn nested(step: &str) -> String {
+        format!(
+            "key = \"k\"\n[[steps]]\nid = \"first\"\ntype = \"delay\"\nms = 1\n[[steps]]\n{step}\n"
+        )
+    }
+
+    #[test]
+    fn nested_errors_name_the_whole_path() {
+        let src = nested(
+            "id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\nwhen = \"true\"\n[[steps.cases.steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1\n[[steps.cases.steps]]\nid = \"fetch\"\ntype = \"http\"\nurl = \"http://x/{{ a \"",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("fetch"));
+        assert_eq!(e.field.as_deref(), Some("steps[1].cases[0].steps[1].url"));
+        let s = e.with_source("workflows/k.toml").to_string();
+        assert!(
+            s.starts_with("workflows/k.toml: step \"fetch\": field \"steps[1].cases[0].steps[1].url\": template syntax error"),
+            "{s}"
+        );
+
+        // Parse errors too: an unknown field of a nested step, a case without `when`.
+        let src = nested(
+            "id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\n[[steps.steps]]\nid = \"t\"\ntype = \"template\"\ntemplate = \"x\"\ntemplat = \"y\"",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps[1].steps[0].templat"), "{e}");
+        let src = nested("id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\n[[steps.cases.steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(
+            (e.step.as_deref(), e.field.as_deref()),
+            (Some("pick"), Some("cases[0].when")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_across_nesting_name_both_places() {
+        let src = nested(
+            "id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\n[[steps.steps]]\nid = \"first\"\ntype = \"delay\"\nms = 1",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("first"));
+        assert_eq!(e.field.as_deref(), Some("steps[1].steps[0].id"));
+        assert!(
+            e.message
+                .contains("used at steps[0] and at steps[1].steps[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loop_fields_are_checked() {
+        let body = "\n[[steps.steps]]\nid = \"t\"\ntype = \"delay\"\nms = 1";
+        let cases = [
+            ("for_each = \"[1]\"\nuntil = \"true\"", "until", "not both"),
+            ("max_iterations = 3", "for_each", "`for_each`"),
+            ("for_each = \"[1]\"\nas = \"loop\"", "as", "reserved"),
+            ("for_each = \"[1]\"\nas = \"2x\"", "as", "not usable"),
+            ("for_each = \"[1]\"\nas = \"first\"", "as", "a step id"),
+            (
+                "until = \"true\"\nconcurrency = 2",
+                "concurrency",
+                "one after another",
+            ),
+            ("until = \"true\"\nas = \"x\"", "as", "no"),
+            (
+                "for_each = \"[1]\"\nmax_iterations = 10001",
+                "max_iterations",
+                "10000",
+            ),
+            (
+                "for_each = \"[1]\"\nmax_iterations = 0",
+                "max_iterations",
+                "between",
+            ),
+            ("for_each = \"[1]\"\nconcurrency = 17", "concurrency", "16"),
+            (
+                "for_each = \"items: {{ x }}\"",
+                "for_each",
+                "one expression",
+            ),
+            ("for_each = \"[1]\"\nretries = 1", "retries", "nested steps"),
+        ];
+        for (fields, field, message) in cases {
+            let src = nested(&format!("id = \"each\"\ntype = \"loop\"\n{fields}{body}"));
+            let e = parse_and_validate(&src, &opts()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{fields}: {e}");
+            assert!(e.message.contains(message), "{fields}: {e}");
+        }
+        let src = nested("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nsteps = []");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps"), "{e}");
+        let src = nested(&format!("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nconcurrency = 16\nmax_iterations = 10000{body}"));
+        parse_and_validate(&src, &opts()).unwrap();
+    }
+
+    #[test]
+    fn approval_steps_cannot_be_nested() {
+        let src = nested("id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\nwhen = \"true\"\n[[steps.cases.steps]]\nid = \"ok\"\ntype = \"approval\"");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps[1].cases[0].steps[0].type"));
+        assert!(e.message.contains("cannot be nested"), "{e}");
+    }
+
+    #[test]
+    fn nested_definitions_round_trip_through_json() {
+        let src = nested("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nas = \"n\"\nconcurrency = 2\n[[steps.steps]]\nid = \"pick\"\ntype = \"branch\"\n[[steps.steps.cases]]\nwhen = \"n > 0\"\n[[steps.steps.cases.steps]]\nid = \"t\"\ntype = \"delay\"\nms = 1\n[[steps.steps.default]]\nid = \"u\"\ntype = \"delay\"\nms = 1");
+        let d = parse_and_validate(&src, &opts()).unwrap();
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["steps"][1]["as"], "n");
+        assert_eq!(json["steps"][1]["steps"][0]["cases"][0]["when"], "n > 0");
+        let back = Definition::from_json_value(json).unwrap();
+        assert_eq!(d, back);
+        let order: Vec<_> = d.walk().iter().map(|w| w.step.id.as_str()).collect();
+        assert_eq!(order, ["first", "each", "pick", "t", "u"]);
+    }
 }
