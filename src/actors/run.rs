@@ -65,6 +65,7 @@ impl RunActor {
             record.status = StepStatus::Failed;
             record.output = None;
             record.error = Some("approval steps need an async run".into());
+            record.reason = None;
             store.write_detached(RecordStep(step_row(&request_id, &record)));
             let failure = RunFailure {
                 message: format!(

@@ -542,3 +542,89 @@ template = "{{ call.output.square }}"
     let receiver_saw = receiver.wait_for_requests(1);
     assert_eq!(receiver_saw[0].json()["event_type"], "workflow.completed");
 }
+
+/// A waiting approval step's trace line says why it waits; an answer replaces the line.
+/// Approval steps inside a branch or loop are refused at deploy time.
+#[test]
+fn a_waiting_entry_carries_its_reason_and_nested_approvals_are_refused() {
+    let receiver = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start();
+    app.deploy_ok(
+        "ask",
+        r#"
+key = "ask"
+
+[[steps]]
+id = "check"
+type = "approval"
+choices = ["yes", "no"]
+
+[[steps]]
+id = "done"
+type = "template"
+template = "{{ check.output.choice.value }}"
+"#,
+    );
+    let r = app.invoke(&json!({
+        "deployment": "ask",
+        "async": {"enabled": true, "callback_url": format!("{}/hook", receiver.url())}
+    }));
+    r.expect_status(202);
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    let waiting = wait_for("the approval step to wait", || {
+        let d = app.admin_get(&format!("/v1/runs/{id}")).json();
+        d["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == "check" && s["status"] == "waiting")
+            .cloned()
+    });
+    assert_eq!(waiting["reason"], "approval", "{waiting}");
+    assert!(
+        waiting["parent"].is_null() && waiting["pass"].is_null(),
+        "{waiting}"
+    );
+
+    app.post_json(
+        &format!("/v1/runs/{id}/steps/check/respond"),
+        Some(&app.admin_key),
+        &json!({"choice": "yes"}),
+    )
+    .expect_success();
+    let detail = wait_for("the run to complete", || {
+        let d = app.admin_get(&format!("/v1/runs/{id}")).json();
+        (d["run_status"] == "completed").then_some(d)
+    });
+    let check = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "check")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["status"], "completed", "{detail}");
+    assert!(check["reason"].is_null(), "{detail}");
+
+    let nested = r#"
+key = "nested_ask"
+
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "[1, 2]"
+
+[[steps.steps]]
+id = "check"
+type = "approval"
+"#;
+    let r = app.deploy_toml("nested_ask", nested);
+    let body = r.expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "steps[0].steps[0].type", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be nested"),
+        "{body}"
+    );
+}
