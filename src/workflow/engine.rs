@@ -2213,4 +2213,26 @@ template = "{{ outer.status }}"
         let ran: Vec<_> = records.iter().map(|r| r.step_id.as_str()).collect();
         assert_eq!(ran, ["medium2", "pick", "after"]);
     }
+
+    #[actix_rt::test]
+    async fn a_workflow_timeout_inside_a_loop_records_the_cut_off_steps() {
+        let src = "key = \"t\"\ntimeout_ms = 100\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2]\"\n[[steps.steps]]\nid = \"wait\"\ntype = \"delay\"\nms = 5000\n";
+        let started = Instant::now();
+        let (out, records) = run(src, json!({})).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "timeout");
+        assert_eq!(failure.step.as_deref(), Some("wait"));
+        let lines: Vec<_> = records
+            .iter()
+            .map(|r| (r.step_id.as_str(), r.status, r.parent.as_deref(), r.pass()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("wait", StepStatus::Failed, Some("each"), Some(0)),
+                ("each", StepStatus::Failed, None, None),
+            ]
+        );
+    }
 }
