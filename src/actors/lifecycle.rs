@@ -100,6 +100,9 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
         error: Some("the run was cancelled while the step waited for a response".into()),
         attempts: 0,
         usage_json: None,
+        parent: None,
+        passes: String::new(),
+        reason: None,
     }
 }
 

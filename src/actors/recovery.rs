@@ -14,7 +14,7 @@ use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
 use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
 use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
-use crate::workflow::{Definition, OnError, StepKind};
+use crate::workflow::{Definition, OnError, StepDef, StepKind};
 
 /// What a previous process left unfinished, found at start.
 pub struct Recovered {
@@ -25,38 +25,42 @@ pub struct Recovered {
 }
 
 /// Marks the step a stopped process was in the middle of as `interrupted`, so the trace shows
-/// the cut-off attempt beside the re-run's. The step is the first one after those that ended;
-/// a run stopped between steps (or waiting on an approval) has none.
+/// the cut-off attempt beside the re-run's. The step is the first top-level one that had not
+/// ended (`open`, its position); a run stopped between steps (or waiting on an approval) has
+/// none. A `branch` or `loop` cut off mid-way is marked as a whole; its nested steps that
+/// had ended stay in the trace and are taken over.
 fn record_interrupted_step(
     store: &Store,
     def: &Definition,
     run: &crate::store::RunRecord,
     rows: &[StepRow],
-    ended_steps: usize,
+    open: Option<usize>,
 ) {
-    let Some(step) = def.steps.get(ended_steps) else {
+    let Some((step, index)) = open.and_then(|p| Some((def.steps.get(p)?, top_index(def, p)?)))
+    else {
         return;
     };
     if matches!(step.kind, StepKind::Approval { .. }) {
         return;
     }
+    let index = index as i64;
     // It started when the step before it ended (or when the run started).
     let started_at = rows
         .iter()
-        .filter(|r| (r.step_index as usize) < ended_steps)
+        .filter(|r| r.step_index < index)
         .map(|r| r.started_at + r.duration_ms)
         .max()
         .or(run.started_at)
         .unwrap_or(run.created_at);
     if rows
         .iter()
-        .any(|r| r.step_index as usize == ended_steps && r.started_at == started_at)
+        .any(|r| r.step_index == index && r.passes.is_empty() && r.started_at == started_at)
     {
         return; // already marked by an earlier restart
     }
     store.write_detached(RecordStep(StepRow {
         request_id: run.request_id.clone(),
-        step_index: ended_steps as i64,
+        step_index: index,
         step_id: step.id.clone(),
         step_type: step.kind.type_name().to_string(),
         status: StepStatus::Interrupted,
@@ -66,7 +70,17 @@ fn record_interrupted_step(
         error: Some("interrupted: hivelet stopped while this step ran; the run was resumed at the next start".into()),
         attempts: 1,
         usage_json: None,
+        parent: None,
+        passes: String::new(),
+        reason: None,
     }));
+}
+
+/// The `step_index` (depth first) of the top-level step at `position`.
+fn top_index(def: &Definition, position: usize) -> Option<usize> {
+    def.walk()
+        .iter()
+        .position(|w| w.parent.is_none() && w.top == position)
 }
 
 /// Rebuilds the runs a previous process left `queued` or `running`, oldest first, each with
@@ -107,13 +121,7 @@ pub fn recover(
             let (rows, answers) = (trace.steps, trace.approvals);
             let point = trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() {
-                record_interrupted_step(
-                    store,
-                    &deployment.definition,
-                    &run,
-                    &rows,
-                    point.resume.done.len(),
-                );
+                record_interrupted_step(store, &deployment.definition, &run, &rows, point.open);
             }
             Some(point)
         } else {
@@ -154,23 +162,41 @@ struct TracePoint {
     pub resume: Resume,
     /// Set when the run waits at an approval step that has no answer yet.
     pub waiting: Option<Waiting>,
+    /// The position of the first top-level step that had not ended (none when the run
+    /// waits, or every step ended).
+    pub open: Option<usize>,
 }
 
-/// Rebuilds where a run stands from its trace (`rows`, ordered by step and start, as
-/// `store::runs::get_steps` reads them) and its approval answers (step id, output JSON).
+/// Whether a trace line says its step ended in a way a resumed run takes over: completed,
+/// skipped, or failed with `on_error = "continue"`.
+fn ended_status(step: &StepDef, row: &StepRow) -> Option<StepStatus> {
+    match row.status {
+        StepStatus::Completed => Some(StepStatus::Completed),
+        StepStatus::Skipped => Some(StepStatus::Skipped),
+        StepStatus::Failed if step.on_error == OnError::Continue => Some(StepStatus::Failed),
+        _ => None,
+    }
+}
+
+/// Rebuilds where a run stands from its trace (`rows`, as `store::runs::get_steps` reads
+/// them) and its approval answers (step id, output JSON).
 ///
-/// The steps that finished (completed, skipped, or failed with `on_error = "continue"`) up
-/// to the first that did not are done; a `waiting` approval step after them is answered (an
-/// answer is stored) or still waiting. Anything else (a step cut off by a crash, a lost trace
-/// line) runs again.
+/// The top-level steps that ended (see [`ended_status`]) up to the first that did not are
+/// done; a `waiting` approval step after them is answered (an answer is stored) or still
+/// waiting. When the first step that had not ended is a `branch` or `loop`, the nested steps
+/// inside it that ended are done too (by loop pass), so the run continues inside it: at the
+/// first unfinished pass, in the case it took. Anything else (a step cut off by a crash, a
+/// lost trace line) runs again.
 fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)]) -> TracePoint {
-    // The latest line of each step: a step that ran again after a restart has several.
-    let mut latest: HashMap<i64, &StepRow> = HashMap::new();
+    // The latest line of each step and pass: a step that ran again after a restart has
+    // several.
+    let mut latest: HashMap<(i64, &str), &StepRow> = HashMap::new();
     for row in rows {
-        match latest.get(&row.step_index) {
+        let key = (row.step_index, row.passes.as_str());
+        match latest.get(&key) {
             Some(seen) if seen.started_at > row.started_at => {}
             _ => {
-                latest.insert(row.step_index, row);
+                latest.insert(key, row);
             }
         }
     }
@@ -183,19 +209,39 @@ fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)])
             .and_then(|t| serde_json::from_str(t).ok())
             .unwrap_or(Value::Null)
     };
+    let done = |step: &StepDef, row: &StepRow, status| DoneStep {
+        step_id: step.id.clone(),
+        passes: row.passes.clone(),
+        status,
+        output: parse(&row.output_json),
+        error: row.error.clone(),
+    };
     let mut point = TracePoint {
         resume: Resume::default(),
         waiting: None,
+        open: None,
     };
-    for (index, step) in def.steps.iter().enumerate() {
-        let Some(row) = latest.get(&(index as i64)).filter(|r| r.step_id == step.id) else {
-            break;
-        };
-        let status = match row.status {
-            StepStatus::Completed => StepStatus::Completed,
-            StepStatus::Skipped => StepStatus::Skipped,
-            StepStatus::Failed if step.on_error == OnError::Continue => StepStatus::Failed,
-            StepStatus::Waiting if matches!(step.kind, StepKind::Approval { .. }) => {
+    let walk = def.walk();
+    for (index, walked) in walk.iter().enumerate() {
+        if walked.parent.is_some() {
+            continue;
+        }
+        let step = walked.step;
+        let row = latest
+            .get(&(index as i64, ""))
+            .filter(|r| r.step_id == step.id);
+        if let Some(status) = row.and_then(|r| ended_status(step, r)) {
+            point
+                .resume
+                .done
+                .push(done(step, row.expect("ended"), status));
+            continue;
+        }
+        match row {
+            Some(row)
+                if row.status == StepStatus::Waiting
+                    && matches!(step.kind, StepKind::Approval { .. }) =>
+            {
                 match answers.get(step.id.as_str()) {
                     Some(response) => {
                         let output = serde_json::from_str(response).unwrap_or(Value::Null);
@@ -223,16 +269,30 @@ fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)])
                         });
                     }
                 }
-                break;
             }
-            _ => break,
-        };
-        point.resume.done.push(DoneStep {
-            step_id: step.id.clone(),
-            status,
-            output: parse(&row.output_json),
-            error: row.error.clone(),
-        });
+            _ => point.open = Some(walked.top),
+        }
+        break;
+    }
+    // Inside the first unfinished top-level step: the nested steps that ended, by pass.
+    if let Some(open) = point.open {
+        let mut nested: Vec<(usize, &StepRow, &StepDef)> = Vec::new();
+        for (index, walked) in walk.iter().enumerate() {
+            if walked.top != open || walked.parent.is_none() {
+                continue;
+            }
+            for ((at, _), row) in &latest {
+                if *at == index as i64 && row.step_id == walked.step.id {
+                    nested.push((index, row, walked.step));
+                }
+            }
+        }
+        nested.sort_by(|a, b| (a.0, &a.1.passes).cmp(&(b.0, &b.1.passes)));
+        for (_, row, step) in nested {
+            if let Some(status) = ended_status(step, row) {
+                point.resume.done.push(done(step, row, status));
+            }
+        }
     }
     point
 }
@@ -298,6 +358,9 @@ template = "x"
             error: (status == StepStatus::Failed).then(|| "boom".to_owned()),
             attempts: 1,
             usage_json: None,
+            parent: None,
+            passes: String::new(),
+            reason: None,
         }
     }
 
@@ -375,5 +438,53 @@ template = "x"
         let point = trace_point(&def(), &rows, &answers);
         assert_eq!(point.resume.done.len(), 1);
         assert!(point.resume.approvals.is_empty() && point.waiting.is_none());
+    }
+
+    #[test]
+    fn a_loop_cut_off_mid_way_resumes_with_its_finished_passes() {
+        let mut def = Definition::from_toml_str(
+            "key = \"l\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2, 3]\"\n[[steps.steps]]\nid = \"p\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps.steps]]\nid = \"q\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"z\"\ntype = \"template\"\ntemplate = \"x\"\n",
+        )
+        .unwrap();
+        def.validate(&crate::workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        let nested = |index, id: &str, passes: &str, status, at, output| StepRow {
+            parent: Some("each".into()),
+            passes: passes.into(),
+            ..row(index, id, status, at, output)
+        };
+        let rows = vec![
+            row(0, "a", StepStatus::Completed, 10, Some("\"A\"")),
+            nested(2, "p", "0", StepStatus::Completed, 20, Some("\"p0\"")),
+            nested(2, "p", "1", StepStatus::Completed, 30, Some("\"p1\"")),
+            nested(2, "p", "2", StepStatus::Completed, 40, Some("\"p2\"")),
+            nested(3, "q", "0", StepStatus::Completed, 21, Some("\"q0\"")),
+            nested(3, "q", "1", StepStatus::Failed, 31, None),
+            nested(3, "q", "1", StepStatus::Completed, 32, Some("\"q1\"")),
+        ];
+        let point = trace_point(&def, &rows, &[]);
+        assert_eq!(point.open, Some(1));
+        assert_eq!(point.waiting, None);
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.passes.as_str(), d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", "", json!("A")),
+                ("p", "0", json!("p0")),
+                ("p", "1", json!("p1")),
+                ("p", "2", json!("p2")),
+                ("q", "0", json!("q0")),
+                ("q", "1", json!("q1")),
+            ]
+        );
+        assert_eq!(top_index(&def, 2), Some(4));
     }
 }

@@ -65,6 +65,7 @@ impl RunActor {
             record.status = StepStatus::Failed;
             record.output = None;
             record.error = Some("approval steps need an async run".into());
+            record.reason = None;
             store.write_detached(RecordStep(step_row(&request_id, &record)));
             let failure = RunFailure {
                 message: format!(
@@ -148,6 +149,9 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         error: rec.error.clone(),
         attempts: i64::from(rec.attempts),
         usage_json: rec.usage.as_ref().map(Value::to_string),
+        parent: rec.parent.clone(),
+        passes: rec.passes_key(),
+        reason: rec.reason.clone(),
     }
 }
 

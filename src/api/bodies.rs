@@ -96,9 +96,12 @@ pub enum StepType {
     Command,
     Delay,
     Approval,
+    Branch,
+    Loop,
 }
 
-/// One step; its other fields depend on its `type` (SPEC §7).
+/// One step; its other fields depend on its `type` (SPEC §7, §10: `branch` and `loop` hold
+/// nested `steps` of the same shape).
 #[derive(Deserialize, ToSchema)]
 pub struct StepDoc {
     /// Unique in the workflow; later steps refer to its output by it.

@@ -72,6 +72,8 @@ async fn show(
 
 fn definition_error(err: DefinitionError) -> ApiError {
     let field = match (&err.step, &err.field) {
+        // A nested step's field already carries its whole path (`steps[2].cases[0].url`).
+        (Some(_), Some(field)) if field.starts_with("steps[") => Some(field.clone()),
         (Some(step), Some(field)) => Some(format!("steps.{step}.{field}")),
         (None, Some(field)) => Some(field.clone()),
         (Some(step), None) => Some(format!("steps.{step}")),

@@ -175,6 +175,15 @@ pub struct Step {
     pub attempts: i64,
     /// Token usage of a `prompt` step.
     pub usage: Value,
+    /// The id of the enclosing `branch` or `loop` step; null at the top level.
+    pub parent: Option<String>,
+    /// The pass of the innermost enclosing loop (from 0); null outside loops.
+    pub pass: Option<i64>,
+    /// Every enclosing loop's pass, outermost first, joined with `.` (`2.0`); null outside
+    /// loops.
+    pub passes: Option<String>,
+    /// Why a `waiting` step waits (`approval`); null otherwise.
+    pub reason: Option<String>,
 }
 
 impl Step {
@@ -190,6 +199,10 @@ impl Step {
             error: step.error.clone(),
             attempts: step.attempts,
             usage: json_or_null(&step.usage_json),
+            parent: step.parent.clone(),
+            pass: step.pass(),
+            passes: (!step.passes.is_empty()).then(|| step.passes.clone()),
+            reason: step.reason.clone(),
         }
     }
 }

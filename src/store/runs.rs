@@ -49,6 +49,27 @@ pub struct StepRow {
     pub error: Option<String>,
     pub attempts: i64,
     pub usage_json: Option<String>,
+    /// The enclosing `branch`/`loop` step's id; `None` at the top level.
+    pub parent: Option<String>,
+    /// The enclosing loops' passes, outermost first, joined with `.`; empty outside loops.
+    pub passes: String,
+    /// Why a `waiting` step waits (`approval`).
+    pub reason: Option<String>,
+}
+
+impl StepRow {
+    /// The innermost enclosing loop's pass, if any.
+    pub fn pass(&self) -> Option<i64> {
+        self.passes.rsplit('.').next().and_then(|p| p.parse().ok())
+    }
+
+    /// `passes` as numbers, for ordering (`10` after `9`).
+    fn pass_numbers(&self) -> Vec<u64> {
+        self.passes
+            .split('.')
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
 }
 
 /// What a run recorded of its steps: the trace (oldest line first), and the approval
@@ -123,8 +144,8 @@ pub(super) fn mark_running(
 pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO run_steps (request_id, step_index, step_id, step_type, status,
-             started_at, duration_ms, output, error, attempts, usage)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             started_at, duration_ms, output, error, attempts, usage, parent, passes, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     stmt.execute(rusqlite::params![
         step.request_id,
@@ -138,6 +159,9 @@ pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result
         step.error,
         step.attempts,
         step.usage_json,
+        step.parent,
+        step.passes,
+        step.reason,
     ])?;
     Ok(())
 }
@@ -248,8 +272,8 @@ pub(super) fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<O
 pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, step_index, step_id, step_type, status, started_at, duration_ms,
-                output, error, attempts, usage
-         FROM run_steps WHERE request_id = ?1 ORDER BY step_index, started_at",
+                output, error, attempts, usage, parent, passes, reason
+         FROM run_steps WHERE request_id = ?1 ORDER BY step_index, passes, started_at",
     )?;
     let rows = stmt.query_map([request_id], |row| {
         Ok(StepRow {
@@ -264,9 +288,15 @@ pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result
             error: row.get(8)?,
             attempts: row.get(9)?,
             usage_json: row.get(10)?,
+            parent: row.get(11)?,
+            passes: row.get(12)?,
+            reason: row.get(13)?,
         })
     })?;
-    rows.collect()
+    let mut steps = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    // Loop passes in number order (`2` before `10`); a stable sort keeps the rest as read.
+    steps.sort_by_cached_key(|s| (s.step_index, s.pass_numbers(), s.started_at));
+    Ok(steps)
 }
 
 /// The stored first response for an idempotency key, if it is younger than `since`.

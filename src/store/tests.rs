@@ -104,6 +104,9 @@ fn step(request_id: &str, index: i64, id: &str, status: StepStatus, at: i64) -> 
         error: None,
         attempts: 1,
         usage_json: None,
+        parent: None,
+        passes: String::new(),
+        reason: None,
     }
 }
 

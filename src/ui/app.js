@@ -498,6 +498,15 @@
     return v === null || v === undefined || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0);
   }
 
+  // How deep a nested trace line sits: one level per enclosing branch or loop.
+  function nestingDepth(steps, step) {
+    const parentOf = {};
+    steps.forEach((s) => { if (!(s.id in parentOf)) parentOf[s.id] = s.parent || null; });
+    let depth = 0;
+    for (let p = step.parent; p && depth < 32; p = parentOf[p]) depth += 1;
+    return depth;
+  }
+
   function waterfall(run) {
     const steps = run.steps || [];
     if (!steps.length) return h('p', { class: 'muted' }, 'No steps ran yet.');
@@ -521,9 +530,11 @@
         if (s.usage) details.push(h('div', { class: 'sub' }, 'Usage'), jsonBlock(s.usage));
         details.push(h('div', { class: 'muted small-text' },
           `Started ${fmtTime(s.started_at, true)} · ${s.attempts || 1} attempt${(s.attempts || 1) === 1 ? '' : 's'}`));
-        return h('details', { class: 'wf-step', testid: 'step', dataset: { key: `step:${s.id}:${s.started_at}`, step: s.id, status: s.status } },
+        return h('details', { class: 'wf-step', testid: 'step', dataset: { key: `step:${s.id}:${s.passes || ''}:${s.started_at}`, step: s.id, status: s.status } },
           h('summary', { class: 'wf-row' },
-            h('span', { class: 'wf-label' }, h('strong', {}, s.id), h('span', { class: 'muted' }, ` ${s.type}`)),
+            h('span', { class: 'wf-label', style: s.parent ? { paddingLeft: `${nestingDepth(steps, s) * 0.9}em` } : {} },
+              h('strong', {}, s.id), h('span', { class: 'muted' }, ` ${s.type}`),
+              s.parent ? h('span', { class: 'muted', testid: 'step-nesting' }, s.pass !== null && s.pass !== undefined ? ` · in ${s.parent} · pass ${s.passes || s.pass}` : ` · in ${s.parent}`) : null),
             h('span', { class: 'wf-track' },
               h('span', { class: `wf-bar st-${s.status}`, style: { left: `${Math.min(left, 99.4)}%`, width: `${Math.min(width, 100 - Math.min(left, 99.4))}%` } })),
             h('span', { class: 'wf-meta' }, badge(s.status, `st-${s.status}`), h('span', { class: 'num' }, fmtDuration(lengthOf(s))))),

@@ -4,7 +4,7 @@
 //! definition is deployed are `validate.rs`. Both report a [`DefinitionError`] naming the
 //! step and field at fault.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -203,7 +203,44 @@ pub enum StepKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// Runs the steps of the first case whose `when` holds, else `default` (SPEC §10).
+    Branch {
+        cases: Vec<BranchCase>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        default: Option<Vec<StepDef>>,
+    },
+    /// Runs `steps` once per element of `for_each`, or until `until` holds (SPEC §10).
+    Loop {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        for_each: Option<String>,
+        /// The element's name inside a `for_each` pass (`item` when absent).
+        #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+        as_name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+        steps: Vec<StepDef>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        concurrency: Option<u32>,
+    },
 }
+
+/// One case of a `branch` step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BranchCase {
+    pub when: String,
+    pub steps: Vec<StepDef>,
+}
+
+/// `max_iterations` of a loop without one.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100;
+/// The largest `max_iterations` a loop may set.
+pub const MAX_ITERATIONS_LIMIT: u32 = 10_000;
+/// The largest `concurrency` a `for_each` loop may set.
+pub const MAX_LOOP_CONCURRENCY: u32 = 16;
+/// The element's name in a `for_each` pass without `as`.
+pub const DEFAULT_ITEM_NAME: &str = "item";
 
 impl StepKind {
     /// The `type` word of this step.
@@ -215,7 +252,72 @@ impl StepKind {
             StepKind::Command { .. } => "command",
             StepKind::Delay { .. } => "delay",
             StepKind::Approval { .. } => "approval",
+            StepKind::Branch { .. } => "branch",
+            StepKind::Loop { .. } => "loop",
         }
+    }
+
+    /// The step lists nested in this step, each with its path below the step
+    /// (`cases[0].steps`, `default`, `steps`); empty for a leaf step.
+    pub fn nested(&self) -> Vec<(String, &[StepDef])> {
+        match self {
+            StepKind::Branch { cases, default } => {
+                let mut lists: Vec<(String, &[StepDef])> = cases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("cases[{i}].steps"), c.steps.as_slice()))
+                    .collect();
+                if let Some(d) = default {
+                    lists.push(("default".to_owned(), d.as_slice()));
+                }
+                lists
+            }
+            StepKind::Loop { steps, .. } => vec![("steps".to_owned(), steps.as_slice())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One step of a definition in depth-first order (see [`Definition::walk`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WalkedStep<'a> {
+    pub step: &'a StepDef,
+    /// The position of the top-level step this one is (or is nested in).
+    pub top: usize,
+    /// The enclosing `branch`/`loop`, if nested.
+    pub parent: Option<&'a StepDef>,
+}
+
+impl Definition {
+    /// Every step, nested ones included, depth first: a step comes right before the steps
+    /// nested in it. A step's position here is its `step_index` in the trace.
+    pub fn walk(&self) -> Vec<WalkedStep<'_>> {
+        fn visit<'a>(
+            steps: &'a [StepDef],
+            top: Option<usize>,
+            parent: Option<&'a StepDef>,
+            out: &mut Vec<WalkedStep<'a>>,
+        ) {
+            for (i, step) in steps.iter().enumerate() {
+                let top = top.unwrap_or(i);
+                out.push(WalkedStep { step, top, parent });
+                for (_, list) in step.kind.nested() {
+                    visit(list, Some(top), Some(step), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        visit(&self.steps, None, None, &mut out);
+        out
+    }
+
+    /// The `step_index` of every step by id (ids are unique once validated).
+    pub fn step_indexes(&self) -> HashMap<String, usize> {
+        self.walk()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.step.id.clone(), i))
+            .collect()
     }
 }
 

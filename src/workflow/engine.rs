@@ -13,17 +13,23 @@
 //! after its last finished step instead of starting over. The trace and resume types live in
 //! [`super::trace`], the approval answers in [`super::approval`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
 use super::approval;
-use super::definition::{ApprovalChoice, Definition, OnError, StepDef, StepKind};
+use super::definition::{
+    ApprovalChoice, BranchCase, Definition, OnError, StepDef, StepKind, DEFAULT_ITEM_NAME,
+    DEFAULT_MAX_ITERATIONS,
+};
 use super::steps::{self, StepError, StepOutput, StepResult};
 use super::template;
+use super::trace::passes_key;
 
 // Callers name these through `workflow::engine::…`; they moved to their own modules.
 pub use super::approval::{approval_output, Approval, ApprovalAnswer};
@@ -92,38 +98,104 @@ pub struct Pause {
     pub resume: Resume,
 }
 
-/// The step being executed, so a workflow timeout can say which one it cut short.
+/// A step being executed, so a workflow timeout can say which ones it cut short.
 struct Running {
+    token: u64,
     id: String,
     index: usize,
+    parent: Option<String>,
+    passes: Vec<u32>,
     step_type: &'static str,
     started_at_ms: i64,
     started: Instant,
     attempts: u32,
 }
 
+/// What every step list of one execution shares: the environment, the trace callback, the
+/// steps now running, and what earlier executions already finished.
+struct Shared<'a> {
+    env: &'a Environment,
+    on_step: RefCell<&'a mut dyn FnMut(&StepRecord)>,
+    running: RefCell<Vec<Running>>,
+    next_token: Cell<u64>,
+    /// Each step's `step_index` (depth first), by id.
+    indexes: HashMap<String, usize>,
+    /// What earlier executions finished, by step id and loop passes.
+    earlier: HashMap<(String, String), DoneStep>,
+    /// What this run has finished so far, earlier executions included (for a pause).
+    done: RefCell<Vec<DoneStep>>,
+    approvals: RefCell<HashMap<String, Approval>>,
+}
+
+impl Shared<'_> {
+    fn report(&self, record: &StepRecord) {
+        (self.on_step.borrow_mut())(record);
+    }
+
+    fn start_running(&self, mut running: Running) -> u64 {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        running.token = token;
+        self.running.borrow_mut().push(running);
+        token
+    }
+
+    fn stop_running(&self, token: u64) {
+        self.running.borrow_mut().retain(|r| r.token != token);
+    }
+
+    fn set_attempts(&self, token: u64, attempts: u32) {
+        if let Some(r) = self
+            .running
+            .borrow_mut()
+            .iter_mut()
+            .find(|r| r.token == token)
+        {
+            r.attempts = attempts;
+        }
+    }
+
+    fn earlier(&self, step_id: &str, passes: &str) -> Option<&DoneStep> {
+        self.earlier.get(&(step_id.to_owned(), passes.to_owned()))
+    }
+}
+
 /// Runs `def` to its output, or until an approval step waits. `on_step` sees every step
-/// as it ends (not the steps taken over from `ctx.resume`, nor a waiting step).
+/// as it ends, nested ones included (not the steps taken over from `ctx.resume`, nor a
+/// waiting step).
 ///
 /// The workflow's `timeout_ms` bounds each execution; the time a run spends paused at an
 /// approval step does not count (that step has its own `timeout_ms`).
 pub async fn execute(
     def: &Definition,
-    ctx: RunContext,
+    mut ctx: RunContext,
     env: &Environment,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Execution {
-    let running = RefCell::new(None::<Running>);
+    let Resume { done, approvals } = std::mem::take(&mut ctx.resume);
+    let shared = Shared {
+        env,
+        on_step: RefCell::new(on_step),
+        running: RefCell::new(Vec::new()),
+        next_token: Cell::new(0),
+        indexes: def.step_indexes(),
+        earlier: done
+            .iter()
+            .map(|d| ((d.step_id.clone(), d.passes.clone()), d.clone()))
+            .collect(),
+        done: RefCell::new(done),
+        approvals: RefCell::new(approvals),
+    };
     let flow = match def.timeout_ms {
-        None => run_steps(def, ctx, env, &mut *on_step, &running).await,
+        None => run_top(def, ctx, &shared).await,
         Some(timeout_ms) => match actix_rt::time::timeout(
             Duration::from_millis(timeout_ms),
-            run_steps(def, ctx, env, &mut *on_step, &running),
+            run_top(def, ctx, &shared),
         )
         .await
         {
             Ok(flow) => flow,
-            Err(_) => Err(workflow_timed_out(timeout_ms, &running, on_step)),
+            Err(_) => Err(workflow_timed_out(timeout_ms, &shared)),
         },
     };
     match flow {
@@ -133,19 +205,18 @@ pub async fn execute(
     }
 }
 
-/// Records the step a workflow timeout cut short and says why the run failed.
-fn workflow_timed_out(
-    timeout_ms: u64,
-    running: &RefCell<Option<Running>>,
-    on_step: &mut dyn FnMut(&StepRecord),
-) -> RunFailure {
+/// Records the steps a workflow timeout cut short (innermost first) and says why the run
+/// failed, naming the step started last.
+fn workflow_timed_out(timeout_ms: u64, shared: &Shared<'_>) -> RunFailure {
     let message = format!("workflow timed out after {timeout_ms} ms");
-    let cut = running.borrow_mut().take();
-    let step = cut.as_ref().map(|r| r.id.clone());
-    if let Some(r) = cut {
-        on_step(&StepRecord {
+    let cut = std::mem::take(&mut *shared.running.borrow_mut());
+    let step = cut.last().map(|r| r.id.clone());
+    for r in cut.into_iter().rev() {
+        shared.report(&StepRecord {
             step_id: r.id,
             index: r.index,
+            parent: r.parent,
+            passes: r.passes,
             step_type: r.step_type,
             status: StepStatus::Failed,
             started_at_ms: r.started_at_ms,
@@ -154,6 +225,7 @@ fn workflow_timed_out(
             error: Some(message.clone()),
             attempts: r.attempts,
             usage: None,
+            reason: None,
         });
     }
     RunFailure {
@@ -163,224 +235,630 @@ fn workflow_timed_out(
     }
 }
 
-/// How `run_steps` ended when the run did not fail.
+/// How `run_top` ended when the run did not fail.
 enum Flow {
     Output(Value),
     Paused(Box<Pause>),
 }
 
-async fn run_steps(
+/// Runs the top-level steps, then builds the output.
+async fn run_top(
     def: &Definition,
-    mut ctx: RunContext,
-    env: &Environment,
-    on_step: &mut dyn FnMut(&StepRecord),
-    running: &RefCell<Option<Running>>,
+    ctx: RunContext,
+    shared: &Shared<'_>,
 ) -> Result<Flow, RunFailure> {
-    let Resume {
-        done: earlier,
-        mut approvals,
-    } = std::mem::take(&mut ctx.resume);
-    let mut scope = initial_scope(ctx);
-    let mut last_output: Option<Value> = None;
-    // What this run has finished so far, earlier executions included (for a pause).
-    let mut done: Vec<DoneStep> = Vec::with_capacity(def.steps.len());
-    let mut reuse = true;
+    let scope = initial_scope(ctx);
+    let nesting = Nesting {
+        parent: None,
+        passes: Vec::new(),
+        reuse: true,
+    };
+    let done = match run_list(shared, &def.steps, scope, nesting).await {
+        Ok(ListEnd::Done(done)) => done,
+        Ok(ListEnd::Paused(pause)) => return Ok(Flow::Paused(pause)),
+        Err(failed) => {
+            return Err(RunFailure::new(
+                failed.error.error_code(),
+                Some(&failed.step),
+                format!("step {} failed: {}", failed.step, failed.error.message),
+            ))
+        }
+    };
+    match &def.output {
+        Some(out) => template::render(&out.template, &Value::Object(done.scope))
+            .map(|s| Flow::Output(Value::String(s)))
+            .map_err(|e| RunFailure::new("template_error", None, format!("output template: {e}"))),
+        None => Ok(Flow::Output(done.last_output.unwrap_or(Value::Null))),
+    }
+}
 
-    for (index, step) in def.steps.iter().enumerate() {
-        if reuse {
-            match earlier.get(index) {
-                Some(d) if d.step_id == step.id => {
-                    record_in_scope(
-                        &mut scope,
-                        step,
-                        index,
-                        d.status,
-                        d.output.clone(),
-                        d.error.clone(),
-                    );
+/// Where a step list runs.
+#[derive(Debug, Clone)]
+struct Nesting {
+    /// The enclosing `branch`/`loop` step; `None` for the workflow's own steps.
+    parent: Option<String>,
+    /// The enclosing loops' passes, outermost first.
+    passes: Vec<u32>,
+    /// Whether finished steps of an earlier execution may be taken over here: false once
+    /// an enclosing list ran a step again (what follows it may see other values).
+    reuse: bool,
+}
+
+/// How a step list ended when it did not fail.
+enum ListEnd {
+    Done(ListDone),
+    Paused(Box<Pause>),
+}
+
+struct ListDone {
+    /// The scope after the list's last step.
+    scope: Map<String, Value>,
+    /// The output of the last step that was not skipped (`null` for a failed one).
+    last_output: Option<Value>,
+    /// The scope entries of the steps that finished in the list, nested ones included, so
+    /// the enclosing list sees them by id too.
+    finished: Vec<(String, Value)>,
+}
+
+/// A step that failed with `on_error = "terminate"`, ending its list.
+struct Failed {
+    step: String,
+    error: StepError,
+}
+
+impl Failed {
+    /// What the enclosing `branch`/`loop` fails with: the same code, never retried.
+    fn into_step_error(self, context: Option<String>) -> StepError {
+        let message = format!("step {} failed: {}", self.step, self.error.message);
+        StepError {
+            message: match context {
+                Some(c) => format!("{c}: {message}"),
+                None => message,
+            },
+            retryable: false,
+            code: self.error.code,
+        }
+    }
+}
+
+/// What a step produced, beyond its output: a branch's case and the nested steps' scope
+/// entries.
+struct Outcome {
+    out: StepOutput,
+    attempts: u32,
+    /// `Some` for a branch: the case index taken, `"default"`, or null.
+    case: Option<Value>,
+    finished: Vec<(String, Value)>,
+}
+
+impl Outcome {
+    fn leaf((out, attempts): (StepOutput, u32)) -> Self {
+        Outcome {
+            out,
+            attempts,
+            case: None,
+            finished: Vec::new(),
+        }
+    }
+}
+
+/// Runs one step list (the workflow's, a branch case's, or one loop pass) in order, with
+/// `when`, `retries` and `on_error`, taking over what an earlier execution finished.
+fn run_list<'s>(
+    shared: &'s Shared<'_>,
+    steps: &'s [StepDef],
+    mut scope: Map<String, Value>,
+    nesting: Nesting,
+) -> LocalBoxFuture<'s, Result<ListEnd, Failed>> {
+    Box::pin(async move {
+        let top = nesting.parent.is_none();
+        let passes_key = passes_key(&nesting.passes);
+        let mut last_output: Option<Value> = None;
+        let mut finished: Vec<(String, Value)> = Vec::new();
+        let mut reuse = nesting.reuse;
+
+        for (position, step) in steps.iter().enumerate() {
+            let position = top.then_some(position);
+            let index = shared.indexes.get(&step.id).copied().unwrap_or_default();
+            // A branch or loop reached while still reusing is entered reusing: it continues
+            // inside, at its first unfinished nested step or pass.
+            let entered_reusing = reuse;
+            if reuse {
+                if let Some(d) = shared.earlier(&step.id, &passes_key) {
+                    let case = match &step.kind {
+                        StepKind::Branch { cases, default } => {
+                            Some(resumed_case(shared, cases, default.as_deref(), &passes_key))
+                        }
+                        _ => None,
+                    };
+                    let entry = scope_entry(d.status, d.output.clone(), d.error.clone(), case);
+                    record_in_scope(&mut scope, &step.id, position, entry.clone());
+                    finished.push((step.id.clone(), entry));
                     if d.status != StepStatus::Skipped {
                         last_output = Some(d.output.clone());
                     }
-                    done.push(d.clone());
                     continue;
                 }
-                _ => reuse = false,
+                reuse = false;
             }
-        }
 
-        let step_type = step.kind.type_name();
-        let started = Instant::now();
-        // An answered approval step keeps the start of its wait, so its trace line (same
-        // start) replaces the `waiting` one and its duration covers the wait.
-        let answer = match step.kind {
-            StepKind::Approval { .. } => approvals.remove(&step.id),
-            _ => None,
-        };
-        let waited_since = answer.as_ref().map(|a| a.waiting_since_ms);
-        let started_at_ms = waited_since.unwrap_or_else(unix_ms);
-        *running.borrow_mut() = Some(Running {
-            id: step.id.clone(),
-            index,
-            step_type,
-            started_at_ms,
-            started,
-            attempts: 0,
-        });
-        let record = |status, output, error, attempts, usage| StepRecord {
-            step_id: step.id.clone(),
-            index,
-            step_type,
-            status,
-            started_at_ms,
-            duration_ms: match waited_since {
-                Some(since) => (unix_ms() - since).max(0),
-                None => elapsed_ms(started),
-            },
-            output,
-            error,
-            attempts,
-            usage,
-        };
-
-        let jinja_scope = template::to_context(&Value::Object(scope.clone()));
-        let outcome = match &step.when {
-            None => Ok(true),
-            Some(cond) => template::eval_bool_with(cond, &jinja_scope)
-                .map_err(|e| StepError::permanent(format!("when: {e}"))),
-        };
-        let result = match outcome {
-            Ok(false) => {
-                on_step(&record(StepStatus::Skipped, None, None, 0, None));
-                running.borrow_mut().take();
-                record_in_scope(
-                    &mut scope,
-                    step,
-                    index,
-                    StepStatus::Skipped,
-                    Value::Null,
-                    None,
-                );
-                done.push(DoneStep {
-                    step_id: step.id.clone(),
-                    status: StepStatus::Skipped,
-                    output: Value::Null,
-                    error: None,
-                });
-                continue;
-            }
-            Err(e) => Err((e, 0)),
-            Ok(true) => match (&step.kind, answer) {
-                (StepKind::Approval { timeout_ms, .. }, Some(approval)) => match approval.answer {
-                    ApprovalAnswer::Given(output) => Ok((StepOutput::new(output), 1)),
-                    ApprovalAnswer::TimedOut => Err((
-                        StepError::permanent(approval::timed_out_message(*timeout_ms)),
-                        1,
-                    )),
+            let step_type = step.kind.type_name();
+            let started = Instant::now();
+            // An answered approval step keeps the start of its wait, so its trace line (same
+            // start) replaces the `waiting` one and its duration covers the wait.
+            let answer = match step.kind {
+                StepKind::Approval { .. } => shared.approvals.borrow_mut().remove(&step.id),
+                _ => None,
+            };
+            let waited_since = answer.as_ref().map(|a| a.waiting_since_ms);
+            let started_at_ms = waited_since.unwrap_or_else(unix_ms);
+            let token = shared.start_running(Running {
+                token: 0,
+                id: step.id.clone(),
+                index,
+                parent: nesting.parent.clone(),
+                passes: nesting.passes.clone(),
+                step_type,
+                started_at_ms,
+                started,
+                attempts: 0,
+            });
+            let record = |status, output, error, attempts, usage| StepRecord {
+                step_id: step.id.clone(),
+                index,
+                parent: nesting.parent.clone(),
+                passes: nesting.passes.clone(),
+                step_type,
+                status,
+                started_at_ms,
+                duration_ms: match waited_since {
+                    Some(since) => (unix_ms() - since).max(0),
+                    None => elapsed_ms(started),
                 },
-                (
-                    StepKind::Approval {
-                        question,
-                        choices,
-                        timeout_ms,
-                    },
-                    None,
-                ) => {
-                    let rendered = question
-                        .as_deref()
-                        .map(|q| template::render_with(q, &jinja_scope))
-                        .transpose();
-                    match rendered {
-                        Err(e) => Err((StepError::permanent(format!("question: {e}")), 0)),
-                        Ok(question) => {
-                            running.borrow_mut().take();
-                            let timeout_at_ms = approval::timeout_at(started_at_ms, *timeout_ms);
-                            let output = approval::waiting_output(
-                                question.as_deref(),
-                                choices,
-                                timeout_at_ms,
-                            );
-                            return Ok(Flow::Paused(Box::new(Pause {
-                                record: record(StepStatus::Waiting, Some(output), None, 0, None),
-                                question,
-                                choices: choices.clone(),
-                                timeout_at_ms,
-                                resume: Resume { done, approvals },
-                            })));
+                output,
+                error,
+                attempts,
+                usage,
+                reason: None,
+            };
+            let done = |status, output: &Value, error: Option<String>| DoneStep {
+                step_id: step.id.clone(),
+                passes: passes_key.clone(),
+                status,
+                output: output.clone(),
+                error,
+            };
+
+            let jinja_scope = template::to_context(&Value::Object(scope.clone()));
+            let outcome = match &step.when {
+                None => Ok(true),
+                Some(cond) => template::eval_bool_with(cond, &jinja_scope)
+                    .map_err(|e| StepError::permanent(format!("when: {e}"))),
+            };
+            let result = match outcome {
+                Ok(false) => {
+                    shared.stop_running(token);
+                    shared.report(&record(StepStatus::Skipped, None, None, 0, None));
+                    let case = matches!(step.kind, StepKind::Branch { .. }).then_some(Value::Null);
+                    let entry = scope_entry(StepStatus::Skipped, Value::Null, None, case);
+                    record_in_scope(&mut scope, &step.id, position, entry.clone());
+                    finished.push((step.id.clone(), entry));
+                    shared
+                        .done
+                        .borrow_mut()
+                        .push(done(StepStatus::Skipped, &Value::Null, None));
+                    continue;
+                }
+                Err(e) => Err((e, 0)),
+                Ok(true) => match (&step.kind, answer) {
+                    (StepKind::Approval { timeout_ms, .. }, Some(approval)) => {
+                        match approval.answer {
+                            ApprovalAnswer::Given(output) => {
+                                Ok(Outcome::leaf((StepOutput::new(output), 1)))
+                            }
+                            ApprovalAnswer::TimedOut => Err((
+                                StepError::permanent(approval::timed_out_message(*timeout_ms)),
+                                1,
+                            )),
                         }
                     }
-                }
-                _ => run_with_retries(step, env, &scope, &jinja_scope, running).await,
-            },
-        };
-        running.borrow_mut().take();
+                    (
+                        StepKind::Approval {
+                            question,
+                            choices,
+                            timeout_ms,
+                        },
+                        None,
+                    ) if top => {
+                        let rendered = question
+                            .as_deref()
+                            .map(|q| template::render_with(q, &jinja_scope))
+                            .transpose();
+                        match rendered {
+                            Err(e) => Err((StepError::permanent(format!("question: {e}")), 0)),
+                            Ok(question) => {
+                                shared.stop_running(token);
+                                let timeout_at_ms =
+                                    approval::timeout_at(started_at_ms, *timeout_ms);
+                                let output = approval::waiting_output(
+                                    question.as_deref(),
+                                    choices,
+                                    timeout_at_ms,
+                                );
+                                let mut waiting =
+                                    record(StepStatus::Waiting, Some(output), None, 0, None);
+                                waiting.reason = Some("approval".to_owned());
+                                return Ok(ListEnd::Paused(Box::new(Pause {
+                                    record: waiting,
+                                    question,
+                                    choices: choices.clone(),
+                                    timeout_at_ms,
+                                    resume: Resume {
+                                        done: shared.done.borrow().clone(),
+                                        approvals: std::mem::take(
+                                            &mut *shared.approvals.borrow_mut(),
+                                        ),
+                                    },
+                                })));
+                            }
+                        }
+                    }
+                    (StepKind::Approval { .. }, None) => Err((
+                        StepError::permanent("approval steps cannot be nested in a branch or loop"),
+                        0,
+                    )),
+                    (StepKind::Branch { cases, default }, _) => {
+                        let inner = Nesting {
+                            parent: Some(step.id.clone()),
+                            passes: nesting.passes.clone(),
+                            reuse: entered_reusing,
+                        };
+                        run_branch(
+                            shared,
+                            cases,
+                            default.as_deref(),
+                            &scope,
+                            &jinja_scope,
+                            inner,
+                        )
+                        .await
+                    }
+                    (
+                        StepKind::Loop {
+                            for_each,
+                            as_name,
+                            until,
+                            steps,
+                            max_iterations,
+                            concurrency,
+                        },
+                        _,
+                    ) => {
+                        let inner = Nesting {
+                            parent: Some(step.id.clone()),
+                            passes: nesting.passes.clone(),
+                            reuse: entered_reusing,
+                        };
+                        let spec = LoopSpec {
+                            for_each: for_each.as_deref(),
+                            as_name: as_name.as_deref().unwrap_or(DEFAULT_ITEM_NAME),
+                            until: until.as_deref(),
+                            steps,
+                            max_iterations: max_iterations.unwrap_or(DEFAULT_MAX_ITERATIONS),
+                            concurrency: concurrency.unwrap_or(1),
+                        };
+                        run_loop(shared, &spec, &scope, &jinja_scope, inner).await
+                    }
+                    _ => run_with_retries(step, shared.env, &scope, &jinja_scope, shared, token)
+                        .await
+                        .map(Outcome::leaf),
+                },
+            };
+            shared.stop_running(token);
 
-        match result {
-            Ok((out, attempts)) => {
-                on_step(&record(
-                    StepStatus::Completed,
-                    Some(out.output.clone()),
-                    None,
-                    attempts,
-                    out.usage,
-                ));
-                record_in_scope(
-                    &mut scope,
-                    step,
-                    index,
-                    StepStatus::Completed,
-                    out.output.clone(),
-                    None,
-                );
-                done.push(DoneStep {
-                    step_id: step.id.clone(),
-                    status: StepStatus::Completed,
-                    output: out.output.clone(),
-                    error: None,
-                });
-                last_output = Some(out.output);
-            }
-            Err((error, attempts)) => {
-                let code = error.error_code();
-                let reason = error.message;
-                on_step(&record(
-                    StepStatus::Failed,
-                    None,
-                    Some(reason.clone()),
-                    attempts,
-                    None,
-                ));
-                if step.on_error == OnError::Terminate {
-                    return Err(RunFailure::new(
-                        code,
-                        Some(&step.id),
-                        format!("step {} failed: {reason}", step.id),
+            match result {
+                Ok(outcome) => {
+                    let output = outcome.out.output;
+                    shared.report(&record(
+                        StepStatus::Completed,
+                        Some(output.clone()),
+                        None,
+                        outcome.attempts,
+                        outcome.out.usage,
                     ));
+                    for (id, entry) in outcome.finished {
+                        scope.insert(id.clone(), entry.clone());
+                        finished.push((id, entry));
+                    }
+                    let entry =
+                        scope_entry(StepStatus::Completed, output.clone(), None, outcome.case);
+                    record_in_scope(&mut scope, &step.id, position, entry.clone());
+                    finished.push((step.id.clone(), entry));
+                    shared
+                        .done
+                        .borrow_mut()
+                        .push(done(StepStatus::Completed, &output, None));
+                    last_output = Some(output);
                 }
-                record_in_scope(
-                    &mut scope,
-                    step,
-                    index,
-                    StepStatus::Failed,
-                    Value::Null,
-                    Some(reason.clone()),
-                );
-                done.push(DoneStep {
-                    step_id: step.id.clone(),
-                    status: StepStatus::Failed,
-                    output: Value::Null,
-                    error: Some(reason),
-                });
-                last_output = Some(Value::Null);
+                Err((error, attempts)) => {
+                    shared.report(&record(
+                        StepStatus::Failed,
+                        None,
+                        Some(error.message.clone()),
+                        attempts,
+                        None,
+                    ));
+                    if step.on_error == OnError::Terminate {
+                        return Err(Failed {
+                            step: step.id.clone(),
+                            error,
+                        });
+                    }
+                    let reason = error.message;
+                    let case = matches!(step.kind, StepKind::Branch { .. }).then_some(Value::Null);
+                    let entry =
+                        scope_entry(StepStatus::Failed, Value::Null, Some(reason.clone()), case);
+                    record_in_scope(&mut scope, &step.id, position, entry.clone());
+                    finished.push((step.id.clone(), entry));
+                    shared.done.borrow_mut().push(done(
+                        StepStatus::Failed,
+                        &Value::Null,
+                        Some(reason),
+                    ));
+                    last_output = Some(Value::Null);
+                }
             }
         }
-    }
+        Ok(ListEnd::Done(ListDone {
+            scope,
+            last_output,
+            finished,
+        }))
+    })
+}
 
-    match &def.output {
-        Some(out) => template::render(&out.template, &Value::Object(scope))
-            .map(|s| Flow::Output(Value::String(s)))
-            .map_err(|e| RunFailure::new("template_error", None, format!("output template: {e}"))),
-        None => Ok(Flow::Output(last_output.unwrap_or(Value::Null))),
+/// The case a branch took in an earlier execution, told by which case's first step has a
+/// trace line: its index, `"default"`, or null when none did.
+fn resumed_case(
+    shared: &Shared<'_>,
+    cases: &[BranchCase],
+    default: Option<&[StepDef]>,
+    passes_key: &str,
+) -> Value {
+    let ran = |list: &[StepDef]| {
+        list.first()
+            .is_some_and(|s| shared.earlier(&s.id, passes_key).is_some())
+    };
+    if let Some(i) = cases.iter().position(|c| ran(&c.steps)) {
+        return json!(i);
     }
+    match default {
+        Some(d) if ran(d) => json!("default"),
+        _ => Value::Null,
+    }
+}
+
+/// Runs the first case whose `when` holds (or `default`). After a restart it continues in
+/// the case it had taken.
+async fn run_branch(
+    shared: &Shared<'_>,
+    cases: &[BranchCase],
+    default: Option<&[StepDef]>,
+    scope: &Map<String, Value>,
+    jinja_scope: &minijinja::Value,
+    inner: Nesting,
+) -> Result<Outcome, (StepError, u32)> {
+    let passes = passes_key(&inner.passes);
+    let resumed = match resumed_case(shared, cases, default, &passes) {
+        _ if !inner.reuse => None,
+        Value::Null => None,
+        Value::String(_) => default.map(|d| (json!("default"), d)),
+        case => {
+            let i = case.as_u64().and_then(|i| usize::try_from(i).ok());
+            i.and_then(|i| cases.get(i))
+                .map(|c| (case, c.steps.as_slice()))
+        }
+    };
+    let taken = match resumed {
+        Some(taken) => Some(taken),
+        None => {
+            let mut found = None;
+            for (i, case) in cases.iter().enumerate() {
+                match template::eval_bool_with(&case.when, jinja_scope) {
+                    Ok(true) => {
+                        found = Some((json!(i), case.steps.as_slice()));
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        return Err((StepError::permanent(format!("cases[{i}].when: {e}")), 1))
+                    }
+                }
+            }
+            found.or_else(|| default.map(|d| (json!("default"), d)))
+        }
+    };
+    let Some((case, steps)) = taken else {
+        return Ok(Outcome {
+            out: StepOutput::new(Value::Null),
+            attempts: 1,
+            case: Some(Value::Null),
+            finished: Vec::new(),
+        });
+    };
+    match run_list(shared, steps, scope.clone(), inner).await {
+        Ok(ListEnd::Done(done)) => Ok(Outcome {
+            out: StepOutput::new(done.last_output.unwrap_or(Value::Null)),
+            attempts: 1,
+            case: Some(case),
+            finished: done.finished,
+        }),
+        Ok(ListEnd::Paused(_)) => Err((nested_pause(), 1)),
+        Err(failed) => Err((failed.into_step_error(None), 1)),
+    }
+}
+
+fn nested_pause() -> StepError {
+    StepError::permanent("approval steps cannot be nested in a branch or loop")
+}
+
+/// A loop step's fields, defaults applied.
+struct LoopSpec<'a> {
+    for_each: Option<&'a str>,
+    as_name: &'a str,
+    until: Option<&'a str>,
+    steps: &'a [StepDef],
+    max_iterations: u32,
+    concurrency: u32,
+}
+
+fn iteration_limit(message: String) -> StepError {
+    StepError {
+        code: Some("iteration_limit_exceeded"),
+        ..StepError::permanent(message)
+    }
+}
+
+/// The elements a `for_each` expression gives, refused when it is not an array or has more
+/// than `max` elements. The length is checked before any element is converted, and an
+/// iterable of unknown length is read only up to `max + 1` elements, so a huge array costs
+/// no memory here.
+fn for_each_items(
+    expr: &str,
+    jinja_scope: &minijinja::Value,
+    max: u32,
+) -> Result<Vec<Value>, StepError> {
+    use minijinja::value::ValueKind;
+    let value = template::eval_value_with(expr, jinja_scope)
+        .map_err(|e| StepError::template("for_each", &e))?;
+    let max = max as usize;
+    let word = match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable => None,
+        ValueKind::Undefined => Some("nothing (an undefined name)"),
+        ValueKind::None => Some("null"),
+        ValueKind::Bool => Some("a boolean"),
+        ValueKind::Number => Some("a number"),
+        ValueKind::String => Some("text"),
+        ValueKind::Map => Some("an object"),
+        _ => Some("a value that is not an array"),
+    };
+    if let Some(word) = word {
+        return Err(StepError::permanent(format!(
+            "for_each must give an array, got {word}"
+        )));
+    }
+    let too_many = |len: String| {
+        iteration_limit(format!(
+            "for_each gave {len} elements, more than max_iterations = {max}"
+        ))
+    };
+    if let Some(len) = value.len() {
+        if len > max {
+            return Err(too_many(len.to_string()));
+        }
+    }
+    let iter = value
+        .try_iter()
+        .map_err(|e| StepError::template("for_each", &e.into()))?;
+    let mut items = Vec::new();
+    for (i, element) in iter.enumerate() {
+        if i >= max {
+            return Err(too_many("more than".to_owned() + &format!(" {max}")));
+        }
+        let element = serde_json::to_value(&element)
+            .map_err(|e| StepError::permanent(format!("for_each: element {i} is not JSON: {e}")))?;
+        items.push(element);
+    }
+    Ok(items)
+}
+
+/// Runs one loop pass (`pass`) with `scope` (the loop's scope plus the pass variables).
+async fn run_pass(
+    shared: &Shared<'_>,
+    steps: &[StepDef],
+    scope: Map<String, Value>,
+    inner: &Nesting,
+    pass: u32,
+) -> Result<ListDone, StepError> {
+    let mut nesting = inner.clone();
+    nesting.passes.push(pass);
+    match run_list(shared, steps, scope, nesting).await {
+        Ok(ListEnd::Done(done)) => Ok(done),
+        Ok(ListEnd::Paused(_)) => Err(nested_pause()),
+        Err(failed) => Err(failed.into_step_error(Some(format!("pass {pass}")))),
+    }
+}
+
+/// Runs a loop's passes: one per `for_each` element (up to `concurrency` at a time, the
+/// outputs kept in element order), or until `until` holds. After a restart, the passes
+/// that had finished are taken over from the trace instead of running again.
+async fn run_loop(
+    shared: &Shared<'_>,
+    spec: &LoopSpec<'_>,
+    scope: &Map<String, Value>,
+    jinja_scope: &minijinja::Value,
+    inner: Nesting,
+) -> Result<Outcome, (StepError, u32)> {
+    let mut outputs = Vec::new();
+    let mut last_finished = Vec::new();
+    if let Some(expr) = spec.for_each {
+        let items = for_each_items(expr, jinja_scope, spec.max_iterations).map_err(|e| (e, 1))?;
+        let count = items.len();
+        let passes = items.into_iter().enumerate().map(|(i, item)| {
+            let mut pass_scope = scope.clone();
+            pass_scope.insert(spec.as_name.to_owned(), item);
+            pass_scope.insert(
+                "loop".to_owned(),
+                json!({"index": i, "first": i == 0, "last": i + 1 == count, "length": count}),
+            );
+            let pass = u32::try_from(i).unwrap_or(u32::MAX);
+            run_pass(shared, spec.steps, pass_scope, &inner, pass)
+        });
+        let mut passes = stream::iter(passes).buffered(spec.concurrency.max(1) as usize);
+        outputs.reserve(count);
+        while let Some(pass) = passes.next().await {
+            let done = pass.map_err(|e| (e, 1))?;
+            outputs.push(done.last_output.unwrap_or(Value::Null));
+            last_finished = done.finished;
+        }
+    } else {
+        let until = spec.until.unwrap_or("true");
+        let mut pass: u32 = 0;
+        loop {
+            if pass >= spec.max_iterations {
+                return Err((
+                    iteration_limit(format!(
+                        "until did not hold after {} passes (max_iterations = {})",
+                        spec.max_iterations, spec.max_iterations
+                    )),
+                    1,
+                ));
+            }
+            let mut pass_scope = scope.clone();
+            pass_scope.insert(
+                "loop".to_owned(),
+                json!({"index": pass, "first": pass == 0}),
+            );
+            let done = run_pass(shared, spec.steps, pass_scope, &inner, pass)
+                .await
+                .map_err(|e| (e, 1))?;
+            outputs.push(done.last_output.unwrap_or(Value::Null));
+            // `until` sees the pass just finished: `loop.index` and its steps' outputs.
+            let holds = template::eval_bool(until, &Value::Object(done.scope))
+                .map_err(|e| (StepError::permanent(format!("until: {e}")), 1))?;
+            last_finished = done.finished;
+            if holds {
+                break;
+            }
+            pass += 1;
+        }
+    }
+    Ok(Outcome {
+        out: StepOutput::new(Value::Array(outputs)),
+        attempts: 1,
+        case: None,
+        finished: last_finished,
+    })
 }
 
 /// Runs a step up to `1 + retries` times; returns the outcome and the attempts made. An
@@ -391,14 +869,13 @@ async fn run_with_retries(
     env: &Environment,
     scope: &Map<String, Value>,
     jinja_scope: &minijinja::Value,
-    running: &RefCell<Option<Running>>,
+    shared: &Shared<'_>,
+    token: u64,
 ) -> Result<(StepOutput, u32), (StepError, u32)> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        if let Some(r) = running.borrow_mut().as_mut() {
-            r.attempts = attempts;
-        }
+        shared.set_attempts(token, attempts);
         match run_once(&step.kind, env, scope, jinja_scope).await {
             Ok(out) => return Ok((out, attempts)),
             Err(e) if attempts > step.retries => return Err((e, attempts)),
@@ -490,10 +967,14 @@ async fn run_once(
             steps::command::run(step, jinja_scope, &scope_json).await
         }
         StepKind::Delay { ms } => steps::delay::run(*ms).await,
-        // `run_steps` answers approval steps itself; kept so the match stays exhaustive.
+        // `run_list` answers approval steps and runs branches and loops itself; kept so
+        // the match stays exhaustive.
         StepKind::Approval { .. } => {
             Err(StepError::permanent("approval steps are answered, not run"))
         }
+        StepKind::Branch { .. } | StepKind::Loop { .. } => Err(StepError::permanent(
+            "branch and loop steps run their nested steps, not run_once",
+        )),
     }
 }
 
@@ -509,18 +990,31 @@ fn initial_scope(ctx: RunContext) -> Map<String, Value> {
     scope
 }
 
-/// Makes a finished step visible as `{id}` and `step_{n}` (1-based).
-fn record_in_scope(
-    scope: &mut Map<String, Value>,
-    step: &StepDef,
-    index: usize,
+/// A finished step's scope entry: `{output, status, error}`, and `case` for a branch.
+fn scope_entry(
     status: StepStatus,
     output: Value,
     error: Option<String>,
+    case: Option<Value>,
+) -> Value {
+    let mut entry = json!({ "output": output, "status": status.as_str(), "error": error });
+    if let (Some(case), Value::Object(map)) = (case, &mut entry) {
+        map.insert("case".to_owned(), case);
+    }
+    entry
+}
+
+/// Makes a finished step visible as `{id}` and, for a top-level step, `step_{n}` (1-based).
+fn record_in_scope(
+    scope: &mut Map<String, Value>,
+    id: &str,
+    position: Option<usize>,
+    entry: Value,
 ) {
-    let entry = json!({ "output": output, "status": status.as_str(), "error": error });
-    scope.insert(format!("step_{}", index + 1), entry.clone());
-    scope.insert(step.id.clone(), entry);
+    if let Some(position) = position {
+        scope.insert(format!("step_{}", position + 1), entry.clone());
+    }
+    scope.insert(id.to_owned(), entry);
 }
 
 fn unix_ms() -> i64 {
@@ -1025,12 +1519,14 @@ template = "{{ draft.output }}: {{ approve.output.choice.value }} ({{ approve.ou
             vec![
                 DoneStep {
                     step_id: "draft".into(),
+                    passes: String::new(),
                     status: StepStatus::Completed,
                     output: json!("pay 5"),
                     error: None,
                 },
                 DoneStep {
                     step_id: "gone".into(),
+                    passes: String::new(),
                     status: StepStatus::Skipped,
                     output: Value::Null,
                     error: None,
@@ -1129,6 +1625,7 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
         let env = environment(HashMap::new());
         let done = |id: &str, status, output: Value| DoneStep {
             step_id: id.into(),
+            passes: String::new(),
             status,
             output,
             error: None,
@@ -1367,5 +1864,375 @@ max_tokens = 20
 
         let (out, _) = run_with(&def, json!({"name": "Ada"}), json!({}), &env).await;
         assert!(out.unwrap_err().message.contains("choices[0]"));
+    }
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+    use crate::workflow::ValidateOptions;
+
+    fn definition(src: &str) -> Definition {
+        let mut def = Definition::from_toml_str(src).unwrap();
+        def.validate(&ValidateOptions {
+            allow_command_steps: true,
+            providers: &[],
+        })
+        .unwrap();
+        def
+    }
+
+    fn environment() -> Environment {
+        crate::install_crypto_provider();
+        Environment {
+            http: awc::Client::default(),
+            providers: HashMap::new(),
+            allow_command_steps: true,
+        }
+    }
+
+    async fn run_resumed(
+        def: &Definition,
+        inputs: Value,
+        resume: Resume,
+    ) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        let ctx = RunContext {
+            request_id: "req_1".into(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            vars: Map::new(),
+            resume,
+        };
+        let mut records = Vec::new();
+        let execution = execute(def, ctx, &environment(), &mut |r| records.push(r.clone())).await;
+        match execution {
+            Execution::Finished(result) => (result, records),
+            Execution::Paused(p) => panic!("unexpected pause at {}", p.record.step_id),
+        }
+    }
+
+    async fn run(src: &str, inputs: Value) -> (Result<Value, RunFailure>, Vec<StepRecord>) {
+        run_resumed(&definition(src), inputs, Resume::default()).await
+    }
+
+    const BRANCH: &str = r#"
+key = "b"
+[[inputs]]
+name = "n"
+type = "number"
+[[steps]]
+id = "pick"
+type = "branch"
+[[steps.cases]]
+when = "n > 10"
+[[steps.cases.steps]]
+id = "big"
+type = "template"
+template = "big {{ n }}"
+[[steps.cases]]
+when = "n > 5"
+[[steps.cases.steps]]
+id = "medium"
+type = "template"
+template = "medium"
+[[steps.cases.steps]]
+id = "medium2"
+type = "template"
+template = "{{ medium.output }}!"
+[[steps]]
+id = "after"
+type = "template"
+template = "{{ pick.output }}|{{ pick.case }}|{{ medium2.output }}|{{ step_1.case }}"
+"#;
+
+    #[actix_rt::test]
+    async fn branch_takes_the_first_case_that_holds() {
+        let (out, records) = run(BRANCH, json!({"n": 7})).await;
+        assert_eq!(out.unwrap(), json!("medium!|1|medium!|1"));
+        let lines: Vec<_> = records
+            .iter()
+            .map(|r| (r.step_id.as_str(), r.index, r.parent.as_deref(), r.pass()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("medium", 2, Some("pick"), None),
+                ("medium2", 3, Some("pick"), None),
+                ("pick", 0, None, None),
+                ("after", 4, None, None),
+            ]
+        );
+        assert_eq!(records[2].output, Some(json!("medium!")));
+
+        let (out, _) = run(BRANCH, json!({"n": 11})).await;
+        assert_eq!(out.unwrap(), json!("big 11|0||0"));
+    }
+
+    #[actix_rt::test]
+    async fn branch_without_a_case_gives_null_or_runs_default() {
+        let (out, records) = run(BRANCH, json!({"n": 1})).await;
+        // No case and no default: output null, `.case` null (renders as nothing).
+        assert_eq!(out.unwrap(), json!("|||"));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].output, Some(Value::Null));
+
+        let src = BRANCH.replace(
+            "[[steps]]\nid = \"after\"",
+            "[[steps.default]]\nid = \"small\"\ntype = \"template\"\ntemplate = \"small\"\n[[steps]]\nid = \"after\"",
+        );
+        let (out, _) = run(&src, json!({"n": 1})).await;
+        assert_eq!(out.unwrap(), json!("small|default||default"));
+    }
+
+    const LOOP: &str = r#"
+key = "l"
+[[inputs]]
+name = "names"
+type = "array"
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "names"
+as = "name"
+[[steps.steps]]
+id = "greet"
+type = "template"
+template = "{{ loop.index }}:{{ name }}:{{ loop.first }}:{{ loop.last }}"
+[[steps.steps]]
+id = "shout"
+type = "template"
+template = "{{ greet.output | upper }}"
+[[steps]]
+id = "after"
+type = "template"
+json = true
+template = "{{ each.output | tojson }}"
+"#;
+
+    #[actix_rt::test]
+    async fn for_each_runs_a_pass_per_element_with_loop_variables() {
+        let (out, records) = run(LOOP, json!({"names": ["a", "b", "c"]})).await;
+        assert_eq!(
+            out.unwrap(),
+            json!(["0:A:TRUE:FALSE", "1:B:FALSE:FALSE", "2:C:FALSE:TRUE"])
+        );
+        let nested: Vec<_> = records
+            .iter()
+            .filter(|r| r.parent.is_some())
+            .map(|r| (r.step_id.as_str(), r.pass(), r.passes_key()))
+            .collect();
+        assert_eq!(nested.len(), 6);
+        assert_eq!(nested[0], ("greet", Some(0), "0".to_owned()));
+        assert_eq!(nested[5], ("shout", Some(2), "2".to_owned()));
+        let each = records.iter().find(|r| r.step_id == "each").unwrap();
+        assert_eq!(
+            (each.parent.as_deref(), each.pass(), each.index),
+            (None, None, 0)
+        );
+
+        // An empty array runs no pass.
+        let (out, records) = run(LOOP, json!({"names": []})).await;
+        assert_eq!(out.unwrap(), json!([]));
+        assert_eq!(records.len(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn for_each_refuses_non_arrays_and_too_many_elements_before_running() {
+        let (out, records) = run(LOOP, json!({"names": "abc"})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "step_failed");
+        assert!(
+            failure
+                .message
+                .contains("for_each must give an array, got text"),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+
+        let src = LOOP.replace("as = \"name\"", "as = \"name\"\nmax_iterations = 2");
+        let (out, records) = run(&src, json!({"names": ["a", "b", "c"]})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert_eq!(failure.step.as_deref(), Some("each"));
+        assert!(failure.message.contains("max_iterations = 2"), "{failure}");
+        assert_eq!(records.len(), 1, "no pass ran: {records:?}");
+
+        // An iterable of unknown length is read only up to the limit.
+        let src = LOOP.replace("for_each = \"names\"", "for_each = \"range(100000)\"");
+        let (out, records) = run(&src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert!(
+            failure.message.contains("max_iterations = 100"),
+            "{failure}"
+        );
+        assert_eq!(records.len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn until_checks_after_each_pass_and_stops_at_max_iterations() {
+        let src = r#"
+key = "u"
+[[steps]]
+id = "count"
+type = "loop"
+until = "double.output >= 6"
+[[steps.steps]]
+id = "double"
+type = "template"
+json = true
+template = "{{ loop.index * 2 }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(out.unwrap(), json!([0, 2, 4, 6]));
+        assert_eq!(records.len(), 5);
+
+        let src = src
+            .replace(">= 6", ">= 600")
+            .replace("until", "max_iterations = 3\nuntil");
+        let (out, records) = run(&src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert!(failure.message.contains("after 3 passes"), "{failure}");
+        assert_eq!(records.len(), 4, "three passes, then the loop");
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_passes_keep_the_element_order() {
+        let src = r#"
+key = "c"
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "[3, 0, 2, 1]"
+concurrency = 4
+[[steps.steps]]
+id = "nap"
+type = "command"
+program = "/bin/sh"
+args = ["-c", "sleep 0.$0; echo $0", "{{ item }}"]
+"#;
+        let (out, records) = run(src, json!({})).await;
+        assert_eq!(out.unwrap(), json!([3, 0, 2, 1]));
+        assert_eq!(records.len(), 5);
+    }
+
+    #[actix_rt::test]
+    async fn nested_failures_fail_the_loop_with_their_code_unless_it_continues() {
+        let src = r#"
+key = "f"
+[[steps]]
+id = "outer"
+type = "loop"
+for_each = "[1, 2]"
+[[steps.steps]]
+id = "inner"
+type = "loop"
+until = "false"
+max_iterations = 2
+[[steps.steps.steps]]
+id = "tick"
+type = "template"
+template = "t"
+[[steps]]
+id = "after"
+type = "template"
+template = "{{ outer.status }}"
+"#;
+        let (out, records) = run(src, json!({})).await;
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "iteration_limit_exceeded");
+        assert_eq!(failure.step.as_deref(), Some("outer"));
+        assert!(
+            failure
+                .message
+                .starts_with("step outer failed: pass 0: step inner failed: "),
+            "{failure}"
+        );
+        let ticks: Vec<_> = records
+            .iter()
+            .filter(|r| r.step_id == "tick")
+            .map(StepRecord::passes_key)
+            .collect();
+        assert_eq!(ticks, ["0.0", "0.1"]);
+
+        let src = src.replace(
+            "type = \"loop\"\nfor_each",
+            "type = \"loop\"\non_error = \"continue\"\nfor_each",
+        );
+        let (out, _) = run(&src, json!({})).await;
+        assert_eq!(out.unwrap(), json!("failed"));
+    }
+
+    #[actix_rt::test]
+    async fn resume_continues_at_the_first_unfinished_pass() {
+        let def = definition(LOOP);
+        let done = |id: &str, passes: &str, output: Value| DoneStep {
+            step_id: id.into(),
+            passes: passes.into(),
+            status: StepStatus::Completed,
+            output,
+            error: None,
+        };
+        let resume = Resume {
+            done: vec![
+                done("greet", "0", json!("old greet 0")),
+                done("shout", "0", json!("OLD 0")),
+                done("greet", "1", json!("old greet 1")),
+                done("shout", "2", json!("OLD 2 (stale: greet 2 never ended)")),
+            ],
+            approvals: HashMap::new(),
+        };
+        let (out, records) = run_resumed(&def, json!({"names": ["a", "b", "c"]}), resume).await;
+        assert_eq!(
+            out.unwrap(),
+            json!(["OLD 0", "OLD GREET 1", "2:C:FALSE:TRUE"])
+        );
+        let ran: Vec<_> = records
+            .iter()
+            .map(|r| format!("{}@{}", r.step_id, r.passes_key()))
+            .collect();
+        assert_eq!(ran, ["shout@1", "greet@2", "shout@2", "each@", "after@"]);
+    }
+
+    #[actix_rt::test]
+    async fn resume_continues_in_the_case_the_branch_took() {
+        let def = definition(BRANCH);
+        let resume = Resume {
+            done: vec![DoneStep {
+                step_id: "medium".into(),
+                passes: String::new(),
+                status: StepStatus::Completed,
+                output: json!("earlier medium"),
+                error: None,
+            }],
+            approvals: HashMap::new(),
+        };
+        // n = 20 would take case 0 now; the run continues in case 1, which it had taken.
+        let (out, records) = run_resumed(&def, json!({"n": 20}), resume).await;
+        assert_eq!(out.unwrap(), json!("earlier medium!|1|earlier medium!|1"));
+        let ran: Vec<_> = records.iter().map(|r| r.step_id.as_str()).collect();
+        assert_eq!(ran, ["medium2", "pick", "after"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_workflow_timeout_inside_a_loop_records_the_cut_off_steps() {
+        let src = "key = \"t\"\ntimeout_ms = 100\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2]\"\n[[steps.steps]]\nid = \"wait\"\ntype = \"delay\"\nms = 5000\n";
+        let started = Instant::now();
+        let (out, records) = run(src, json!({})).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let failure = out.unwrap_err();
+        assert_eq!(failure.error_code, "timeout");
+        assert_eq!(failure.step.as_deref(), Some("wait"));
+        let lines: Vec<_> = records
+            .iter()
+            .map(|r| (r.step_id.as_str(), r.status, r.parent.as_deref(), r.pass()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("wait", StepStatus::Failed, Some("each"), Some(0)),
+                ("each", StepStatus::Failed, None, None),
+            ]
+        );
     }
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::definition::{
-    ApprovalChoice, Definition, DefinitionError, InputSpec, InputType, OutputDef, StepDef,
-    StepKind, VariantDef,
+    ApprovalChoice, BranchCase, Definition, DefinitionError, InputSpec, InputType, OutputDef,
+    StepDef, StepKind, VariantDef,
 };
 
 impl Definition {
@@ -210,7 +210,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
         Some(Value::Array(items)) => items
             .into_iter()
             .enumerate()
-            .map(|(i, v)| parse_step(Some(i), v))
+            .map(|(i, v)| parse_step(Some(format!("steps[{i}]")), v))
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(f.err(
@@ -307,13 +307,19 @@ fn parse_input(field: &str, value: Value) -> Result<InputSpec, DefinitionError> 
 
 const COMMON_STEP_FIELDS: &[&str] = &["id", "type", "when", "on_error", "retries"];
 
-fn parse_step(index: Option<usize>, value: Value) -> Result<StepDef, DefinitionError> {
-    let at = index.map_or_else(|| "step".to_owned(), |i| format!("steps[{i}]"));
+/// Parses the step at `at` (`steps[2]`, or `steps[2].cases[0].steps[1]` when nested; `None`
+/// for a lone step). Errors name the step by id and, for a nested step, the field by its
+/// whole path (`steps[2].cases[0].steps[1].url`), so the one at fault is found at once.
+fn parse_step(at: Option<String>, value: Value) -> Result<StepDef, DefinitionError> {
+    let nested = at.as_deref().is_some_and(|a| a.contains('.'));
+    let at = at.unwrap_or_else(|| "step".to_owned());
     let mut f = Fields::new(value, &at, None, format!("{at}."))?;
     let id: String = f.req("id")?;
-    // From here on errors name the step by its id.
+    // From here on errors name the step by its id (and a nested one by its path too).
     f.step = Some(id.clone());
-    f.prefix.clear();
+    if !nested {
+        f.prefix.clear();
+    }
     let type_word: String = f.req("type")?;
     let when = f.opt("when")?;
     let on_error = f.opt("on_error")?.unwrap_or_default();
@@ -372,11 +378,64 @@ fn parse_step(index: Option<usize>, value: Value) -> Result<StepDef, DefinitionE
             },
             &["question", "choices", "timeout_ms"],
         ),
+        "branch" => {
+            let cases = match f.map.remove("cases") {
+                None | Some(Value::Null) => return Err(f.err("cases", "missing required field")),
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| parse_case(&f, &at, i, v))
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(f.err(
+                        "cases",
+                        format!(
+                            "must be an array of tables ({{ when, steps }}), got {}",
+                            InputType::name_of(&other)
+                        ),
+                    ))
+                }
+            };
+            let default = match f.map.remove("default") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_steps(&f, "default", &format!("{at}.default"), v)?),
+            };
+            (StepKind::Branch { cases, default }, &["cases", "default"])
+        }
+        "loop" => {
+            let for_each = f.opt("for_each")?;
+            let as_name = f.opt("as")?;
+            let until = f.opt("until")?;
+            let max_iterations = f.opt("max_iterations")?;
+            let concurrency = f.opt("concurrency")?;
+            let steps = match f.map.remove("steps") {
+                None | Some(Value::Null) => return Err(f.err("steps", "missing required field")),
+                Some(v) => parse_steps(&f, "steps", &format!("{at}.steps"), v)?,
+            };
+            (
+                StepKind::Loop {
+                    for_each,
+                    as_name,
+                    until,
+                    steps,
+                    max_iterations,
+                    concurrency,
+                },
+                &[
+                    "for_each",
+                    "as",
+                    "until",
+                    "steps",
+                    "max_iterations",
+                    "concurrency",
+                ],
+            )
+        }
         other => {
             return Err(f.err(
                 "type",
                 format!(
-                    "unknown step type {other:?} (expected template, http, prompt, command, delay or approval)"
+                    "unknown step type {other:?} (expected template, http, prompt, command, delay, approval, branch or loop)"
                 ),
             ))
         }
@@ -390,6 +449,48 @@ fn parse_step(index: Option<usize>, value: Value) -> Result<StepDef, DefinitionE
         retries,
         kind,
     })
+}
+
+/// A nested `steps` array (the field `field` of the step `f` is parsing), its steps at
+/// `{at}[j]`.
+fn parse_steps(
+    f: &Fields,
+    field: &str,
+    at: &str,
+    value: Value,
+) -> Result<Vec<StepDef>, DefinitionError> {
+    match value {
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(j, v)| parse_step(Some(format!("{at}[{j}]")), v))
+            .collect(),
+        other => Err(f.err(
+            field,
+            format!(
+                "must be an array of steps, got {}",
+                InputType::name_of(&other)
+            ),
+        )),
+    }
+}
+
+/// Case `i` of the branch step `f` is parsing (at `at`).
+fn parse_case(f: &Fields, at: &str, i: usize, value: Value) -> Result<BranchCase, DefinitionError> {
+    let field = format!("cases[{i}]");
+    let mut c = Fields::new(
+        value,
+        &format!("{}{field}", f.prefix),
+        f.step.as_deref(),
+        format!("{}{field}.", f.prefix),
+    )?;
+    let when = c.req("when")?;
+    let steps = match c.map.remove("steps") {
+        None | Some(Value::Null) => return Err(c.err("steps", "missing required field")),
+        Some(v) => parse_steps(&c, "steps", &format!("{at}.{field}.steps"), v)?,
+    };
+    c.finish("a branch case", &["when", "steps"])?;
+    Ok(BranchCase { when, steps })
 }
 
 #[cfg(test)]

@@ -194,6 +194,36 @@ pub(crate) fn eval_bool_with(expr: &str, ctx: &JinjaValue) -> Result<bool, Templ
     }
 }
 
+/// Evaluates an expression (bare, or wrapped in one `{{ … }}`) to a value, without
+/// rendering it to text: a loop's `for_each` looks at the value's length before turning any
+/// of it into JSON.
+pub(crate) fn eval_value_with(expr: &str, ctx: &JinjaValue) -> Result<JinjaValue, TemplateError> {
+    match condition_expression(expr) {
+        Some(e) => eval_expression(e, ctx),
+        None => Err(TemplateError {
+            message: "must be one expression (like `items` or `{{ order.lines }}`), not a template with text around it".to_owned(),
+        }),
+    }
+}
+
+/// Checks that an expression (see [`eval_value_with`]) compiles.
+pub fn check_expression_syntax(expr: &str) -> Result<(), TemplateError> {
+    if expr.trim().is_empty() {
+        return Err(TemplateError {
+            message: "the expression is empty".to_owned(),
+        });
+    }
+    match condition_expression(expr) {
+        Some(e) => env()
+            .compile_expression_owned(e.to_owned())
+            .map(|_| ())
+            .map_err(|e| syntax_error(&e)),
+        None => Err(TemplateError {
+            message: "must be one expression (like `items` or `{{ order.lines }}`), not a template with text around it".to_owned(),
+        }),
+    }
+}
+
 /// Checks that a template compiles.
 pub fn check_syntax(src: &str) -> Result<(), TemplateError> {
     env()

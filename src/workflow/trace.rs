@@ -20,8 +20,12 @@ pub use crate::domain::StepStatus;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     pub step_id: String,
-    /// 0-based position in the definition.
+    /// 0-based position in the definition, counted depth first (nested steps included).
     pub index: usize,
+    /// The enclosing `branch`/`loop` step's id; `None` at the top level.
+    pub parent: Option<String>,
+    /// The pass indexes of the enclosing loops, outermost first (empty outside loops).
+    pub passes: Vec<u32>,
     pub step_type: &'static str,
     pub status: StepStatus,
     /// Unix milliseconds when the step started.
@@ -33,6 +37,32 @@ pub struct StepRecord {
     pub attempts: u32,
     /// Token usage of a prompt step, as the provider reported it.
     pub usage: Option<Value>,
+    /// Why a `waiting` step waits (`approval`).
+    pub reason: Option<String>,
+}
+
+impl StepRecord {
+    /// The innermost enclosing loop's pass, if any.
+    pub fn pass(&self) -> Option<u32> {
+        self.passes.last().copied()
+    }
+
+    /// `passes` as stored: `3.0` (outermost first), empty outside loops.
+    pub fn passes_key(&self) -> String {
+        passes_key(&self.passes)
+    }
+}
+
+/// Loop passes as stored in the trace: joined with `.`, outermost first.
+pub fn passes_key(passes: &[u32]) -> String {
+    let mut key = String::new();
+    for (i, p) in passes.iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        key.push_str(&p.to_string());
+    }
+    key
 }
 
 /// Why a run failed; serializes as the `data.error` object of a `workflow.failed` event.
@@ -67,9 +97,11 @@ impl std::error::Error for RunFailure {}
 /// its approval steps.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resume {
-    /// The first steps of the workflow that already ended, in order. The engine puts their
-    /// outputs in scope instead of running them again, up to the first entry that does not
-    /// match the definition's step at that position.
+    /// Steps that already ended, nested ones included (by step id and loop passes; a later
+    /// entry for the same step and passes replaces an earlier one). In each step list the
+    /// engine puts their outputs in scope instead of running them again, up to the first step
+    /// without an entry; everything after it runs again. A `branch` or `loop` without an
+    /// entry of its own is entered, and its finished nested steps and loop passes reused.
     pub done: Vec<DoneStep>,
     /// Answers to approval steps, by step id.
     pub approvals: HashMap<String, Approval>,
@@ -86,6 +118,8 @@ impl Resume {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DoneStep {
     pub step_id: String,
+    /// The enclosing loops' passes, as stored (`3.0`; empty outside loops).
+    pub passes: String,
     pub status: StepStatus,
     pub output: Value,
     pub error: Option<String>,

@@ -2,11 +2,14 @@
 //! (names, templates that compile, step fields in range, providers and command steps the
 //! configuration allows), and the normalisation that goes with them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::definition::{Definition, DefinitionError, InputType, StepDef, StepKind};
+use super::definition::{
+    Definition, DefinitionError, InputType, StepDef, StepKind, DEFAULT_ITEM_NAME,
+    MAX_ITERATIONS_LIMIT, MAX_LOOP_CONCURRENCY,
+};
 use super::template;
 
 /// Upper bound for `retries`: more than this is almost certainly a typo and would spin.
@@ -79,33 +82,30 @@ impl Definition {
                 "a workflow needs at least one step",
             ));
         }
-        let mut step_ids = HashSet::new();
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            if let Some(m) = scope_name_problem(&step.id) {
-                return Err(DefinitionError::new(
-                    Some(&step.id),
-                    Some("id"),
-                    format!("steps[{i}]: {m}"),
-                ));
-            }
-            if input_names.contains(&step.id) {
+        let mut walk = Walk {
+            opts,
+            input_names: &input_names,
+            ids: HashMap::new(),
+            item_names: Vec::new(),
+        };
+        walk.steps(&mut self.steps, "steps", false)?;
+        // An element name must not hide an input or a step (a step nested in its own loop
+        // included): templates could not tell them apart.
+        for (name, loop_id, at) in &walk.item_names {
+            let clash = if input_names.contains(name) {
+                Some("an input")
+            } else if walk.ids.contains_key(name) {
+                Some("a step id")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
                 return Err(DefinitionError::step(
-                    &step.id,
-                    "id",
-                    format!(
-                        "step id {:?} is also the name of an input; templates could not tell them apart",
-                        step.id
-                    ),
+                    loop_id,
+                    &format!("{at}as"),
+                    format!("{name:?} is also {what}; templates could not tell them apart"),
                 ));
             }
-            if !step_ids.insert(step.id.clone()) {
-                return Err(DefinitionError::step(
-                    &step.id,
-                    "id",
-                    format!("duplicate step id {:?}", step.id),
-                ));
-            }
-            validate_step(step, opts)?;
         }
 
         if let Some(out) = &self.output {
@@ -185,10 +185,114 @@ fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), DefinitionError> {
+/// The walk over every step list, nested ones included.
+struct Walk<'a> {
+    opts: &'a ValidateOptions<'a>,
+    input_names: &'a HashSet<String>,
+    /// Every step id seen so far, with where it is (`steps[2].cases[0].steps[1]`).
+    ids: HashMap<String, String>,
+    /// Each `for_each` loop's element name: name, loop id, field prefix.
+    item_names: Vec<(String, String, String)>,
+}
+
+impl Walk<'_> {
+    /// Checks the step list at `at` (`steps`, `steps[2].cases[0].steps`, …).
+    fn steps(
+        &mut self,
+        steps: &mut [StepDef],
+        at: &str,
+        nested: bool,
+    ) -> Result<(), DefinitionError> {
+        for (i, step) in steps.iter_mut().enumerate() {
+            let path = format!("{at}[{i}]");
+            // Top-level steps are named by id alone (as before nesting existed); a nested
+            // one's fields carry its whole path.
+            let prefix = if nested {
+                format!("{path}.")
+            } else {
+                String::new()
+            };
+            let id_field = format!("{prefix}id");
+            if let Some(m) = scope_name_problem(&step.id) {
+                return Err(DefinitionError::new(
+                    Some(&step.id),
+                    Some(&id_field),
+                    format!("{path}: {m}"),
+                ));
+            }
+            if self.input_names.contains(&step.id) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &id_field,
+                    format!(
+                        "step id {:?} is also the name of an input; templates could not tell them apart",
+                        step.id
+                    ),
+                ));
+            }
+            if let Some(first) = self.ids.get(&step.id) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &id_field,
+                    format!(
+                        "duplicate step id {:?}: used at {first} and at {path} (ids are unique across the whole workflow, nested steps included)",
+                        step.id
+                    ),
+                ));
+            }
+            self.ids.insert(step.id.clone(), path.clone());
+            if nested && matches!(step.kind, StepKind::Approval { .. }) {
+                return Err(DefinitionError::step(
+                    &step.id,
+                    &format!("{prefix}type"),
+                    "approval steps cannot be nested in a branch or loop; put the approval at the top level of the workflow",
+                ));
+            }
+            validate_step(step, self.opts, &prefix)?;
+            if let StepKind::Loop {
+                for_each: Some(_),
+                as_name,
+                ..
+            } = &step.kind
+            {
+                let name = as_name.as_deref().unwrap_or(DEFAULT_ITEM_NAME);
+                self.item_names
+                    .push((name.to_owned(), step.id.clone(), prefix.clone()));
+            }
+            let lists: Vec<String> = step.kind.nested().into_iter().map(|(p, _)| p).collect();
+            let mut lists = lists.into_iter();
+            match &mut step.kind {
+                StepKind::Branch { cases, default } => {
+                    for case in cases.iter_mut() {
+                        let sub = lists.next().unwrap_or_default();
+                        self.steps(&mut case.steps, &format!("{path}.{sub}"), true)?;
+                    }
+                    if let Some(d) = default {
+                        self.steps(d, &format!("{path}.default"), true)?;
+                    }
+                }
+                StepKind::Loop { steps, .. } => {
+                    self.steps(steps, &format!("{path}.steps"), true)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one step's own fields; `prefix` is put before field names (the step's path when
+/// it is nested, else empty).
+fn validate_step(
+    step: &mut StepDef,
+    opts: &ValidateOptions<'_>,
+    prefix: &str,
+) -> Result<(), DefinitionError> {
     let id = step.id.clone();
     let id = id.as_str();
-    let err = |field: &str, msg: String| DefinitionError::step(id, field, msg);
+    let err =
+        |field: &str, msg: String| DefinitionError::step(id, &format!("{prefix}{field}"), msg);
+    let check = |field: &str, src: &str| check_template(Some(id), &format!("{prefix}{field}"), src);
     if step.retries > MAX_RETRIES {
         return Err(err("retries", format!("must be at most {MAX_RETRIES}")));
     }
@@ -201,7 +305,7 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
         _ => Ok(()),
     };
     match &mut step.kind {
-        StepKind::Template { template, .. } => check_template(Some(id), "template", template)?,
+        StepKind::Template { template, .. } => check("template", template)?,
         StepKind::Http {
             method,
             url,
@@ -216,16 +320,16 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
             if url.trim().is_empty() {
                 return Err(err("url", "must not be empty".to_owned()));
             }
-            check_template(Some(id), "url", url)?;
+            check("url", url)?;
             for (name, value) in headers.iter() {
                 let field = format!("headers.{name}");
                 if !is_header_name(name) {
                     return Err(err(&field, format!("invalid header name {name:?}")));
                 }
-                check_template(Some(id), &field, value)?;
+                check(&field, value)?;
             }
             if let Some(body) = body {
-                check_template(Some(id), "body", body)?;
+                check("body", body)?;
             }
             positive("timeout_ms", *timeout_ms)?;
         }
@@ -254,9 +358,9 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
                 return Err(err("model", "must not be empty".to_owned()));
             }
             if let Some(system) = system {
-                check_template(Some(id), "system", system)?;
+                check("system", system)?;
             }
-            check_template(Some(id), "prompt", prompt)?;
+            check("prompt", prompt)?;
             if let Some(t) = temperature {
                 if !t.is_finite() || *t < 0.0 {
                     return Err(err("temperature", "must be a number >= 0".to_owned()));
@@ -282,21 +386,117 @@ fn validate_step(step: &mut StepDef, opts: &ValidateOptions<'_>) -> Result<(), D
                 return Err(err("program", "must not be empty".to_owned()));
             }
             for (i, arg) in args.iter().enumerate() {
-                check_template(Some(id), &format!("args[{i}]"), arg)?;
+                check(&format!("args[{i}]"), arg)?;
             }
             if let Some(stdin) = stdin {
-                check_template(Some(id), "stdin", stdin)?;
+                check("stdin", stdin)?;
             }
             positive("timeout_ms", *timeout_ms)?;
         }
         StepKind::Delay { .. } => {}
+        StepKind::Branch { cases, default } => {
+            if step.retries > 0 {
+                return Err(err(
+                    "retries",
+                    "a branch step runs its steps once; put `retries` on the nested steps"
+                        .to_owned(),
+                ));
+            }
+            if cases.is_empty() {
+                return Err(err("cases", "a branch needs at least one case".to_owned()));
+            }
+            for (i, case) in cases.iter().enumerate() {
+                template::check_condition_syntax(&case.when).map_err(|e| {
+                    err(
+                        &format!("cases[{i}].when"),
+                        format!("expression syntax error: {e}"),
+                    )
+                })?;
+                if case.steps.is_empty() {
+                    return Err(err(
+                        &format!("cases[{i}].steps"),
+                        "a case needs at least one step".to_owned(),
+                    ));
+                }
+            }
+            if default.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    "default",
+                    "needs at least one step (or leave it out)".to_owned(),
+                ));
+            }
+        }
+        StepKind::Loop {
+            for_each,
+            as_name,
+            until,
+            steps,
+            max_iterations,
+            concurrency,
+        } => {
+            if step.retries > 0 {
+                return Err(err(
+                    "retries",
+                    "a loop step runs its passes once; put `retries` on the nested steps"
+                        .to_owned(),
+                ));
+            }
+            match (for_each.as_deref(), until.as_deref()) {
+                (Some(_), Some(_)) => {
+                    return Err(err("until", "a loop takes either `for_each` or `until`, not both".to_owned()))
+                }
+                (None, None) => {
+                    return Err(err("for_each", "a loop needs `for_each` (an expression giving an array) or `until` (a condition checked after each pass)".to_owned()))
+                }
+                (Some(expr), None) => {
+                    template::check_expression_syntax(expr)
+                        .map_err(|e| err("for_each", format!("expression syntax error: {e}")))?;
+                }
+                (None, Some(expr)) => {
+                    template::check_condition_syntax(expr)
+                        .map_err(|e| err("until", format!("expression syntax error: {e}")))?;
+                    if as_name.is_some() {
+                        return Err(err("as", "`as` names the element of a `for_each` loop; an `until` loop has none".to_owned()));
+                    }
+                    if concurrency.is_some() {
+                        return Err(err("concurrency", "only a `for_each` loop can run passes concurrently; an `until` loop's passes run one after another".to_owned()));
+                    }
+                }
+            }
+            if let Some(name) = as_name {
+                if let Some(problem) = scope_name_problem(name) {
+                    return Err(err("as", problem));
+                }
+            }
+            match *max_iterations {
+                Some(n) if n == 0 || n > MAX_ITERATIONS_LIMIT => {
+                    return Err(err(
+                        "max_iterations",
+                        format!("must be between 1 and {MAX_ITERATIONS_LIMIT}"),
+                    ))
+                }
+                _ => {}
+            }
+            match *concurrency {
+                Some(n) if n == 0 || n > MAX_LOOP_CONCURRENCY => {
+                    return Err(err(
+                        "concurrency",
+                        format!("must be between 1 and {MAX_LOOP_CONCURRENCY}"),
+                    ))
+                }
+                _ => {}
+            }
+            if steps.is_empty() {
+                return Err(err("steps", "a loop needs at least one step".to_owned()));
+            }
+        }
         StepKind::Approval {
             question,
             choices,
             timeout_ms,
         } => {
             if let Some(q) = question {
-                check_template(Some(id), "question", q)?;
+                check("question", q)?;
             }
             let mut seen = HashSet::new();
             for (i, c) in choices.iter().enumerate() {
@@ -423,5 +623,124 @@ mod tests {
         let src = "key = \"k\"\n[[inputs]]\nname = \"n\"\ntype = \"number\"\ndefault = \"x\"\n[[steps]]\nid = \"s\"\ntype = \"delay\"\nms = 1\n";
         let e = parse_and_validate(src, &opts()).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("inputs[0].default"));
+    }
+
+    /// A workflow whose step 1 is `step` (TOML lines of a `[[steps]]` table and its
+    /// sub-tables), after a plain step 0.
+    fn nested(step: &str) -> String {
+        format!(
+            "key = \"k\"\n[[steps]]\nid = \"first\"\ntype = \"delay\"\nms = 1\n[[steps]]\n{step}\n"
+        )
+    }
+
+    #[test]
+    fn nested_errors_name_the_whole_path() {
+        let src = nested(
+            "id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\nwhen = \"true\"\n[[steps.cases.steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1\n[[steps.cases.steps]]\nid = \"fetch\"\ntype = \"http\"\nurl = \"http://x/{{ a \"",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("fetch"));
+        assert_eq!(e.field.as_deref(), Some("steps[1].cases[0].steps[1].url"));
+        let s = e.with_source("workflows/k.toml").to_string();
+        assert!(
+            s.starts_with("workflows/k.toml: step \"fetch\": field \"steps[1].cases[0].steps[1].url\": template syntax error"),
+            "{s}"
+        );
+
+        // Parse errors too: an unknown field of a nested step, a case without `when`.
+        let src = nested(
+            "id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\n[[steps.steps]]\nid = \"t\"\ntype = \"template\"\ntemplate = \"x\"\ntemplat = \"y\"",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps[1].steps[0].templat"), "{e}");
+        let src = nested("id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\n[[steps.cases.steps]]\nid = \"a\"\ntype = \"delay\"\nms = 1");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(
+            (e.step.as_deref(), e.field.as_deref()),
+            (Some("pick"), Some("cases[0].when")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_across_nesting_name_both_places() {
+        let src = nested(
+            "id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\n[[steps.steps]]\nid = \"first\"\ntype = \"delay\"\nms = 1",
+        );
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.step.as_deref(), Some("first"));
+        assert_eq!(e.field.as_deref(), Some("steps[1].steps[0].id"));
+        assert!(
+            e.message
+                .contains("used at steps[0] and at steps[1].steps[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loop_fields_are_checked() {
+        let body = "\n[[steps.steps]]\nid = \"t\"\ntype = \"delay\"\nms = 1";
+        let cases = [
+            ("for_each = \"[1]\"\nuntil = \"true\"", "until", "not both"),
+            ("max_iterations = 3", "for_each", "`for_each`"),
+            ("for_each = \"[1]\"\nas = \"loop\"", "as", "reserved"),
+            ("for_each = \"[1]\"\nas = \"2x\"", "as", "not usable"),
+            ("for_each = \"[1]\"\nas = \"first\"", "as", "a step id"),
+            (
+                "until = \"true\"\nconcurrency = 2",
+                "concurrency",
+                "one after another",
+            ),
+            ("until = \"true\"\nas = \"x\"", "as", "no"),
+            (
+                "for_each = \"[1]\"\nmax_iterations = 10001",
+                "max_iterations",
+                "10000",
+            ),
+            (
+                "for_each = \"[1]\"\nmax_iterations = 0",
+                "max_iterations",
+                "between",
+            ),
+            ("for_each = \"[1]\"\nconcurrency = 17", "concurrency", "16"),
+            (
+                "for_each = \"items: {{ x }}\"",
+                "for_each",
+                "one expression",
+            ),
+            ("for_each = \"[1]\"\nretries = 1", "retries", "nested steps"),
+        ];
+        for (fields, field, message) in cases {
+            let src = nested(&format!("id = \"each\"\ntype = \"loop\"\n{fields}{body}"));
+            let e = parse_and_validate(&src, &opts()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{fields}: {e}");
+            assert!(e.message.contains(message), "{fields}: {e}");
+        }
+        let src = nested("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nsteps = []");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps"), "{e}");
+        let src = nested(&format!("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nconcurrency = 16\nmax_iterations = 10000{body}"));
+        parse_and_validate(&src, &opts()).unwrap();
+    }
+
+    #[test]
+    fn approval_steps_cannot_be_nested() {
+        let src = nested("id = \"pick\"\ntype = \"branch\"\n[[steps.cases]]\nwhen = \"true\"\n[[steps.cases.steps]]\nid = \"ok\"\ntype = \"approval\"");
+        let e = parse_and_validate(&src, &opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("steps[1].cases[0].steps[0].type"));
+        assert!(e.message.contains("cannot be nested"), "{e}");
+    }
+
+    #[test]
+    fn nested_definitions_round_trip_through_json() {
+        let src = nested("id = \"each\"\ntype = \"loop\"\nfor_each = \"[1]\"\nas = \"n\"\nconcurrency = 2\n[[steps.steps]]\nid = \"pick\"\ntype = \"branch\"\n[[steps.steps.cases]]\nwhen = \"n > 0\"\n[[steps.steps.cases.steps]]\nid = \"t\"\ntype = \"delay\"\nms = 1\n[[steps.steps.default]]\nid = \"u\"\ntype = \"delay\"\nms = 1");
+        let d = parse_and_validate(&src, &opts()).unwrap();
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["steps"][1]["as"], "n");
+        assert_eq!(json["steps"][1]["steps"][0]["cases"][0]["when"], "n > 0");
+        let back = Definition::from_json_value(json).unwrap();
+        assert_eq!(d, back);
+        let order: Vec<_> = d.walk().iter().map(|w| w.step.id.as_str()).collect();
+        assert_eq!(order, ["first", "each", "pick", "t", "u"]);
     }
 }

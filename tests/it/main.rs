@@ -15,6 +15,7 @@ mod delivery;
 mod deployments;
 mod errors;
 mod faults;
+mod flow;
 mod invoke;
 mod keys;
 mod layout;
