@@ -299,6 +299,7 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
         http: awc::Client::builder().disable_redirects().finish(),
         providers,
         allow_command_steps: config.file.security.allow_command_steps,
+        deltas: workflow::DeltaSink::default(),
     }
 }
 

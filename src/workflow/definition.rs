@@ -177,11 +177,23 @@ pub enum StepKind {
         model: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         system: Option<String>,
-        prompt: String,
+        /// The user message; exactly one of `prompt` and `messages` is set.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        messages: Option<Messages>,
         #[serde(skip_serializing_if = "Option::is_none")]
         temperature: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         max_tokens: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response_format: Option<ResponseFormat>,
+        /// A JSON Schema the reply must match (checked to be one by validation).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        json_schema: Option<Value>,
+        /// Read the provider's SSE stream (the default) instead of one JSON reply.
+        #[serde(skip_serializing_if = "is_true")]
+        stream: bool,
     },
     Command {
         program: String,
@@ -321,6 +333,63 @@ impl Definition {
     }
 }
 
+/// The chat messages of a prompt step (`messages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Messages {
+    /// `[{ role, content }, ...]`, each `content` a template.
+    List(Vec<Message>),
+    /// A template that renders to a JSON array of `{ role, content }` (a chat history).
+    Template(String),
+}
+
+/// One message of a prompt step's `messages` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub role: ChatRole,
+    /// A template.
+    pub content: String,
+}
+
+/// The roles a chat message may have: the ones OpenAI, Ollama and llama.cpp all accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl ChatRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+
+    /// The role for its word (`system`, `user`, `assistant`).
+    pub fn parse(s: &str) -> Option<ChatRole> {
+        Some(match s {
+            "system" => ChatRole::System,
+            "user" => ChatRole::User,
+            "assistant" => ChatRole::Assistant,
+            _ => return None,
+        })
+    }
+}
+
+/// `response_format` of a prompt step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// The reply text as it is (the default).
+    Text,
+    /// Asks for a JSON object; the output is the parsed reply.
+    Json,
+}
+
 /// One allowed answer of an approval step. A plain string `"yes"` means
 /// `{ value = "yes", label = "yes" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -396,6 +465,10 @@ impl Definition {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -27,6 +27,7 @@ use super::definition::{
     ApprovalChoice, BranchCase, Definition, OnError, StepDef, StepKind, DEFAULT_ITEM_NAME,
     DEFAULT_MAX_ITERATIONS,
 };
+use super::deltas::DeltaSink;
 use super::steps::{self, StepError, StepOutput, StepResult};
 use super::template;
 use super::trace::passes_key;
@@ -60,6 +61,8 @@ pub struct Environment {
     pub http: awc::Client,
     pub providers: HashMap<String, ProviderConfig>,
     pub allow_command_steps: bool,
+    /// Where streamed prompt steps publish their text deltas (see [`super::deltas`]).
+    pub deltas: DeltaSink,
 }
 
 /// The per-run values in the template scope.
@@ -317,6 +320,7 @@ impl Failed {
             },
             retryable: false,
             code: self.error.code,
+            retry_after: None,
         }
     }
 }
@@ -876,7 +880,7 @@ async fn run_with_retries(
     loop {
         attempts += 1;
         shared.set_attempts(token, attempts);
-        match run_once(&step.kind, env, scope, jinja_scope).await {
+        match run_once(&step.kind, &step.id, env, scope, jinja_scope).await {
             Ok(out) => return Ok((out, attempts)),
             Err(e) if attempts > step.retries => return Err((e, attempts)),
             Err(e) if !e.retryable => {
@@ -885,7 +889,7 @@ async fn run_with_retries(
             }
             Err(e) => {
                 tracing::debug!(step = %step.id, attempt = attempts, error = %e, "step failed, retrying");
-                if let Some(pause) = retry_pause(&step.kind, attempts) {
+                if let Some(pause) = retry_pause(&step.kind, attempts, e.retry_after) {
                     actix_rt::time::sleep(pause).await;
                 }
             }
@@ -893,12 +897,15 @@ async fn run_with_retries(
     }
 }
 
-/// Backoff before another attempt; only steps that talk to something outside wait.
-fn retry_pause(kind: &StepKind, attempts: u32) -> Option<Duration> {
+/// Backoff before another attempt; only steps that talk to something outside wait. A
+/// `Retry-After` the failed attempt brought back (a provider's 429 or 5xx, already capped by
+/// the step) lengthens the pause to at least that.
+fn retry_pause(kind: &StepKind, attempts: u32, asked: Option<Duration>) -> Option<Duration> {
     match kind {
         StepKind::Http { .. } | StepKind::Prompt { .. } | StepKind::Command { .. } => {
             let ms = 100u64.saturating_mul(1 << attempts.min(5).saturating_sub(1));
-            Some(Duration::from_millis(ms.min(2_000)))
+            let backoff = Duration::from_millis(ms.min(2_000));
+            Some(asked.map_or(backoff, |asked| asked.max(backoff)))
         }
         _ => None,
     }
@@ -906,6 +913,7 @@ fn retry_pause(kind: &StepKind, attempts: u32) -> Option<Duration> {
 
 async fn run_once(
     kind: &StepKind,
+    step_id: &str,
     env: &Environment,
     scope: &Map<String, Value>,
     jinja_scope: &minijinja::Value,
@@ -933,16 +941,34 @@ async fn run_once(
             model,
             system,
             prompt,
+            messages,
             temperature,
             max_tokens,
+            response_format,
+            json_schema,
+            stream,
         } => {
             let step = steps::prompt::PromptStep {
                 provider,
                 model,
                 system: system.as_deref(),
-                prompt,
+                prompt: prompt.as_deref(),
+                messages: messages.as_ref(),
                 temperature: *temperature,
                 max_tokens: *max_tokens,
+                response_format: *response_format,
+                json_schema: json_schema.as_ref(),
+                // Streamed text goes to the run's live stream, tagged with run and step.
+                stream: stream.then(|| steps::prompt::Publish {
+                    sink: &env.deltas,
+                    request_id: scope
+                        .get("run")
+                        .and_then(|r| r.get("request_id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    step: step_id.into(),
+                }),
             };
             steps::prompt::run(&env.http, env.providers.get(provider), step, jinja_scope).await
         }
@@ -1039,6 +1065,7 @@ mod tests {
             http: awc::Client::default(),
             providers,
             allow_command_steps: true,
+            deltas: DeltaSink::default(),
         }
     }
 
@@ -1853,7 +1880,10 @@ max_tokens = 20
                     {"role": "user", "content": "Greet Ada"}
                 ],
                 "temperature": 0.2,
-                "max_tokens": 20
+                "max_tokens": 20,
+                // Streaming is the default; this server answers with one JSON reply anyway.
+                "stream": true,
+                "stream_options": {"include_usage": true}
             })
         );
 
@@ -1888,6 +1918,7 @@ mod nesting_tests {
             http: awc::Client::default(),
             providers: HashMap::new(),
             allow_command_steps: true,
+            deltas: DeltaSink::default(),
         }
     }
 

@@ -8,10 +8,12 @@
 //! Layout: `definition` (the document's types), `parse` (TOML/JSON → [`Definition`]),
 //! `validate` (the checks before deployment), `engine` (the step loop), `steps` (one
 //! executor per step type), `trace` (the step trace and what a run resumes from),
-//! `approval` (answers to approval steps), `inputs` and `template`.
+//! `approval` (answers to approval steps), `deltas` (streamed prompt text for live runs),
+//! `inputs` and `template`.
 
 pub mod approval;
 pub mod definition;
+pub mod deltas;
 pub mod engine;
 pub mod inputs;
 mod parse;
@@ -25,6 +27,7 @@ pub use definition::{
     ApprovalChoice, Definition, DefinitionError, InputSpec, InputType, OnError, OutputDef, StepDef,
     StepKind, VariantDef,
 };
+pub use deltas::{Delta, DeltaSink};
 pub use engine::{execute, Environment, Execution, Pause, ProviderConfig, RunContext};
 pub use inputs::{check_inputs, InputError};
 pub use template::TemplateError;

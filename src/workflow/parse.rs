@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::definition::{
-    ApprovalChoice, BranchCase, Definition, DefinitionError, InputSpec, InputType, OutputDef,
-    StepDef, StepKind, VariantDef,
+    ApprovalChoice, BranchCase, ChatRole, Definition, DefinitionError, InputSpec, InputType,
+    Message, Messages, OutputDef, ResponseFormat, StepDef, StepKind, VariantDef,
 };
 
 impl Definition {
@@ -343,21 +343,18 @@ fn parse_step(at: Option<String>, value: Value) -> Result<StepDef, DefinitionErr
             &["method", "url", "headers", "body", "timeout_ms"],
         ),
         "prompt" => (
-            StepKind::Prompt {
-                provider: f.req("provider")?,
-                model: f.req("model")?,
-                system: f.opt("system")?,
-                prompt: f.req("prompt")?,
-                temperature: f.opt("temperature")?,
-                max_tokens: f.opt("max_tokens")?,
-            },
+            parse_prompt(&mut f)?,
             &[
                 "provider",
                 "model",
                 "system",
                 "prompt",
+                "messages",
                 "temperature",
                 "max_tokens",
+                "response_format",
+                "json_schema",
+                "stream",
             ],
         ),
         "command" => (
@@ -491,6 +488,92 @@ fn parse_case(f: &Fields, at: &str, i: usize, value: Value) -> Result<BranchCase
     };
     c.finish("a branch case", &["when", "steps"])?;
     Ok(BranchCase { when, steps })
+}
+
+/// The type-specific fields of a `prompt` step: exactly one of `prompt` and `messages`.
+fn parse_prompt(f: &mut Fields) -> Result<StepKind, DefinitionError> {
+    let provider = f.req("provider")?;
+    let model = f.req("model")?;
+    let system = f.opt("system")?;
+    let prompt: Option<String> = f.opt("prompt")?;
+    let messages = match f.map.remove("messages") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_messages(f, v)?),
+    };
+    match (&prompt, &messages) {
+        (Some(_), Some(_)) => {
+            return Err(f.err("messages", "set either `prompt` or `messages`, not both"))
+        }
+        (None, None) => {
+            return Err(f.err(
+                "prompt",
+                "missing required field (a prompt step needs `prompt` or `messages`)",
+            ))
+        }
+        _ => {}
+    }
+    let response_format = match f.opt::<String>("response_format")? {
+        None => None,
+        Some(word) => Some(match word.as_str() {
+            "json" => ResponseFormat::Json,
+            "text" => ResponseFormat::Text,
+            _ => {
+                return Err(f.err(
+                    "response_format",
+                    format!("unknown response format {word:?} (expected \"json\" or \"text\")"),
+                ))
+            }
+        }),
+    };
+    let json_schema = f.map.remove("json_schema").filter(|v| !v.is_null());
+    Ok(StepKind::Prompt {
+        provider,
+        model,
+        system,
+        prompt,
+        messages,
+        temperature: f.opt("temperature")?,
+        max_tokens: f.opt("max_tokens")?,
+        response_format,
+        json_schema,
+        stream: f.opt("stream")?.unwrap_or(true),
+    })
+}
+
+/// `messages`: an array of `{ role, content }` tables, or one template (a chat history).
+fn parse_messages(f: &Fields, value: Value) -> Result<Messages, DefinitionError> {
+    let items = match value {
+        Value::String(template) => return Ok(Messages::Template(template)),
+        Value::Array(items) => items,
+        other => {
+            return Err(f.err(
+                "messages",
+                format!(
+                    "must be an array of {{ role, content }} tables or a template, got {}",
+                    InputType::name_of(&other)
+                ),
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(f.err("messages", "must hold at least one message"));
+    }
+    let mut list = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = format!("{}messages[{i}]", f.prefix);
+        let mut m = Fields::new(item, &at, f.step.as_deref(), format!("{at}."))?;
+        let role_word: String = m.req("role")?;
+        let role = ChatRole::parse(&role_word).ok_or_else(|| {
+            m.err(
+                "role",
+                format!("unknown role {role_word:?} (expected system, user or assistant)"),
+            )
+        })?;
+        let content = m.req("content")?;
+        m.finish("a message", &["role", "content"])?;
+        list.push(Message { role, content });
+    }
+    Ok(Messages::List(list))
 }
 
 #[cfg(test)]

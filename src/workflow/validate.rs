@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::definition::{
-    Definition, DefinitionError, InputType, StepDef, StepKind, DEFAULT_ITEM_NAME,
-    MAX_ITERATIONS_LIMIT, MAX_LOOP_CONCURRENCY,
+    Definition, DefinitionError, InputType, Messages, ResponseFormat, StepDef, StepKind,
+    DEFAULT_ITEM_NAME, MAX_ITERATIONS_LIMIT, MAX_LOOP_CONCURRENCY,
 };
 use super::template;
 
@@ -338,8 +338,12 @@ fn validate_step(
             model,
             system,
             prompt,
+            messages,
             temperature,
             max_tokens,
+            response_format,
+            json_schema,
+            stream: _,
         } => {
             if !opts.providers.iter().any(|p| p == provider) {
                 let msg = if opts.providers.is_empty() {
@@ -360,7 +364,27 @@ fn validate_step(
             if let Some(system) = system {
                 check("system", system)?;
             }
-            check("prompt", prompt)?;
+            if let Some(prompt) = prompt {
+                check("prompt", prompt)?;
+            }
+            match messages {
+                None => {}
+                Some(Messages::Template(src)) => check("messages", src)?,
+                Some(Messages::List(list)) => {
+                    for (i, m) in list.iter().enumerate() {
+                        check(&format!("messages[{i}].content"), &m.content)?;
+                    }
+                }
+            }
+            if let Some(schema) = json_schema {
+                if *response_format == Some(ResponseFormat::Text) {
+                    return Err(err(
+                        "response_format",
+                        "\"text\" cannot go with json_schema, whose replies are JSON".to_owned(),
+                    ));
+                }
+                check_json_schema(schema).map_err(|m| err("json_schema", m))?;
+            }
             if let Some(t) = temperature {
                 if !t.is_finite() || *t < 0.0 {
                     return Err(err("temperature", "must be a number >= 0".to_owned()));
@@ -517,6 +541,51 @@ fn validate_step(
         }
     }
     Ok(())
+}
+
+/// Largest `json_schema` accepted, serialized: it is sent with every call.
+const MAX_JSON_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// Whether `schema` is a JSON Schema a reply can be checked against: an object that its
+/// meta-schema accepts and that compiles (every `$ref` resolves inside the document; nothing
+/// is fetched).
+fn check_json_schema(schema: &Value) -> Result<(), String> {
+    if !schema.is_object() {
+        return Err(format!(
+            "must be a table (a JSON Schema object), got {}",
+            InputType::name_of(schema)
+        ));
+    }
+    if schema.to_string().len() > MAX_JSON_SCHEMA_BYTES {
+        return Err(format!(
+            "is over {} KiB; keep the schema of a reply small",
+            MAX_JSON_SCHEMA_BYTES / 1024
+        ));
+    }
+    match jsonschema::meta::try_validate(schema) {
+        Err(e) => return Err(format!("not a valid JSON Schema: {e}")),
+        Ok(Err(e)) => return Err(format!("not a valid JSON Schema{}", schema_problem(&e))),
+        Ok(Ok(())) => {}
+    }
+    jsonschema::validator_for(schema)
+        .map(drop)
+        .map_err(|e| format!("not a usable JSON Schema{}", schema_problem(&e)))
+}
+
+/// ` at /properties/age/type: "integr" is not valid under …`, on one line and short.
+pub(crate) fn schema_problem(e: &jsonschema::ValidationError<'_>) -> String {
+    let path = e.instance_path.as_str();
+    let at = if path.is_empty() {
+        String::new()
+    } else {
+        format!(" at {path}")
+    };
+    let text = e.to_string().replace('\n', " ");
+    let mut short: String = text.chars().take(300).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    format!("{at}: {short}")
 }
 
 #[cfg(test)]
@@ -742,5 +811,85 @@ mod tests {
         assert_eq!(d, back);
         let order: Vec<_> = d.walk().iter().map(|w| w.step.id.as_str()).collect();
         assert_eq!(order, ["first", "each", "pick", "t", "u"]);
+    }
+
+    fn prompt_opts() -> ValidateOptions<'static> {
+        static PROVIDERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        ValidateOptions {
+            allow_command_steps: false,
+            providers: PROVIDERS.get_or_init(|| vec!["local".to_owned()]),
+        }
+    }
+
+    fn prompt_step(extra: &str) -> String {
+        with_step(&format!(
+            "id = \"p\"\ntype = \"prompt\"\nprovider = \"local\"\nmodel = \"m\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn prompt_needs_prompt_or_messages_but_not_both() {
+        let e = parse_and_validate(&prompt_step(""), &prompt_opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("prompt"), "{e}");
+        assert!(e.message.contains("`prompt` or `messages`"), "{e}");
+        let both = "prompt = \"hi\"\nmessages = [{ role = \"user\", content = \"hi\" }]";
+        let e = parse_and_validate(&prompt_step(both), &prompt_opts()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("messages"), "{e}");
+        assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn messages_errors_name_the_message_field() {
+        for (src, field) in [
+            ("messages = [{ role = \"user\", content = \"a\" }, { role = \"robot\", content = \"b\" }]", "messages[1].role"),
+            ("messages = [{ role = \"user\" }]", "messages[0].content"),
+            ("messages = [{ role = \"user\", content = \"a\", name = \"x\" }]", "messages[0].name"),
+            ("messages = [{ role = \"user\", content = \"{{ a \" }]", "messages[0].content"),
+            ("messages = []", "messages"),
+            ("messages = 3", "messages"),
+            ("messages = \"{{ history \"", "messages"),
+        ] {
+            let e = parse_and_validate(&prompt_step(src), &prompt_opts()).unwrap_err();
+            assert_eq!(e.step.as_deref(), Some("p"), "{src}: {e}");
+            assert_eq!(e.field.as_deref(), Some(field), "{src}: {e}");
+        }
+        let ok = "messages = [{ role = \"system\", content = \"s\" }, { role = \"user\", content = \"{{ q }}\" }]";
+        parse_and_validate(&prompt_step(ok), &prompt_opts()).unwrap();
+        parse_and_validate(
+            &prompt_step("messages = \"{{ history | tojson }}\""),
+            &prompt_opts(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn json_schema_must_be_a_valid_schema() {
+        let good = "prompt = \"hi\"\njson_schema = { type = \"object\", properties = { age = { type = \"integer\" } }, required = [\"age\"] }";
+        let d = parse_and_validate(&prompt_step(good), &prompt_opts()).unwrap();
+        // Round-trips through JSON with its new fields.
+        let back = Definition::from_json_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(d, back);
+        for bad in [
+            "json_schema = { type = \"integr\" }",
+            "json_schema = { properties = { a = { minLength = -1 } } }",
+            "json_schema = 5",
+            "json_schema = { \"$ref\" = \"#/definitions/missing\" }",
+        ] {
+            let src = prompt_step(&format!("prompt = \"hi\"\n{bad}"));
+            let e = parse_and_validate(&src, &prompt_opts()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("json_schema"), "{bad}: {e}");
+        }
+        let e = parse_and_validate(
+            &prompt_step("prompt = \"hi\"\nresponse_format = \"xml\""),
+            &prompt_opts(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("response_format"), "{e}");
+        let e = parse_and_validate(
+            &prompt_step(&format!("{good}\nresponse_format = \"text\"")),
+            &prompt_opts(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("response_format"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ mod keys;
 mod layout;
 mod lifecycle;
 mod ops;
+mod prompt;
 mod runs;
 mod schemathesis;
 mod sdk;

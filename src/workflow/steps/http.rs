@@ -66,9 +66,8 @@ pub(crate) async fn run(
             snippet(&bytes, 200)
         );
         return Err(StepError {
-            message,
             retryable: status_is_retryable(status),
-            code: None,
+            ..StepError::permanent(message)
         });
     }
     let output = if bytes.is_empty() {

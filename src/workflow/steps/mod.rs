@@ -18,6 +18,7 @@ pub(crate) mod prompt;
 pub(crate) mod template;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -51,6 +52,9 @@ pub(crate) struct StepError {
     /// (`invalid_model_output`, `iteration_limit_exceeded`, `workflow_depth_exceeded`);
     /// `None` means `step_failed`.
     pub code: Option<&'static str>,
+    /// How long the other side asked to wait before another attempt (a provider's
+    /// `Retry-After`); the engine waits at least this long, up to its cap, before retrying.
+    pub retry_after: Option<Duration>,
 }
 
 impl StepError {
@@ -60,6 +64,7 @@ impl StepError {
             message: message.into(),
             retryable: true,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -69,6 +74,7 @@ impl StepError {
             message: message.into(),
             retryable: false,
             code: None,
+            retry_after: None,
         }
     }
 
