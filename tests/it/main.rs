@@ -14,6 +14,7 @@ mod crash;
 mod delivery;
 mod deployments;
 mod errors;
+mod examples;
 mod faults;
 mod flow;
 mod invoke;

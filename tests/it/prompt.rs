@@ -383,27 +383,11 @@ fn invalid_prompt_definitions_are_refused_naming_the_field() {
     assert!(llm.requests().is_empty());
 }
 
-/// An OpenAI-style SSE reply: one chunk per piece of `parts`, a usage chunk, `[DONE]`.
-fn sse(parts: &[&str]) -> StubReply {
-    let mut body = String::new();
-    for p in parts {
-        let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
-        body.push_str(&format!("data: {chunk}\n\n"));
-    }
-    let usage = json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}});
-    body.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
-    StubReply {
-        status: 200,
-        headers: vec![("Content-Type".into(), "text/event-stream".into())],
-        body,
-    }
-}
-
 #[test]
 fn prompt_steps_stream_by_default_and_assemble_text_and_usage() {
     let llm = StubServer::threaded(|req, _| {
         if req.json()["stream"] == json!(true) {
-            sse(&["{\"name\": ", "\"Ada\", \"age\"", ": 36}"])
+            sse_completion(&["{\"name\": ", "\"Ada\", \"age\"", ": 36}"])
         } else {
             StubReply::json(200, &chat_completion("one piece"))
         }
@@ -474,7 +458,7 @@ fn a_garbage_stream_fails_the_step_and_a_hanging_provider_hits_the_workflow_time
             _ => {
                 // Hangs far past the workflow's timeout_ms.
                 std::thread::sleep(Duration::from_secs(20));
-                sse(&["late"])
+                sse_completion(&["late"])
             }
         }
     });

@@ -1224,6 +1224,22 @@ pub fn chat_completion(content: &str) -> Value {
     })
 }
 
+/// An OpenAI-style SSE reply: one chunk per piece of `parts`, a usage chunk, `[DONE]`.
+pub fn sse_completion(parts: &[&str]) -> StubReply {
+    let mut body = String::new();
+    for p in parts {
+        let chunk = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+        body.push_str(&format!("data: {chunk}\n\n"));
+    }
+    let usage = serde_json::json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}});
+    body.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+    StubReply {
+        status: 200,
+        headers: vec![("Content-Type".into(), "text/event-stream".into())],
+        body,
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Small assertions
 // ------------------------------------------------------------------------------------------
