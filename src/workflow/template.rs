@@ -34,10 +34,15 @@ impl From<minijinja::Error> for TemplateError {
     }
 }
 
-/// Instructions one render or condition may run. Runs render on the daemon's threads, so a
-/// template that loops (or recurses) without end must fail instead of holding one forever;
-/// a million instructions is well under a second, far more than any prompt needs.
+/// Fuel of one render or condition. Runs render on the daemon's threads, so a template that
+/// loops (or recurses) without end must fail instead of holding one forever, and one that
+/// doubles a string a few times must fail instead of taking gigabytes. minijinja charges an
+/// instruction 1 fuel and a created value about 1 per 64 bytes, so this is a million
+/// instructions (well under a second) or some 64 MiB of values: far more than a prompt needs.
 pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Roughly the most memory a render's values may take under [`TEMPLATE_FUEL`].
+const TEMPLATE_VALUE_MIB: u64 = (TEMPLATE_FUEL * 64) >> 20;
 
 /// Most bytes one render may produce.
 pub const RENDERED_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -46,7 +51,7 @@ pub const RENDERED_MAX_BYTES: usize = 16 * 1024 * 1024;
 fn describe(e: &minijinja::Error) -> String {
     if e.kind() == minijinja::ErrorKind::OutOfFuel {
         return format!(
-            "the template ran too long (over {TEMPLATE_FUEL} instructions; look for a loop or a recursion without end)"
+            "the template ran too long or built too large a value (its limits are {TEMPLATE_FUEL} instructions and about {TEMPLATE_VALUE_MIB} MiB of values; look for a loop or a recursion without end, or a value that keeps doubling)"
         );
     }
     let mut s = e.kind().to_string();
@@ -82,6 +87,7 @@ fn configured_env() -> Environment<'static> {
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.add_filter("tojson", tojson);
         env.set_formatter(|out, state, value| {
             // `null` step outputs and unset variables render as empty text, not "none".
             if value.is_none() || value.is_undefined() {
@@ -98,9 +104,61 @@ fn configured_env() -> Environment<'static> {
     }
 }
 
+/// `tojson` the way hivelet has always written it: compact (`{"a":[1,2]}`, as serde_json
+/// writes it), where minijinja 3's own filter adds spaces after `:` and `,`. Workflows put
+/// this text into request bodies and outputs, so it must not change under anyone's feet.
+/// Like the built-in filter, `indent` pretty-prints, the result is safe for HTML and JSON
+/// (`<`, `>`, `&` and `'` escaped), and its bytes are charged to the render's fuel.
+fn tojson(
+    state: &minijinja::State<'_, '_>,
+    value: &JinjaValue,
+    indent: Option<JinjaValue>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<JinjaValue, minijinja::Error> {
+    let indent = match indent.or(kwargs.get("indent")?) {
+        None => None,
+        Some(v) => match bool::try_from(v.clone()) {
+            Ok(true) => Some(2),
+            Ok(false) => None,
+            Err(_) => Some(usize::try_from(v)?),
+        },
+    };
+    kwargs.assert_all_used()?;
+    let json = match indent {
+        None => serde_json::to_string(value),
+        Some(n) => {
+            let pad = " ".repeat(n);
+            let mut out = Vec::new();
+            let pretty = serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, pretty);
+            serde::Serialize::serialize(value, &mut ser)
+                .map(|_| String::from_utf8(out).expect("serde_json writes UTF-8"))
+        }
+    }
+    .map_err(|e| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "cannot serialize to JSON",
+        )
+        .with_source(e)
+    })?;
+    state.consume_fuel(json.len() as u64 / 64)?;
+    let mut safe = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => safe.push_str("\\u003c"),
+            '>' => safe.push_str("\\u003e"),
+            '&' => safe.push_str("\\u0026"),
+            '\'' => safe.push_str("\\u0027"),
+            _ => safe.push(c),
+        }
+    }
+    Ok(JinjaValue::from_safe_string(safe))
+}
+
 /// Converts a JSON scope once so several templates can render against it.
 pub(crate) fn to_context(ctx: &Value) -> JinjaValue {
-    JinjaValue::from_serialize(ctx)
+    JinjaValue::from(minijinja::value::Serde(ctx))
 }
 
 /// Renders `src` with `ctx` (a JSON object) as the scope.
@@ -301,6 +359,25 @@ mod tests {
         assert!(ok.ends_with("9999,"));
     }
 
+    /// Each of these built gigabytes in a few instructions before values were charged fuel.
+    #[test]
+    fn templates_that_build_huge_values_fail_early() {
+        let ctx = json!({});
+        for src in [
+            "{% set a = 'x' * 100000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{{ c | length }}",
+            "{% set a = 'x' * 10000000 %}{% set b = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}{{ b | length }}",
+            "{{ ('x' * 10000000) | replace('x', 'xx') | replace('x', 'xx') | replace('x', 'xx') | length }}",
+            "{% set a = 'x' * 10000000 %}{% set b %}{{ a }}{{ a }}{{ a }}{{ a }}{{ a }}{{ a }}{{ a }}{% endset %}{{ b | length }}",
+            "{{ (['xxxxxxxxxxxxxxxx'] * 10000000) | join('') | length }}",
+        ] {
+            let err = render(src, &ctx).unwrap_err();
+            assert!(err.message.contains("too large a value"), "{src}: {err}");
+        }
+        // A few MiB of values are fine.
+        let ok = render("{% set a = 'x' * 4000000 %}{{ (a ~ a) | length }}", &ctx).unwrap();
+        assert_eq!(ok, "8000000");
+    }
+
     #[test]
     fn a_render_longer_than_the_cap_fails() {
         let src = "{% for i in range(20) %}{{ 'x' * 1048576 }}{% endfor %}";
@@ -322,6 +399,15 @@ mod tests {
         assert_eq!(
             render("{{ obj | tojson }}", &json!({"obj": {"a": [1, 2]}})).unwrap(),
             r#"{"a":[1,2]}"#
+        );
+        let ctx = json!({"obj": {"s": "<a href='x'>&</a>", "n": [1]}});
+        assert_eq!(
+            render("{{ obj | tojson }}", &ctx).unwrap(),
+            r#"{"n":[1],"s":"\u003ca href=\u0027x\u0027\u003e\u0026\u003c/a\u003e"}"#
+        );
+        assert_eq!(
+            render("{{ obj.n | tojson(indent=2) }}", &ctx).unwrap(),
+            "[\n  1\n]"
         );
     }
 

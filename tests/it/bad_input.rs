@@ -328,6 +328,49 @@ fn slow_clients_are_cut_off_and_do_not_block_others() {
     still_works(&app);
 }
 
+/// The daemon's peak resident memory so far (`VmHWM`), in MiB.
+fn peak_rss_mib(app: &TestApp) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", app.pid().unwrap())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024
+}
+
+/// A template that doubles a 100 MB string a few times (gigabytes in half a dozen
+/// instructions) fails its step with a clear error while the daemon's memory stays bounded.
+#[test]
+fn a_template_that_builds_a_huge_value_fails_with_bounded_memory() {
+    let app = TestApp::start();
+    app.deploy_ok(
+        "balloon",
+        r#"
+key = "balloon"
+
+[[steps]]
+id = "balloon"
+type = "template"
+template = "{% set a = 'x' * 100000000 %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{{ a | length }}"
+"#,
+    );
+    let r = app.invoke(&serde_json::json!({"deployment": "balloon"}));
+    let err = r.expect_error(502, "step_failed", None);
+    assert_eq!(err["step"], "balloon", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too large a value"),
+        "{err}"
+    );
+    // Unbounded, the first step alone reaches 1.6 GB.
+    let peak = peak_rss_mib(&app);
+    assert!(peak < 400, "peak RSS {peak} MiB");
+    still_works(&app);
+}
+
 /// A template that would loop for hours (found while writing the `template` fuzz target)
 /// fails its run with a clear error within the fuel limit, and the daemon keeps serving.
 #[test]
