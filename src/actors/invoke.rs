@@ -291,6 +291,11 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
                 workflow::ProviderConfig {
                     base_url: p.base_url.clone(),
                     api_key,
+                    prices: p
+                        .prices
+                        .iter()
+                        .map(|(m, price)| (m.clone(), *price))
+                        .collect(),
                 },
             )
         })
@@ -337,6 +342,7 @@ impl Handler<Admit> for InvokeActor {
             user: run.user.clone(),
             created_at: now,
             started_at: (status == RunStatus::Running).then_some(now),
+            rerun_of: None,
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -351,6 +357,7 @@ impl Handler<Admit> for InvokeActor {
             completion: completion_tx,
             started_at: now,
             resume: None,
+            usage: None,
         };
         if status == RunStatus::Running {
             self.starting += 1;

@@ -108,6 +108,7 @@ pub fn recover(
                 output_json: None,
                 error_json: Some(error.to_string()),
                 ended_at: ids::now_ms(),
+                usage_json: run.usage_json.clone(),
                 event: None,
             }));
             continue;
@@ -116,11 +117,18 @@ pub fn recover(
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
-        let point = if run.status == RunStatus::Running {
-            let trace = store.trace_blocking(&run.request_id)?;
-            let (rows, answers) = (trace.steps, trace.approvals);
+        // A queued run has no trace unless it is a rerun, whose `reused` lines were stored
+        // with it: those are taken over like finished steps.
+        let trace = store.trace_blocking(&run.request_id)?;
+        let (rows, answers) = (trace.steps, trace.approvals);
+        let usage = crate::usage::sum_stored(
+            rows.iter()
+                .filter(|r| r.status != StepStatus::Reused)
+                .filter_map(|r| r.usage_json.as_deref()),
+        );
+        let point = if run.status == RunStatus::Running || !rows.is_empty() {
             let point = trace_point(&deployment.definition, &rows, &answers);
-            if point.waiting.is_none() {
+            if point.waiting.is_none() && run.status == RunStatus::Running {
                 record_interrupted_step(store, &deployment.definition, &run, &rows, point.open);
             }
             Some(point)
@@ -146,6 +154,7 @@ pub fn recover(
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
             resume,
+            usage,
         };
         match waiting {
             Some(waiting) => recovered.paused.push(PausedRun::new(admitted, waiting)),
@@ -174,6 +183,13 @@ fn ended_status(step: &StepDef, row: &StepRow) -> Option<StepStatus> {
         StepStatus::Completed => Some(StepStatus::Completed),
         StepStatus::Skipped => Some(StepStatus::Skipped),
         StepStatus::Failed if step.on_error == OnError::Continue => Some(StepStatus::Failed),
+        // A rerun's copy of an earlier run's line keeps how that step ended in `reason`.
+        StepStatus::Reused => row
+            .reason
+            .as_deref()
+            .and_then(StepStatus::parse)
+            .filter(|s| *s != StepStatus::Reused)
+            .or(Some(StepStatus::Completed)),
         _ => None,
     }
 }

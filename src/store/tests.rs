@@ -36,6 +36,7 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         user: None,
         created_at,
         started_at: None,
+        rerun_of: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn finished(request_id: &str, ended_at: i64, event: bool) -> FinishedRun {
         output_json: Some("\"ok\"".into()),
         error_json: None,
         ended_at,
+        usage_json: None,
         event: event.then(|| NewEvent {
             event_id: format!("evt_{}", &request_id[4..]),
             deployment_key: "hello".into(),

@@ -22,6 +22,7 @@ use crate::workflow::definition::{ChatRole, Messages, ResponseFormat};
 use crate::workflow::deltas::{Delta, DeltaSink};
 use crate::workflow::engine::ProviderConfig;
 use crate::workflow::template::render_with;
+use crate::usage::Usage;
 use crate::workflow::validate::schema_problem;
 
 /// Model calls are slow; the workflow's own `timeout_ms` can cut this shorter.
@@ -105,6 +106,7 @@ pub(crate) async fn run(
         Reply::Streamed { content, usage } => {
             let output =
                 output_of(&content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
+            let usage = account(name, provider, step.model, usage.as_ref());
             return Ok(StepOutput { output, usage });
         }
     };
@@ -156,8 +158,22 @@ pub(crate) async fn run(
     let output = output_of(content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
     Ok(StepOutput {
         output,
-        usage: reply.get("usage").filter(|u| !u.is_null()).cloned(),
+        usage: account(name, provider, step.model, reply.get("usage")),
     })
+}
+
+/// The step's `usage` as the trace keeps it (`{prompt_tokens, completion_tokens,
+/// total_tokens}`, with `cost_usd` when the model has a price), counted in
+/// `hivelet_tokens_total`. `None` when the provider reported no usage.
+fn account(
+    provider_name: &str,
+    provider: &ProviderConfig,
+    model: &str,
+    reported: Option<&Value>,
+) -> Option<Value> {
+    let usage = Usage::from_provider(reported?)?.priced(provider.prices.get(model));
+    crate::metrics::get().tokens_used(provider_name, model, &usage);
+    Some(usage.to_json())
 }
 
 /// `429 Too Many Requests`, `500 Internal Server Error`, …
