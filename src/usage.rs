@@ -154,9 +154,11 @@ mod tests {
 
     #[test]
     fn prices_sums_and_rounds() {
-        let call = Usage::from_provider(&json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}))
-            .unwrap()
-            .priced(Some(&PRICE));
+        let call = Usage::from_provider(
+            &json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
+        )
+        .unwrap()
+        .priced(Some(&PRICE));
         // 1000 * 0.15e-6 + 500 * 0.6e-6 = 0.00015 + 0.0003
         assert_eq!(call.to_json()["cost_usd"], json!(0.00045));
 

@@ -18,8 +18,8 @@ use crate::ids;
 use crate::store::{
     DueEvent, FinishRun, FinishedRun, NewEvent, RunSource, RunStatus, StepRow, StepStatus, Store,
 };
-use crate::workflow::engine::Resume;
 use crate::usage::Usage;
+use crate::workflow::engine::Resume;
 use crate::workflow::RunFailure;
 
 /// A validated invoke, ready to be stored and run.

@@ -200,7 +200,10 @@ impl Actor for RunActor {
             let mut on_step = |rec: &StepRecord| {
                 store.write_detached(RecordStep(step_row(&request_id, rec)));
                 if let Some(u) = rec.usage.as_ref().and_then(Usage::from_stored) {
-                    usage.borrow_mut().get_or_insert_with(Usage::default).add(&u);
+                    usage
+                        .borrow_mut()
+                        .get_or_insert_with(Usage::default)
+                        .add(&u);
                 }
             };
             workflow::execute(&definition, context, &env, &mut on_step).await

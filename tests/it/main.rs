@@ -30,4 +30,5 @@ mod steps;
 mod storage;
 mod storm;
 mod ui;
+mod usage;
 mod webhooks;

@@ -18,11 +18,11 @@ use minijinja::Value as JinjaValue;
 use serde_json::{json, Map, Value};
 
 use super::{snippet, status_is_retryable, StepError, StepOutput, StepResult};
+use crate::usage::Usage;
 use crate::workflow::definition::{ChatRole, Messages, ResponseFormat};
 use crate::workflow::deltas::{Delta, DeltaSink};
 use crate::workflow::engine::ProviderConfig;
 use crate::workflow::template::render_with;
-use crate::usage::Usage;
 use crate::workflow::validate::schema_problem;
 
 /// Model calls are slow; the workflow's own `timeout_ms` can cut this shorter.
