@@ -164,6 +164,61 @@ pub fn recover(
     Ok(recovered)
 }
 
+/// What a rerun from the top-level step at position `from` takes over from the earlier run's
+/// trace (`rows`): the latest line of every step before it (nested ones included) that had
+/// ended, marked `reused` with how it had ended in `reason`, and the [`Resume`] they make.
+/// The lines still carry the earlier run's request id. `Err` names the first of those
+/// top-level steps that had not ended (the earlier run failed or was cancelled there).
+pub fn rerun_lines(
+    def: &Definition,
+    rows: &[StepRow],
+    from: usize,
+) -> Result<(Vec<StepRow>, Resume), String> {
+    let walk = def.walk();
+    let mut latest: HashMap<(i64, &str), &StepRow> = HashMap::new();
+    for row in rows {
+        let Some(walked) = usize::try_from(row.step_index)
+            .ok()
+            .and_then(|i| walk.get(i))
+        else {
+            continue;
+        };
+        if walked.top >= from || walked.step.id != row.step_id {
+            continue;
+        }
+        let key = (row.step_index, row.passes.as_str());
+        if latest.get(&key).is_none_or(|seen| seen.started_at <= row.started_at) {
+            latest.insert(key, row);
+        }
+    }
+    for (index, walked) in walk.iter().enumerate() {
+        if walked.parent.is_some() || walked.top >= from {
+            continue;
+        }
+        let ended = latest
+            .get(&(index as i64, ""))
+            .and_then(|row| ended_status(walked.step, row));
+        if ended.is_none() {
+            return Err(walked.step.id.clone());
+        }
+    }
+    let mut lines: Vec<StepRow> = latest
+        .values()
+        .filter_map(|row| {
+            let step = walk[row.step_index as usize].step;
+            let ended = ended_status(step, row)?;
+            Some(StepRow {
+                status: StepStatus::Reused,
+                reason: Some(ended.as_str().to_owned()),
+                ..(*row).clone()
+            })
+        })
+        .collect();
+    lines.sort_by(|a, b| (a.step_index, &a.passes).cmp(&(b.step_index, &b.passes)));
+    let resume = trace_point(def, &lines, &[]).resume;
+    Ok((lines, resume))
+}
+
 /// A run's place in its workflow, rebuilt from its stored trace and approval answers.
 #[derive(Debug, Clone, PartialEq)]
 struct TracePoint {
