@@ -398,34 +398,34 @@ impl Handler<Admit> for InvokeActor {
                     None => store.write(InsertRun(row)).await,
                 }
             }
-                .into_actor(self)
-                .map(move |stored, act, ctx| {
-                    if status == RunStatus::Running {
-                        act.starting -= 1;
+            .into_actor(self)
+            .map(move |stored, act, ctx| {
+                if status == RunStatus::Running {
+                    act.starting -= 1;
+                }
+                stored?;
+                let mode = match completion_rx {
+                    Some(_) => "sync",
+                    None => "async",
+                };
+                crate::metrics::get()
+                    .runs_admitted
+                    .get_or_create(&crate::metrics::ModeLabel { mode })
+                    .inc();
+                // The row is durable: now the caller may be told, and the run may start.
+                match status {
+                    RunStatus::Running => act.start_run(admitted, ctx),
+                    _ => {
+                        act.queue.push_back(admitted);
+                        act.start_queued(ctx);
                     }
-                    stored?;
-                    let mode = match completion_rx {
-                        Some(_) => "sync",
-                        None => "async",
-                    };
-                    crate::metrics::get()
-                        .runs_admitted
-                        .get_or_create(&crate::metrics::ModeLabel { mode })
-                        .inc();
-                    // The row is durable: now the caller may be told, and the run may start.
-                    match status {
-                        RunStatus::Running => act.start_run(admitted, ctx),
-                        _ => {
-                            act.queue.push_back(admitted);
-                            act.start_queued(ctx);
-                        }
-                    }
-                    Ok(Admitted {
-                        request_id,
-                        status,
-                        completion: completion_rx,
-                    })
-                }),
+                }
+                Ok(Admitted {
+                    request_id,
+                    status,
+                    completion: completion_rx,
+                })
+            }),
         )
     }
 }

@@ -187,7 +187,10 @@ pub fn rerun_lines(
             continue;
         }
         let key = (row.step_index, row.passes.as_str());
-        if latest.get(&key).is_none_or(|seen| seen.started_at <= row.started_at) {
+        if latest
+            .get(&key)
+            .is_none_or(|seen| seen.started_at <= row.started_at)
+        {
             latest.insert(key, row);
         }
     }

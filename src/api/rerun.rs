@@ -81,7 +81,16 @@ async fn rerun(
         )));
     }
     let source = super::invoke::invoke_source(&http);
-    let (run, rerun) = plan(&state, &earlier, &steps, body.from_step.as_deref(), body.inputs, body.async_config.as_ref(), source, caller.key_id.clone())?;
+    let (run, rerun) = plan(
+        &state,
+        &earlier,
+        &steps,
+        body.from_step.as_deref(),
+        body.inputs,
+        body.async_config.as_ref(),
+        source,
+        caller.key_id.clone(),
+    )?;
     let mode = if body.wait {
         if run.deployment.definition.requires_async() {
             return Err(ApiError::field(
@@ -168,12 +177,18 @@ fn plan(
         Some(new) => {
             let mut merged = old_inputs.clone();
             merged.extend(new);
-            let checked = check_inputs(def, &merged).map_err(|e| ApiError::field(e.field, e.message))?;
+            let checked =
+                check_inputs(def, &merged).map_err(|e| ApiError::field(e.field, e.message))?;
             let changed: Vec<&str> = checked
                 .iter()
                 .filter(|(k, v)| old_inputs.get(*k) != Some(*v))
                 .map(|(k, _)| k.as_str())
-                .chain(old_inputs.keys().filter(|k| !checked.contains_key(*k)).map(String::as_str))
+                .chain(
+                    old_inputs
+                        .keys()
+                        .filter(|k| !checked.contains_key(*k))
+                        .map(String::as_str),
+                )
                 .collect();
             if let Some(reader) = first_reader(def, &changed) {
                 if from > reader {

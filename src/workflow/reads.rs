@@ -124,7 +124,10 @@ mod tests {
         let r = reads("Hi {{ inputs.name }} from {{ inputs['city'] }} and {{ inputs [ \"zip\" ] }}{% if inputs.vip %}!{% endif %}");
         assert!(!r.all);
         assert_eq!(r.names, names(&["name", "city", "vip", "zip"]));
-        assert_eq!(reads("{{ a.inputs.x }} {{ my_inputs }} {{ inputsx }}"), Reads::default());
+        assert_eq!(
+            reads("{{ a.inputs.x }} {{ my_inputs }} {{ inputsx }}"),
+            Reads::default()
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod layout;
 mod lifecycle;
 mod ops;
 mod prompt;
+mod rerun;
 mod runs;
 mod schemathesis;
 mod sdk;
