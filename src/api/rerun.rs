@@ -159,13 +159,13 @@ fn plan(
             None if def.walk().iter().any(|w| w.step.id == id) => {
                 return Err(ApiError::field(
                     "from_step",
-                    format!("Step {id} is nested inside a branch or loop; from_step must be a top-level step (the one that contains it, or an earlier one)."),
+                    format!("from_step {id:?} is nested inside a branch or loop; from_step must be a top-level step (the one that contains it, or an earlier one)."),
                 ))
             }
             None => {
                 return Err(ApiError::field(
                     "from_step",
-                    format!("The workflow has no step {id}."),
+                    format!("from_step {id:?} is not a step of this workflow."),
                 ))
             }
         },

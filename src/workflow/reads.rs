@@ -4,9 +4,10 @@
 //! The analysis is textual and errs towards "reads": every string in the step's definition
 //! (its templates, expressions and nested steps alike) is scanned for the name `inputs`.
 //! `inputs.NAME` and `inputs["NAME"]` read `NAME`; `inputs` used any other way (`inputs |
-//! tojson`, `inputs.get(…)`, `for k in inputs`, `inputs[key]`) reads every input. A string
-//! that only looks like a template still counts, which can only forbid a rerun, never let a
-//! stale output through.
+//! tojson`, `inputs.get(…)`, `for k in inputs`, `inputs[key]`) reads every input. Inputs are
+//! in scope by their bare names too (`{{ name }}`), so a declared input's name standing alone
+//! reads it. A string that only looks like a template still counts, which can only forbid a
+//! rerun, never let a stale output through.
 
 use std::collections::BTreeSet;
 
@@ -30,28 +31,52 @@ impl Reads {
     }
 }
 
-/// The inputs `step` reads, nested steps included.
-pub fn step_reads(step: &StepDef) -> Reads {
+/// The inputs `step` reads, nested steps included; `declared` are the workflow's input
+/// names, which templates may also use bare.
+pub fn step_reads(step: &StepDef, declared: &BTreeSet<&str>) -> Reads {
     let mut reads = Reads::default();
     if let Ok(value) = serde_json::to_value(step) {
-        scan_value(&value, &mut reads);
+        scan_value(&value, declared, &mut reads);
     }
     reads
 }
 
 /// The position of the first top-level step that reads any of `names`.
 pub fn first_reader(def: &Definition, names: &[&str]) -> Option<usize> {
+    let declared: BTreeSet<&str> = def.inputs.iter().map(|i| i.name.as_str()).collect();
     def.steps
         .iter()
-        .position(|step| step_reads(step).any_of(names.iter().copied()))
+        .position(|step| step_reads(step, &declared).any_of(names.iter().copied()))
 }
 
-fn scan_value(value: &Value, reads: &mut Reads) {
+fn scan_value(value: &Value, declared: &BTreeSet<&str>, reads: &mut Reads) {
     match value {
-        Value::String(s) => scan_text(s, reads),
-        Value::Array(items) => items.iter().for_each(|v| scan_value(v, reads)),
-        Value::Object(map) => map.values().for_each(|v| scan_value(v, reads)),
+        Value::String(s) => {
+            scan_text(s, reads);
+            scan_bare(s, declared, reads);
+        }
+        Value::Array(items) => items.iter().for_each(|v| scan_value(v, declared, reads)),
+        Value::Object(map) => map.values().for_each(|v| scan_value(v, declared, reads)),
         _ => {}
+    }
+}
+
+/// Declared input names used bare: an identifier not after a `.` (an attribute).
+fn scan_bare(text: &str, declared: &BTreeSet<&str>, reads: &mut Reads) {
+    let mut start = None;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        match (is_ident(c), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                start = None;
+                let word = &text[s..i];
+                let attribute = text[..s].ends_with('.');
+                if !attribute && declared.contains(word) {
+                    reads.names.insert(word.to_owned());
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -131,6 +156,18 @@ mod tests {
     }
 
     #[test]
+    fn bare_input_names_are_reads() {
+        let declared = BTreeSet::from(["name", "city"]);
+        let mut r = Reads::default();
+        scan_bare(
+            "Hello {{ name }} of {{ place.city }} {{ surname }}",
+            &declared,
+            &mut r,
+        );
+        assert_eq!(r.names, names(&["name"]));
+    }
+
+    #[test]
     fn whole_and_dynamic_uses_read_everything() {
         for text in [
             "{{ inputs | tojson }}",
@@ -154,10 +191,17 @@ type = "text"
 [[inputs]]
 name = "b"
 type = "text"
+[[inputs]]
+name = "c"
+type = "text"
 [[steps]]
 id = "first"
 type = "template"
 template = "{{ inputs.a }}"
+[[steps]]
+id = "bare"
+type = "template"
+template = "{{ c }}"
 [[steps]]
 id = "each"
 type = "loop"
@@ -175,8 +219,9 @@ template = "{{ inputs.b }}"
         })
         .unwrap();
         assert_eq!(first_reader(&def, &["a"]), Some(0));
-        assert_eq!(first_reader(&def, &["b"]), Some(1));
-        assert_eq!(first_reader(&def, &["c"]), None);
+        assert_eq!(first_reader(&def, &["b"]), Some(2));
+        assert_eq!(first_reader(&def, &["c"]), Some(1));
+        assert_eq!(first_reader(&def, &["d"]), None);
         assert_eq!(first_reader(&def, &["b", "a"]), Some(0));
     }
 }
