@@ -187,11 +187,11 @@ pub fn rerun_lines(
             continue;
         }
         let key = (row.step_index, row.passes.as_str());
-        if latest
-            .get(&key)
-            .is_none_or(|seen| seen.started_at <= row.started_at)
-        {
-            latest.insert(key, row);
+        match latest.get(&key) {
+            Some(seen) if seen.started_at > row.started_at => {}
+            _ => {
+                latest.insert(key, row);
+            }
         }
     }
     for (index, walked) in walk.iter().enumerate() {

@@ -141,7 +141,7 @@ mod tests {
     }
 
     fn names(list: &[&str]) -> BTreeSet<String> {
-        list.iter().map(|s| s.to_string()).collect()
+        list.iter().map(|s| (*s).to_owned()).collect()
     }
 
     #[test]

@@ -421,7 +421,7 @@ fn wait_answers_like_a_sync_invoke_and_the_callback_is_still_delivered() {
     let deliveries = hook.wait_for_requests(2);
     let event = deliveries
         .iter()
-        .map(|d| d.json())
+        .map(Recorded::json)
         .find(|e| e["request_id"] == id.as_str())
         .expect("the rerun's webhook");
     assert_eq!(event["data"]["output"], "reply 4", "{event}");
