@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The body of a rerun; every field may be left out, and so may the body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"from_step": "summarize", "inputs": {"tone": "formal"}, "wait": true}))]
 pub struct RerunBody {
     /// A top-level step id: the steps before it are taken over, it and the rest run again.
     /// Left out: everything runs again.
@@ -38,7 +39,7 @@ pub struct RerunBody {
     pub inputs: Option<Map<String, Value>>,
     /// `{"enabled": true, "callback_url": "…"}` as for invoke; left out: the earlier run's.
     #[serde(rename = "async")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::params::AsyncOptions>)]
     pub async_config: Option<Value>,
     /// Wait for the new run and answer like a sync invoke (a callback is still delivered).
     #[serde(default)]
