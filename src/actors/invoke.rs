@@ -59,8 +59,9 @@ pub struct Admit {
 pub struct Rerun {
     /// The earlier run's request id (`rerun_of`).
     pub of: String,
-    /// Its trace lines the rerun takes over, marked `reused`; stored with the new run's id
-    /// in the same transaction as the run itself.
+    /// Its trace lines the rerun takes over, marked `reused`; stored with the new run's id,
+    /// its admission time as their start and no attempts, in the same transaction as the
+    /// run itself.
     pub reused: Vec<StepRow>,
     /// Where the rerun starts: after the reused steps.
     pub resume: Resume,
@@ -381,8 +382,13 @@ impl Handler<Admit> for InvokeActor {
             rerun
                 .reused
                 .into_iter()
+                // Taken over as the rerun starts, without running: the new run's timeline
+                // starts at its admission, not at the earlier run's.
                 .map(|line| StepRow {
                     request_id: request_id.clone(),
+                    started_at: now,
+                    duration_ms: 0,
+                    attempts: 0,
                     ..line
                 })
                 .collect::<Vec<_>>()
