@@ -515,6 +515,54 @@ template = "x"
     }
 
     #[test]
+    fn a_rerun_takes_over_the_latest_ended_line_of_each_step_before_it() {
+        // `a` failed once then completed, `b` failed with on_error = "continue", `c` skipped.
+        let (lines, resume) = rerun_lines(&def(), &trace(), 3).unwrap();
+        let taken: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.step_id.as_str(),
+                    l.status,
+                    l.reason.as_deref(),
+                    l.started_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            [
+                ("a", StepStatus::Reused, Some("completed"), 20),
+                ("b", StepStatus::Reused, Some("failed"), 30),
+                ("c", StepStatus::Reused, Some("skipped"), 40),
+            ]
+        );
+        let done: Vec<_> = resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.status, d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", StepStatus::Completed, json!("A")),
+                ("b", StepStatus::Failed, Value::Null),
+                ("c", StepStatus::Skipped, Value::Null),
+            ]
+        );
+        // Reused lines read back after a crash resume the same way.
+        assert_eq!(trace_point(&def(), &lines, &[]).resume, resume);
+        assert_eq!(trace_point(&def(), &lines, &[]).open, Some(3));
+
+        // From the start nothing is taken over; past a step that never ended, nothing can be.
+        assert!(rerun_lines(&def(), &trace(), 0).unwrap().0.is_empty());
+        let rows: Vec<_> = trace().into_iter().filter(|r| r.step_id != "b").collect();
+        assert_eq!(rerun_lines(&def(), &rows, 3).unwrap_err(), "b");
+        // `ok` only waited: a rerun after it cannot take it over.
+        assert_eq!(rerun_lines(&def(), &trace(), 4).unwrap_err(), "ok");
+    }
+
+    #[test]
     fn a_loop_cut_off_mid_way_resumes_with_its_finished_passes() {
         let mut def = Definition::from_toml_str(
             "key = \"l\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2, 3]\"\n[[steps.steps]]\nid = \"p\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps.steps]]\nid = \"q\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"z\"\ntype = \"template\"\ntemplate = \"x\"\n",
