@@ -485,3 +485,69 @@ fn a_rerun_killed_right_after_it_was_accepted_still_completes() {
         "only the cut-off step ran again after the restart"
     );
 }
+
+#[test]
+fn a_queued_rerun_killed_before_it_started_resumes_after_its_reused_steps() {
+    let gate = Gate::new();
+    let llm = {
+        let gate = gate.clone();
+        StubServer::threaded(move |req, n| {
+            // The fourth call (another run's first) holds the only run slot until the kill.
+            if n == 3 {
+                gate.wait();
+            }
+            let prompt = req.json()["messages"][0]["content"].clone();
+            StubReply::json(200, &chat_completion(&format!("reply to {prompt}")))
+        })
+    };
+    let mut app = TestApp::start_with(
+        &format!("{}[runs]\nmax_concurrent = 1\n", provider_config(&llm)),
+        &[],
+        &[],
+    );
+    app.deploy_ok("chain", THREE_PROMPTS);
+    let r = app.invoke(&json!({"deployment": "chain"}));
+    r.expect_status(200);
+    let first = r.json()["request_id"].as_str().unwrap().to_string();
+    let polish_prompt = llm.requests()[2].json()["messages"][0]["content"].clone();
+
+    let blocker = app.invoke(&json!({"deployment": "chain", "inputs": {"topic": "ants"}, "async": {"enabled": true, "callback_url": "http://127.0.0.1:9/none"}}));
+    blocker.expect_status(202);
+    llm.wait_for_requests(4);
+    let r = rerun(&app, &first, &json!({"from_step": "polish"}));
+    let id = accepted(&r, &first);
+    assert_eq!(r.json()["run_status"], "queued", "the only slot is taken");
+    app.kill();
+    gate.open();
+    app.spawn();
+
+    let run = wait_ended(&app, &id);
+    assert_eq!(run["run_status"], "completed", "{run:#}");
+    let lines: Vec<(&str, &str)> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("outline", "reused"),
+            ("draft", "reused"),
+            ("polish", "completed")
+        ],
+        "{run:#}"
+    );
+    let calls: Vec<Value> = llm
+        .requests()
+        .iter()
+        .map(|r| r.json()["messages"][0]["content"].clone())
+        .collect();
+    let count = |prompt: &Value| calls.iter().filter(|c| *c == prompt).count();
+    assert_eq!(
+        count(&polish_prompt),
+        2,
+        "the rerun called the model once: {calls:#?}"
+    );
+    assert_eq!(count(&json!("Outline bees")), 1, "{calls:#?}");
+}
