@@ -223,3 +223,31 @@ fn bad_prices_are_refused_at_start_naming_the_key() {
         assert!(stderr.contains("m-1"), "{context}");
     }
 }
+
+#[test]
+fn a_refused_reply_counts_in_the_metric_but_not_in_the_usage() {
+    // The first reply is not the JSON the step asks for; the retry's is.
+    let llm = StubServer::threaded(|_, n| {
+        let content = if n == 0 { "not json" } else { "{\"ok\": true}" };
+        StubReply::json(200, &chat_completion(content))
+    });
+    let app = TestApp::start_with(&config(&llm, ""), &[], &[]);
+    app.deploy_ok(
+        "strict",
+        "key = \"strict\"\n[[steps]]\nid = \"ask\"\ntype = \"prompt\"\nprovider = \"stub\"\nmodel = \"retry-1\"\nprompt = \"JSON please\"\nresponse_format = \"json\"\nstream = false\nretries = 1\n",
+    );
+    let r = app.invoke(&json!({"deployment": "strict"}));
+    r.expect_status(200);
+    let run = run_detail(&app, r.json()["request_id"].as_str().unwrap());
+    assert_eq!(step(&run, "ask")["attempts"], 2, "{run:#}");
+    let one_call = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
+    assert_eq!(step(&run, "ask")["usage"], one_call, "{run:#}");
+    assert_eq!(run["usage"], one_call, "{run:#}");
+    let text = app.get("/metrics", None).text;
+    let line = "hivelet_tokens_total{provider=\"stub\",model=\"retry-1\",kind=\"prompt\"}";
+    assert_eq!(
+        metric(&text, line),
+        Some(22.0),
+        "both replies were paid for: {text}"
+    );
+}

@@ -104,9 +104,10 @@ pub(crate) async fn run(
     let bytes = match reply {
         Reply::Whole(bytes) => bytes,
         Reply::Streamed { content, usage } => {
+            // Counted before the reply is checked: a reply the step refuses was paid for too.
+            let usage = account(name, provider, step.model, usage.as_ref());
             let output =
                 output_of(&content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
-            let usage = account(name, provider, step.model, usage.as_ref());
             return Ok(StepOutput { output, usage });
         }
     };
@@ -133,6 +134,8 @@ pub(crate) async fn run(
             snippet(&bytes, 200)
         ))
     })?;
+    // Counted before the reply is checked: a reply the step refuses was paid for too.
+    let usage = account(name, provider, step.model, reply.get("usage"));
     let message = reply.pointer("/choices/0/message");
     let Some(content) = message
         .and_then(|m| m.get("content"))
@@ -156,15 +159,14 @@ pub(crate) async fn run(
         });
     };
     let output = output_of(content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
-    Ok(StepOutput {
-        output,
-        usage: account(name, provider, step.model, reply.get("usage")),
-    })
+    Ok(StepOutput { output, usage })
 }
 
 /// The step's `usage` as the trace keeps it (`{prompt_tokens, completion_tokens,
 /// total_tokens}`, with `cost_usd` when the model has a price), counted in
-/// `hivelet_tokens_total`. `None` when the provider reported no usage.
+/// `hivelet_tokens_total` at once. `None` when the provider reported no usage. Only a
+/// successful attempt's usage reaches the trace (and the run's sum); the metric counts
+/// every reply's.
 fn account(
     provider_name: &str,
     provider: &ProviderConfig,
