@@ -255,6 +255,7 @@ mod tests {
             completion: None,
             started_at: 10,
             resume: None,
+            takeover: None,
             usage: None,
         }
     }

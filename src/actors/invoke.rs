@@ -373,12 +373,13 @@ impl Handler<Admit> for InvokeActor {
             completion: completion_tx,
             started_at: now,
             resume: None,
+            takeover: None,
             usage: None,
         };
         // A rerun's run row and the lines it takes over go in one transaction: a crash
         // keeps both (recovery then continues after the reused steps) or neither.
         let reused = msg.rerun.map(|rerun| {
-            admitted.resume = Some(rerun.resume);
+            admitted.takeover = Some(rerun.resume);
             rerun
                 .reused
                 .into_iter()

@@ -45,6 +45,10 @@ pub struct AdmittedRun {
     /// ran before a restart, or waited at an approval step): it continues from there and
     /// keeps its first `started_at`.
     pub resume: Option<Resume>,
+    /// For a rerun that has not started yet: the steps it takes over from the earlier run.
+    /// Kept apart from `resume` so that the run still counts as never started (its
+    /// `started_at` is set when it gets a slot).
+    pub takeover: Option<Resume>,
     /// The token usage of the steps its earlier executions ran (not those a rerun reused).
     pub usage: Option<Usage>,
 }
@@ -139,6 +143,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         completion,
         started_at,
         resume: _,
+        takeover: _,
         usage,
     } = run;
     let usage = usage.map(|u| u.to_json());

@@ -135,9 +135,15 @@ pub fn recover(
         } else {
             None
         };
-        let (resume, waiting) = match point {
+        let (mut resume, waiting) = match point {
             Some(p) => (Some(p.resume), p.waiting),
             None => (None, None),
+        };
+        // A queued rerun never started: what it takes over is not a resume.
+        let takeover = if run.status == RunStatus::Queued {
+            resume.take()
+        } else {
+            None
         };
         let admitted = AdmittedRun {
             request_id: run.request_id,
@@ -154,6 +160,7 @@ pub fn recover(
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
             resume,
+            takeover,
             usage,
         };
         match waiting {

@@ -177,7 +177,11 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let run = self.run.as_ref().expect("a RunActor starts with its run");
-        let resume = run.resume.clone().unwrap_or_default();
+        let resume = run
+            .resume
+            .clone()
+            .or_else(|| run.takeover.clone())
+            .unwrap_or_default();
         let env = self.env.clone();
         let store = self.reporting.store.clone();
         let request_id = run.request_id.clone();

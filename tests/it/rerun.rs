@@ -550,4 +550,10 @@ fn a_queued_rerun_killed_before_it_started_resumes_after_its_reused_steps() {
         "the rerun called the model once: {calls:#?}"
     );
     assert_eq!(count(&json!("Outline bees")), 1, "{calls:#?}");
+    // It started when it got a slot after the restart, not when it was queued.
+    let (created, started) = (
+        run["created_at"].as_str().unwrap(),
+        run["started_at"].as_str().unwrap(),
+    );
+    assert!(started > created, "created {created}, started {started}");
 }
