@@ -557,3 +557,50 @@ fn a_queued_rerun_killed_before_it_started_resumes_after_its_reused_steps() {
     );
     assert!(started > created, "created {created}, started {started}");
 }
+
+#[test]
+fn a_rerun_uses_the_earlier_runs_version_and_cannot_skip_a_step_that_failed() {
+    let app = TestApp::start();
+    let version = |greeting: &str| {
+        format!(
+            "key = \"v\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"{greeting}\"\n[[steps]]\nid = \"b\"\ntype = \"template\"\ntemplate = \"{{{{ a.output }}}}!\"\n"
+        )
+    };
+    app.deploy_ok("v", &version("one"));
+    let r = app.invoke(&json!({"deployment": "v"}));
+    r.expect_status(200);
+    let first = r.json()["request_id"].as_str().unwrap().to_string();
+    app.deploy_ok("v", &version("two"));
+    let id = accepted(&rerun(&app, &first, &json!({})), &first);
+    let run = wait_ended(&app, &id);
+    assert_eq!(run["version"], 1, "{run:#}");
+    assert_eq!(
+        run["output"], "one!",
+        "the definition the earlier run ran: {run:#}"
+    );
+
+    app.deploy_ok(
+        "broken",
+        "key = \"broken\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"A\"\n[[steps]]\nid = \"call\"\ntype = \"http\"\nmethod = \"GET\"\nurl = \"http://127.0.0.1:9/nothing\"\n[[steps]]\nid = \"c\"\ntype = \"template\"\ntemplate = \"C\"\n",
+    );
+    let r = app.invoke(&json!({"deployment": "broken"}));
+    r.expect_status(502);
+    let failed = r.json()["request_id"].as_str().unwrap().to_string();
+    let body = rerun(&app, &failed, &json!({"from_step": "c"})).expect_error(
+        422,
+        "validation_error",
+        None,
+    );
+    assert_eq!(body["field"], "from_step", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("call"),
+        "names the step that did not finish: {body}"
+    );
+    let id = accepted(
+        &rerun(&app, &failed, &json!({"from_step": "call"})),
+        &failed,
+    );
+    let run = wait_ended(&app, &id);
+    assert_eq!(step_status(&run, "a"), Some("reused"), "{run:#}");
+    assert_eq!(run["run_status"], "failed", "{run:#}");
+}
