@@ -82,17 +82,17 @@ async fn rerun(
         )));
     }
     let source = super::invoke::invoke_source(&http);
+    let wait = body.wait;
+    let from_step = body.from_step.clone();
     let (run, rerun) = plan(
         &state,
         &earlier,
         &steps,
-        body.from_step.as_deref(),
-        body.inputs,
-        body.async_config.as_ref(),
+        body,
         source,
         caller.key_id.clone(),
     )?;
-    let mode = if body.wait {
+    let mode = if wait {
         if run.deployment.definition.requires_async() {
             return Err(ApiError::field(
                 "wait",
@@ -103,7 +103,7 @@ async fn rerun(
     } else {
         Mode::Async
     };
-    tracing::info!(rerun_of = %earlier.request_id, from_step = ?body.from_step, reused = rerun.reused.len(), "rerun requested");
+    tracing::info!(rerun_of = %earlier.request_id, from_step = ?from_step, reused = rerun.reused.len(), "rerun requested");
     Ok(admit_as(&state, run, mode, Some(rerun))
         .await?
         .into_response())
@@ -125,17 +125,20 @@ fn parse_body(value: Value) -> Result<RerunBody, ApiError> {
 
 /// Checks the rerun against the earlier run and its deployment version, and prepares the
 /// new run with what it takes over.
-#[allow(clippy::too_many_arguments)]
 fn plan(
     state: &AppState,
     earlier: &RunRecord,
     steps: &[StepRow],
-    from_step: Option<&str>,
-    new_inputs: Option<Map<String, Value>>,
-    async_config: Option<&Value>,
+    body: RerunBody,
     source: RunSource,
     api_key_id: String,
 ) -> Result<(PreparedRun, Rerun), ApiError> {
+    let RerunBody {
+        from_step,
+        inputs: new_inputs,
+        async_config,
+        wait: _,
+    } = body;
     // A short read of an older version's definition, only when it is not the live one.
     let deployment = state
         .deployments
@@ -153,7 +156,7 @@ fn plan(
         )));
     }
     let def = &deployment.definition;
-    let from = match from_step {
+    let from = match from_step.as_deref() {
         None => 0,
         Some(id) => match def.steps.iter().position(|s| s.id == id) {
             Some(position) => position,
@@ -220,9 +223,15 @@ fn plan(
     };
 
     let callback_url = match async_config {
-        Some(value) => parse_async(Some(value))?,
+        Some(value) => parse_async(Some(&value))?,
         None => earlier.callback_url.clone(),
     };
+    if callback_url.is_none() && def.requires_async() {
+        return Err(ApiError::field(
+            "async",
+            "This workflow must run asynchronously (it is async_only or has an approval step): keep the callback, or send \"async\": {\"enabled\": true, \"callback_url\": \"…\"}",
+        ));
+    }
     Ok((
         PreparedRun {
             deployment,

@@ -383,6 +383,13 @@ fn a_run_that_has_not_ended_cannot_be_rerun() {
     wait_ended(&app, &id);
     let body = rerun(&app, &id, &json!({"wait": true})).expect_error(422, "validation_error", None);
     assert_eq!(body["field"], "wait", "{body}");
+    // Nor can it run without its callback.
+    let body = rerun(&app, &id, &json!({"async": {"enabled": false}})).expect_error(
+        422,
+        "validation_error",
+        None,
+    );
+    assert_eq!(body["field"], "async", "{body}");
 }
 
 fn step_status<'a>(run: &'a Value, id: &str) -> Option<&'a str> {
