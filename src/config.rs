@@ -104,6 +104,7 @@ impl Default for FileConfig {
                 ProviderSection {
                     base_url: "http://127.0.0.1:11434/v1".into(),
                     api_key_env: Some("OLLAMA_API_KEY".into()),
+                    prices: BTreeMap::new(),
                 },
             )]),
         }
@@ -243,6 +244,10 @@ pub struct ProviderSection {
     /// The environment variable holding the provider's API key (never the key itself).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// USD per million tokens, by model name: `[providers.NAME.prices."MODEL"]`. Models
+    /// without an entry cost nothing in `usage.cost_usd`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, crate::usage::Price>,
 }
 
 /// Where the daemon's files live.
@@ -425,6 +430,13 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, InvalidKey> {
                     "invalid key `providers.{name}.base_url`: expected an http(s) URL like \"http://127.0.0.1:11434/v1\", got \"{}\"",
                     provider.base_url
                 )))
+            }
+        }
+        for (model, price) in &provider.prices {
+            if let Some(field) = price.invalid_field() {
+                return Err(InvalidKey::from(format!(
+                    "invalid key `providers.{name}.prices.\"{model}\".{field}`: expected a price in USD per million tokens, 0 or more, like 0.15"
+                )));
             }
         }
     }

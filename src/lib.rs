@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod signing;
 pub mod store;
 pub mod ui;
+pub mod usage;
 pub mod workflow;
 
 use std::future::Future;

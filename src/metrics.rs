@@ -44,6 +44,15 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The provider's name in `[providers.NAME]`.
+    pub provider: String,
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric hivelet exports. Names get the `hivelet_` prefix; counters end in `_total`.
@@ -81,6 +90,8 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     /// Finished runs removed by retention or `runs purge`.
     pub runs_purged: Counter,
+    /// Tokens prompt steps used, as their providers reported them.
+    pub tokens: Family<TokenLabels, Counter>,
 }
 
 impl Metrics {
@@ -104,6 +115,7 @@ impl Metrics {
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)), // 1 … 2048
             store_commit_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
             runs_purged: Counter::default(),
+            tokens: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,6 +201,11 @@ impl Metrics {
             "Finished runs removed by retention or runs purge",
             m.runs_purged.clone(),
         );
+        registry.register(
+            "tokens",
+            "Tokens used by prompt steps, by provider, model and kind (prompt or completion)",
+            m.tokens.clone(),
+        );
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
             .get_or_create(&vec![(
@@ -223,6 +240,22 @@ impl Metrics {
         self.run_duration
             .get_or_create(&label)
             .observe(duration.as_secs_f64());
+    }
+
+    /// Counts one model call's tokens.
+    pub fn tokens_used(&self, provider: &str, model: &str, usage: &crate::usage::Usage) {
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn attempt(&self, outcome: &'static str, duration: Duration) {

@@ -255,6 +255,8 @@ mod tests {
             completion: None,
             started_at: 10,
             resume: None,
+            takeover: None,
+            usage: None,
         }
     }
 

@@ -28,10 +28,11 @@ use super::run::{CancelRun, RunActor};
 use crate::config::Config;
 use crate::ids;
 use crate::store::{
-    AnswerApproval, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, Store, StoreError,
+    AnswerApproval, InsertRerun, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, StepRow,
+    Store, StoreError,
 };
 use crate::workflow;
-use crate::workflow::engine::ApprovalAnswer;
+use crate::workflow::engine::{ApprovalAnswer, Resume};
 
 /// How the caller waits for the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,21 @@ pub enum Mode {
 pub struct Admit {
     pub run: PreparedRun,
     pub mode: Mode,
+    /// Set when the run reruns an earlier one.
+    pub rerun: Option<Rerun>,
+}
+
+/// What a rerun takes over from the run it reruns (see
+/// [`rerun_lines`](super::recovery::rerun_lines)).
+pub struct Rerun {
+    /// The earlier run's request id (`rerun_of`).
+    pub of: String,
+    /// Its trace lines the rerun takes over, marked `reused`; stored with the new run's id,
+    /// its admission time as their start and no attempts, in the same transaction as the
+    /// run itself.
+    pub reused: Vec<StepRow>,
+    /// Where the rerun starts: after the reused steps.
+    pub resume: Resume,
 }
 
 /// Why a run was not admitted.
@@ -291,6 +307,11 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
                 workflow::ProviderConfig {
                     base_url: p.base_url.clone(),
                     api_key,
+                    prices: p
+                        .prices
+                        .iter()
+                        .map(|(m, price)| (m.clone(), *price))
+                        .collect(),
                 },
             )
         })
@@ -337,6 +358,7 @@ impl Handler<Admit> for InvokeActor {
             user: run.user.clone(),
             created_at: now,
             started_at: (status == RunStatus::Running).then_some(now),
+            rerun_of: msg.rerun.as_ref().map(|r| r.of.clone()),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -345,47 +367,72 @@ impl Handler<Admit> for InvokeActor {
             }
             Mode::Async => (None, None),
         };
-        let admitted = AdmittedRun {
+        let mut admitted = AdmittedRun {
             request_id: request_id.clone(),
             prepared: msg.run,
             completion: completion_tx,
             started_at: now,
             resume: None,
+            takeover: None,
+            usage: None,
         };
+        // A rerun's run row and the lines it takes over go in one transaction: a crash
+        // keeps both (recovery then continues after the reused steps) or neither.
+        let reused = msg.rerun.map(|rerun| {
+            admitted.takeover = Some(rerun.resume);
+            rerun
+                .reused
+                .into_iter()
+                // Taken over as the rerun starts, without running: the new run's timeline
+                // starts at its admission, not at the earlier run's.
+                .map(|line| StepRow {
+                    request_id: request_id.clone(),
+                    started_at: now,
+                    duration_ms: 0,
+                    attempts: 0,
+                    ..line
+                })
+                .collect::<Vec<_>>()
+        });
         if status == RunStatus::Running {
             self.starting += 1;
         }
         let store = self.store.clone();
         Box::pin(
-            async move { store.write(InsertRun(row)).await }
-                .into_actor(self)
-                .map(move |stored, act, ctx| {
-                    if status == RunStatus::Running {
-                        act.starting -= 1;
+            async move {
+                match reused {
+                    Some(reused) => store.write(InsertRerun { run: row, reused }).await,
+                    None => store.write(InsertRun(row)).await,
+                }
+            }
+            .into_actor(self)
+            .map(move |stored, act, ctx| {
+                if status == RunStatus::Running {
+                    act.starting -= 1;
+                }
+                stored?;
+                let mode = match completion_rx {
+                    Some(_) => "sync",
+                    None => "async",
+                };
+                crate::metrics::get()
+                    .runs_admitted
+                    .get_or_create(&crate::metrics::ModeLabel { mode })
+                    .inc();
+                // The row is durable: now the caller may be told, and the run may start.
+                match status {
+                    RunStatus::Running => act.start_run(admitted, ctx),
+                    _ => {
+                        act.queue.push_back(admitted);
+                        act.start_queued(ctx);
                     }
-                    stored?;
-                    let mode = match completion_rx {
-                        Some(_) => "sync",
-                        None => "async",
-                    };
-                    crate::metrics::get()
-                        .runs_admitted
-                        .get_or_create(&crate::metrics::ModeLabel { mode })
-                        .inc();
-                    // The row is durable: now the caller may be told, and the run may start.
-                    match status {
-                        RunStatus::Running => act.start_run(admitted, ctx),
-                        _ => {
-                            act.queue.push_back(admitted);
-                            act.start_queued(ctx);
-                        }
-                    }
-                    Ok(Admitted {
-                        request_id,
-                        status,
-                        completion: completion_rx,
-                    })
-                }),
+                }
+                Ok(Admitted {
+                    request_id,
+                    status,
+                    completion: completion_rx,
+                })
+            }),
         )
     }
 }

@@ -18,6 +18,7 @@ use crate::ids;
 use crate::store::{
     DueEvent, FinishRun, FinishedRun, NewEvent, RunSource, RunStatus, StepRow, StepStatus, Store,
 };
+use crate::usage::Usage;
 use crate::workflow::engine::Resume;
 use crate::workflow::RunFailure;
 
@@ -44,6 +45,12 @@ pub struct AdmittedRun {
     /// ran before a restart, or waited at an approval step): it continues from there and
     /// keeps its first `started_at`.
     pub resume: Option<Resume>,
+    /// For a rerun that has not started yet: the steps it takes over from the earlier run.
+    /// Kept apart from `resume` so that the run still counts as never started (its
+    /// `started_at` is set when it gets a slot).
+    pub takeover: Option<Resume>,
+    /// The token usage of the steps its earlier executions ran (not those a rerun reused).
+    pub usage: Option<Usage>,
 }
 
 /// Sent by a RunActor when its run has ended (and its terminal state is stored).
@@ -136,7 +143,10 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         completion,
         started_at,
         resume: _,
+        takeover: _,
+        usage,
     } = run;
+    let usage = usage.map(|u| u.to_json());
     let ended_at = ids::now_ms();
     let (status, output, failure) = match ending {
         Ending::Completed(output) => (RunStatus::Completed, output, None),
@@ -165,6 +175,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
             user: prepared.user.as_deref(),
             started_at_ms: started_at,
             ended_at_ms: ended_at,
+            usage: usage.as_ref(),
         });
         NewEvent {
             event_id: ids::event_id(),
@@ -191,6 +202,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         output_json: (status == RunStatus::Completed).then(|| output.to_string()),
         error_json: error.as_ref().map(Value::to_string),
         ended_at,
+        usage_json: usage.as_ref().map(Value::to_string),
         event,
     };
     // In the run's span, like the lines its steps logged.

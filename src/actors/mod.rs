@@ -15,6 +15,6 @@ pub mod retry;
 pub mod run;
 
 pub use approvals::{Respond, RespondError};
-pub use invoke::{Admit, AdmitError, Admitted, InvokeActor, Mode};
+pub use invoke::{Admit, AdmitError, Admitted, InvokeActor, Mode, Rerun};
 pub use lifecycle::{PreparedRun, RunOutcome};
 pub use retry::{Enqueue, RetrySupervisor};

@@ -108,6 +108,7 @@ pub fn recover(
                 output_json: None,
                 error_json: Some(error.to_string()),
                 ended_at: ids::now_ms(),
+                usage_json: run.usage_json.clone(),
                 event: None,
             }));
             continue;
@@ -116,20 +117,33 @@ pub fn recover(
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
-        let point = if run.status == RunStatus::Running {
-            let trace = store.trace_blocking(&run.request_id)?;
-            let (rows, answers) = (trace.steps, trace.approvals);
+        // A queued run has no trace unless it is a rerun, whose `reused` lines were stored
+        // with it: those are taken over like finished steps.
+        let trace = store.trace_blocking(&run.request_id)?;
+        let (rows, answers) = (trace.steps, trace.approvals);
+        let usage = crate::usage::sum_stored(
+            rows.iter()
+                .filter(|r| r.status != StepStatus::Reused)
+                .filter_map(|r| r.usage_json.as_deref()),
+        );
+        let point = if run.status == RunStatus::Running || !rows.is_empty() {
             let point = trace_point(&deployment.definition, &rows, &answers);
-            if point.waiting.is_none() {
+            if point.waiting.is_none() && run.status == RunStatus::Running {
                 record_interrupted_step(store, &deployment.definition, &run, &rows, point.open);
             }
             Some(point)
         } else {
             None
         };
-        let (resume, waiting) = match point {
+        let (mut resume, waiting) = match point {
             Some(p) => (Some(p.resume), p.waiting),
             None => (None, None),
+        };
+        // A queued rerun never started: what it takes over is not a resume.
+        let takeover = if run.status == RunStatus::Queued {
+            resume.take()
+        } else {
+            None
         };
         let admitted = AdmittedRun {
             request_id: run.request_id,
@@ -146,6 +160,8 @@ pub fn recover(
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
             resume,
+            takeover,
+            usage,
         };
         match waiting {
             Some(waiting) => recovered.paused.push(PausedRun::new(admitted, waiting)),
@@ -153,6 +169,64 @@ pub fn recover(
         }
     }
     Ok(recovered)
+}
+
+/// What a rerun from the top-level step at position `from` takes over from the earlier run's
+/// trace (`rows`): the latest line of every step before it (nested ones included) that had
+/// ended, marked `reused` with how it had ended in `reason`, and the [`Resume`] they make.
+/// The lines still carry the earlier run's request id. `Err` names the first of those
+/// top-level steps that had not ended (the earlier run failed or was cancelled there).
+pub fn rerun_lines(
+    def: &Definition,
+    rows: &[StepRow],
+    from: usize,
+) -> Result<(Vec<StepRow>, Resume), String> {
+    let walk = def.walk();
+    let mut latest: HashMap<(i64, &str), &StepRow> = HashMap::new();
+    for row in rows {
+        let Some(walked) = usize::try_from(row.step_index)
+            .ok()
+            .and_then(|i| walk.get(i))
+        else {
+            continue;
+        };
+        if walked.top >= from || walked.step.id != row.step_id {
+            continue;
+        }
+        let key = (row.step_index, row.passes.as_str());
+        match latest.get(&key) {
+            Some(seen) if seen.started_at > row.started_at => {}
+            _ => {
+                latest.insert(key, row);
+            }
+        }
+    }
+    for (index, walked) in walk.iter().enumerate() {
+        if walked.parent.is_some() || walked.top >= from {
+            continue;
+        }
+        let ended = latest
+            .get(&(index as i64, ""))
+            .and_then(|row| ended_status(walked.step, row));
+        if ended.is_none() {
+            return Err(walked.step.id.clone());
+        }
+    }
+    let mut lines: Vec<StepRow> = latest
+        .values()
+        .filter_map(|row| {
+            let step = walk[row.step_index as usize].step;
+            let ended = ended_status(step, row)?;
+            Some(StepRow {
+                status: StepStatus::Reused,
+                reason: Some(ended.as_str().to_owned()),
+                ..(*row).clone()
+            })
+        })
+        .collect();
+    lines.sort_by(|a, b| (a.step_index, &a.passes).cmp(&(b.step_index, &b.passes)));
+    let resume = trace_point(def, &lines, &[]).resume;
+    Ok((lines, resume))
 }
 
 /// A run's place in its workflow, rebuilt from its stored trace and approval answers.
@@ -174,6 +248,13 @@ fn ended_status(step: &StepDef, row: &StepRow) -> Option<StepStatus> {
         StepStatus::Completed => Some(StepStatus::Completed),
         StepStatus::Skipped => Some(StepStatus::Skipped),
         StepStatus::Failed if step.on_error == OnError::Continue => Some(StepStatus::Failed),
+        // A rerun's copy of an earlier run's line keeps how that step ended in `reason`.
+        StepStatus::Reused => row
+            .reason
+            .as_deref()
+            .and_then(StepStatus::parse)
+            .filter(|s| *s != StepStatus::Reused)
+            .or(Some(StepStatus::Completed)),
         _ => None,
     }
 }
@@ -438,6 +519,54 @@ template = "x"
         let point = trace_point(&def(), &rows, &answers);
         assert_eq!(point.resume.done.len(), 1);
         assert!(point.resume.approvals.is_empty() && point.waiting.is_none());
+    }
+
+    #[test]
+    fn a_rerun_takes_over_the_latest_ended_line_of_each_step_before_it() {
+        // `a` failed once then completed, `b` failed with on_error = "continue", `c` skipped.
+        let (lines, resume) = rerun_lines(&def(), &trace(), 3).unwrap();
+        let taken: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.step_id.as_str(),
+                    l.status,
+                    l.reason.as_deref(),
+                    l.started_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            [
+                ("a", StepStatus::Reused, Some("completed"), 20),
+                ("b", StepStatus::Reused, Some("failed"), 30),
+                ("c", StepStatus::Reused, Some("skipped"), 40),
+            ]
+        );
+        let done: Vec<_> = resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.status, d.output.clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("a", StepStatus::Completed, json!("A")),
+                ("b", StepStatus::Failed, Value::Null),
+                ("c", StepStatus::Skipped, Value::Null),
+            ]
+        );
+        // Reused lines read back after a crash resume the same way.
+        assert_eq!(trace_point(&def(), &lines, &[]).resume, resume);
+        assert_eq!(trace_point(&def(), &lines, &[]).open, Some(3));
+
+        // From the start nothing is taken over; past a step that never ended, nothing can be.
+        assert!(rerun_lines(&def(), &trace(), 0).unwrap().0.is_empty());
+        let rows: Vec<_> = trace().into_iter().filter(|r| r.step_id != "b").collect();
+        assert_eq!(rerun_lines(&def(), &rows, 3).unwrap_err(), "b");
+        // `ok` only waited: a rerun after it cannot take it over.
+        assert_eq!(rerun_lines(&def(), &trace(), 4).unwrap_err(), "ok");
     }
 
     #[test]

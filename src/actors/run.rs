@@ -7,6 +7,7 @@
 //! the run back to the InvokeActor with `RunPaused` (the run keeps no slot while it waits)
 //! and stops; the run continues in a new RunActor once the step has an answer.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use actix::prelude::*;
@@ -16,6 +17,7 @@ use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, Reporting, RunEnded, RunPaused, Waiting,
 };
 use crate::store::{RecordStep, StepRow};
+use crate::usage::Usage;
 use crate::workflow::engine::{Execution, Pause, StepStatus};
 use crate::workflow::{self, RunContext, RunFailure, StepRecord};
 
@@ -31,6 +33,9 @@ pub struct RunActor {
     ended: Recipient<RunEnded>,
     paused: Recipient<RunPaused>,
     steps: Option<SpawnHandle>,
+    /// The token usage of the steps this execution ran; added to the run's when it ends
+    /// or pauses.
+    usage: Rc<RefCell<Option<Usage>>>,
 }
 
 impl RunActor {
@@ -48,6 +53,7 @@ impl RunActor {
             ended,
             paused,
             steps: None,
+            usage: Rc::default(),
         }
     }
 
@@ -113,15 +119,26 @@ impl RunActor {
                     };
                     tracing::info!(request_id = %request_id, step = %waiting.step_id, "run waits for an approval");
                     run.resume = Some(resume);
+                    act.take_usage(&mut run);
                     act.paused.do_send(RunPaused { run, waiting });
                     ctx.stop();
                 }),
         );
     }
 
+    /// Adds what this execution's steps used to the run's usage.
+    fn take_usage(&self, run: &mut AdmittedRun) {
+        if let Some(ran) = self.usage.borrow_mut().take() {
+            run.usage.get_or_insert_with(Usage::default).add(&ran);
+        }
+    }
+
     /// Records the end, then frees the slot and stops.
     fn end(&mut self, ending: Ending, ctx: &mut Context<Self>) {
-        let Some(run) = self.run.take() else { return };
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
+        self.take_usage(&mut run);
         let reporting = self.reporting.clone();
         let ended = self.ended.clone();
         ctx.spawn(
@@ -160,7 +177,11 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let run = self.run.as_ref().expect("a RunActor starts with its run");
-        let resume = run.resume.clone().unwrap_or_default();
+        let resume = run
+            .resume
+            .clone()
+            .or_else(|| run.takeover.clone())
+            .unwrap_or_default();
         let env = self.env.clone();
         let store = self.reporting.store.clone();
         let request_id = run.request_id.clone();
@@ -178,9 +199,16 @@ impl Actor for RunActor {
             resume,
         };
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
+        let usage = self.usage.clone();
         let steps = async move {
             let mut on_step = |rec: &StepRecord| {
                 store.write_detached(RecordStep(step_row(&request_id, rec)));
+                if let Some(u) = rec.usage.as_ref().and_then(Usage::from_stored) {
+                    usage
+                        .borrow_mut()
+                        .get_or_insert_with(Usage::default)
+                        .add(&u);
+                }
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };

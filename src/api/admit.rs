@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::invoke_body::InvokeRequest;
 use super::state::AppState;
 use super::views::{InvokeAccepted, InvokeCompleted};
-use crate::actors::{Admit, Mode, PreparedRun};
+use crate::actors::{Admit, Mode, PreparedRun, Rerun};
 use crate::error::{ApiError, RunFailedEnvelope};
 use crate::store::RunStatus;
 use crate::workflow::inputs::check_inputs;
@@ -88,19 +88,30 @@ pub async fn admit(state: &AppState, run: PreparedRun) -> Result<HttpResponse, A
 }
 
 pub async fn admit_reply(state: &AppState, run: PreparedRun) -> Result<InvokeReply, ApiError> {
-    if state.stopping.load(Ordering::Relaxed) {
-        return Err(ApiError::Unavailable(
-            "hivelet is shutting down; try again shortly.".into(),
-        ));
-    }
     let mode = if run.callback_url.is_some() {
         Mode::Async
     } else {
         Mode::Sync
     };
+    admit_as(state, run, mode, None).await
+}
+
+/// Admits a run the caller waits for (`Mode::Sync`, even with a callback URL, which is
+/// still delivered) or not, possibly a rerun, and shapes the answer.
+pub async fn admit_as(
+    state: &AppState,
+    run: PreparedRun,
+    mode: Mode,
+    rerun: Option<Rerun>,
+) -> Result<InvokeReply, ApiError> {
+    if state.stopping.load(Ordering::Relaxed) {
+        return Err(ApiError::Unavailable(
+            "hivelet is shutting down; try again shortly.".into(),
+        ));
+    }
     let admitted = state
         .invoker
-        .send(Admit { run, mode })
+        .send(Admit { run, mode, rerun })
         .await
         .map_err(|e| ApiError::internal(format!("invoke actor unavailable: {e}")))??;
     let Some(completion) = admitted.completion else {

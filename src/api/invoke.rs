@@ -132,7 +132,7 @@ async fn invoke(
 }
 
 /// `cli` or `ui` when our own client says so (`X-Hivelet-Source`), else `api`.
-fn invoke_source(req: &HttpRequest) -> RunSource {
+pub(super) fn invoke_source(req: &HttpRequest) -> RunSource {
     match req
         .headers()
         .get("x-hivelet-source")

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod requests;
+pub mod rerun;
 pub mod responses;
 pub mod routing;
 pub mod runs;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     deployments::configure(cfg);
     keys::configure(cfg);
     // Before `requests`: `/v1/runs/purge` must not be taken for `/v1/runs/{id}`.
+    rerun::configure(cfg);
     runs::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);

@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         super::runs::attempts,
         super::runs::redeliver,
         super::runs::cancel,
+        super::rerun::rerun,
         super::runs::purge,
         super::approvals::respond,
         super::requests::public_request,

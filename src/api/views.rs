@@ -118,6 +118,13 @@ pub struct RunSummary {
     #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The summed token usage of its prompt steps (`prompt_tokens`, `completion_tokens`,
+    /// `total_tokens`, and `cost_usd` when a priced model ran); null until the run ends, and
+    /// when no prompt step ran.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Value,
+    /// The run this one reruns; null otherwise.
+    pub rerun_of: Option<String>,
 }
 
 impl RunSummary {
@@ -146,6 +153,8 @@ impl RunSummary {
             started_at: run.started_at.map(ids::rfc3339),
             ended_at: run.ended_at.map(ids::rfc3339),
             duration_ms: run.duration_ms,
+            usage: json_or_null(&run.usage_json),
+            rerun_of: run.rerun_of.clone(),
         }
     }
 }
@@ -165,7 +174,8 @@ pub struct Step {
     pub index: i64,
     #[serde(rename = "type")]
     pub step_type: String,
-    /// `completed`, `failed`, `skipped`, `waiting` or `interrupted`.
+    /// `completed`, `failed`, `skipped`, `waiting`, `interrupted`, or `reused` (a rerun took
+    /// the earlier run's line over; `reason` then says how that step had ended).
     pub status: String,
     #[schema(format = DateTime)]
     pub started_at: String,
@@ -182,7 +192,8 @@ pub struct Step {
     /// Every enclosing loop's pass, outermost first, joined with `.` (`2.0`); null outside
     /// loops.
     pub passes: Option<String>,
-    /// Why a `waiting` step waits (`approval`); null otherwise.
+    /// Why a `waiting` step waits (`approval`); for a `reused` line, how the step had ended
+    /// in the earlier run (`completed`, `skipped`, `failed`); null otherwise.
     pub reason: Option<String>,
 }
 
@@ -278,6 +289,13 @@ pub struct RunDetail {
     #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The summed token usage of its prompt steps (`prompt_tokens`, `completion_tokens`,
+    /// `total_tokens`, and `cost_usd` when a priced model ran); null until the run ends, and
+    /// when no prompt step ran.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Value,
+    /// The run this one reruns; null otherwise.
+    pub rerun_of: Option<String>,
     pub steps: Vec<Step>,
     /// Only for callback runs, and never in the legacy shape.
     #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
@@ -303,6 +321,8 @@ impl RunDetail {
             started_at: run.started_at.map(ids::rfc3339),
             ended_at: run.ended_at.map(ids::rfc3339),
             duration_ms: run.duration_ms,
+            usage: json_or_null(&run.usage_json),
+            rerun_of: run.rerun_of.clone(),
             steps: steps.iter().map(Step::from_row).collect(),
             async_detail,
         }

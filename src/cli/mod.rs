@@ -201,6 +201,18 @@ pub enum RunsCommand {
     Redeliver { request_id: String },
     /// Cancel a queued or running run
     Cancel { request_id: String },
+    /// Start a new run of an ended one (same deployment version, inputs, metadata, callback)
+    ///
+    /// Prints the new run's request id, and with --wait its output too.
+    Rerun {
+        request_id: String,
+        /// Take over the outputs of the top-level steps before STEP; run it and the rest
+        #[arg(long = "from", value_name = "STEP")]
+        from_step: Option<String>,
+        /// Wait for the new run to end and print its output
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete finished runs that ended before a time, with their steps, events and attempts
     ///
     /// Runs whose webhook is still being delivered are kept. For automatic clean-up, set

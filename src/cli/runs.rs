@@ -1,4 +1,4 @@
-//! `hivelet runs list|show|attempts|redeliver|cancel`: readable tables, or `--json`.
+//! `hivelet runs list|show|attempts|redeliver|cancel|rerun|purge`: readable tables, or `--json`.
 
 use serde_json::{json, Value};
 
@@ -47,6 +47,26 @@ pub fn run(client: &Client, cmd: RunsCommand, json_out: bool) -> anyhow::Result<
                         other => other.to_string(),
                     }
                 );
+            })
+        }
+        RunsCommand::Rerun {
+            request_id,
+            from_step,
+            wait,
+        } => {
+            let mut body = json!({ "wait": wait });
+            if let Some(step) = from_step {
+                body["from_step"] = json!(step);
+            }
+            let reply =
+                client.post_json(&format!("/v1/runs/{}/rerun", encode(&request_id)), &body)?;
+            finish(reply, json_out, |body| {
+                println!("{}", text(&body["request_id"]));
+                match body.get("output") {
+                    Some(Value::String(output)) => println!("{output}"),
+                    Some(output) => println!("{}", pretty(output)),
+                    None => {}
+                }
             })
         }
         RunsCommand::Cancel { request_id } => {
@@ -174,6 +194,12 @@ fn print_run(run: &Value) {
         run["version"]
     );
     println!("source    {}", text(&run["source"]));
+    if !run["rerun_of"].is_null() {
+        println!("rerun of  {}", text(&run["rerun_of"]));
+    }
+    if !run["usage"].is_null() {
+        println!("usage     {}", run["usage"]);
+    }
     println!(
         "timing    created {} · started {} · ended {} · {} ms",
         text(&run["created_at"]),

@@ -21,6 +21,8 @@ pub struct EventFacts<'a> {
     pub user: Option<&'a str>,
     pub started_at_ms: i64,
     pub ended_at_ms: i64,
+    /// The run's summed token usage; `None` (null) when no prompt step ran.
+    pub usage: Option<&'a Value>,
 }
 
 /// `workflow.completed`, `workflow.failed` or `workflow.cancelled`.
@@ -55,6 +57,7 @@ pub fn render_body(facts: &EventFacts<'_>) -> Vec<u8> {
             "started_at": ids::rfc3339(facts.started_at_ms),
             "ended_at": ids::rfc3339(facts.ended_at_ms),
             "duration_ms": (facts.ended_at_ms - facts.started_at_ms).max(0),
+            "usage": facts.usage,
         }
     });
     serde_json::to_vec(&body).expect("JSON values serialize")

@@ -27,6 +27,14 @@ macro_rules! outputs {
 #[derive(Debug, Clone)]
 pub struct InsertRun(pub NewRun);
 
+/// Stores a rerun (`NewRun::rerun_of` set) together with the trace lines it takes over
+/// from the earlier run, already marked `reused` and carrying the new run's id.
+#[derive(Debug, Clone)]
+pub struct InsertRerun {
+    pub run: NewRun,
+    pub reused: Vec<StepRow>,
+}
+
 /// A queued run takes its slot. Answers false when the run is missing or already ended.
 #[derive(Debug, Clone)]
 pub struct MarkRunning {
@@ -147,6 +155,7 @@ pub struct SaveIdempotent {
 
 outputs! {
     InsertRun => (),
+    InsertRerun => (),
     MarkRunning => bool,
     RecordStep => (),
     AnswerApproval => bool,

@@ -21,6 +21,8 @@ pub struct NewRun {
     pub user: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
+    /// The run this one reruns (`POST /v1/runs/{id}/rerun`).
+    pub rerun_of: Option<String>,
 }
 
 /// The terminal state of a run.
@@ -31,6 +33,8 @@ pub struct FinishedRun {
     pub output_json: Option<String>,
     pub error_json: Option<String>,
     pub ended_at: i64,
+    /// The summed token usage of its prompt steps (JSON); `None` when none ran.
+    pub usage_json: Option<String>,
     /// The completion event of a callback run, stored in the same transaction.
     pub event: Option<super::events::NewEvent>,
 }
@@ -101,14 +105,19 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// The summed token usage (JSON), set when the run ended.
+    pub usage_json: Option<String>,
+    pub rerun_of: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
-                           callback_url, api_key_id, inputs, metadata, user, created_at, started_at)
+                           callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
+                           rerun_of)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
-                 :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at)",
+                 :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
+                 :rerun_of)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -125,7 +134,22 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":user": run.user,
         ":created_at": run.created_at,
         ":started_at": run.started_at,
+        ":rerun_of": run.rerun_of,
     })?;
+    Ok(())
+}
+
+/// Stores a rerun with the trace lines it takes over (`reused`), in the caller's
+/// transaction: a crash keeps both or neither.
+pub(super) fn insert_rerun(
+    conn: &Connection,
+    run: &NewRun,
+    reused: &[StepRow],
+) -> rusqlite::Result<()> {
+    insert(conn, run)?;
+    for step in reused {
+        record_step(conn, step)?;
+    }
     Ok(())
 }
 
@@ -201,7 +225,7 @@ pub(super) fn approval_responses(
 pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare_cached(
         "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_at = ?5,
-             duration_ms = ?5 - COALESCE(started_at, created_at)
+             duration_ms = ?5 - COALESCE(started_at, created_at), usage = ?6
          WHERE request_id = ?1 AND status IN ('queued', 'running')",
     )?;
     let ended = stmt.execute(rusqlite::params![
@@ -209,7 +233,8 @@ pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<
         done.status,
         done.output_json,
         done.error_json,
-        done.ended_at
+        done.ended_at,
+        done.usage_json,
     ])? == 1;
     if ended {
         if let Some(event) = &done.event {
@@ -237,7 +262,7 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms";
+    ended_at, duration_ms, usage, rerun_of";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -259,6 +284,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         started_at: row.get(15)?,
         ended_at: row.get(16)?,
         duration_ms: row.get(17)?,
+        usage_json: row.get(18)?,
+        rerun_of: row.get(19)?,
     })
 }
 
@@ -468,8 +495,8 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(18)?,
-            attempts: row.get(19)?,
+            delivery_state: row.get(20)?,
+            attempts: row.get(21)?,
         })
     })?;
     rows.collect()

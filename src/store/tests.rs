@@ -36,6 +36,7 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         user: None,
         created_at,
         started_at: None,
+        rerun_of: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn finished(request_id: &str, ended_at: i64, event: bool) -> FinishedRun {
         output_json: Some("\"ok\"".into()),
         error_json: None,
         ended_at,
+        usage_json: None,
         event: event.then(|| NewEvent {
             event_id: format!("evt_{}", &request_id[4..]),
             deployment_key: "hello".into(),
@@ -618,5 +620,62 @@ async fn a_backup_is_a_sound_copy_with_every_run() {
     assert!(
         matches!(missing, Err(BackupError::Open { .. })),
         "{missing:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_rerun_is_stored_with_its_reused_lines_or_not_at_all() {
+    let f = open();
+    let old = req(1_000, 1);
+    f.store
+        .write(InsertRun(new_run(&old, false, 1_000)))
+        .await
+        .unwrap();
+    let id = req(2_000, 1);
+    let mut run = new_run(&id, false, 2_000);
+    run.rerun_of = Some(old.clone());
+    let line = StepRow {
+        reason: Some("completed".into()),
+        ..step(&id, 0, "a", StepStatus::Reused, 2_000)
+    };
+    f.store
+        .write(InsertRerun {
+            run,
+            reused: vec![line.clone()],
+        })
+        .await
+        .unwrap();
+    let (stored, steps) = f.store.run_with_steps(id.clone()).await.unwrap().unwrap();
+    assert_eq!(stored.rerun_of.as_deref(), Some(old.as_str()));
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, StepStatus::Reused);
+    assert_eq!(steps[0].reason.as_deref(), Some("completed"));
+
+    // One transaction: a line that breaks a constraint (an unknown run) leaves no run row.
+    let orphan = req(3_000, 1);
+    let mut run = new_run(&orphan, false, 3_000);
+    run.rerun_of = Some(old.clone());
+    let bad = StepRow {
+        step_type: String::new(),
+        ..step(&req(3_000, 2), 0, "a", StepStatus::Reused, 3_000)
+    };
+    let written = f
+        .store
+        .write(InsertRerun {
+            run,
+            reused: vec![bad],
+        })
+        .await;
+    assert!(written.is_err(), "{written:?}");
+    assert!(f.store.run_with_steps(orphan).await.unwrap().is_none());
+
+    // Finishing stores the summed usage.
+    let mut done = finished(&id, 2_500, false);
+    done.usage_json = Some(r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#.into());
+    assert!(f.store.write(FinishRun(done)).await.unwrap());
+    let (stored, _) = f.store.run_with_steps(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.usage_json.as_deref(),
+        Some(r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#)
     );
 }

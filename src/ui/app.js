@@ -528,8 +528,9 @@
         if (s.error) details.push(h('div', { class: 'error' }, s.error));
         if (s.output !== null && s.output !== undefined) details.push(h('div', { class: 'sub' }, 'Output'), jsonBlock(s.output));
         if (s.usage) details.push(h('div', { class: 'sub' }, 'Usage'), jsonBlock(s.usage));
-        details.push(h('div', { class: 'muted small-text' },
-          `Started ${fmtTime(s.started_at, true)} · ${s.attempts || 1} attempt${(s.attempts || 1) === 1 ? '' : 's'}`));
+        details.push(h('div', { class: 'muted small-text' }, s.status === 'reused'
+          ? `Taken over from ${run.rerun_of || 'the earlier run'} without running (it had ${s.reason || 'completed'}).`
+          : `Started ${fmtTime(s.started_at, true)} · ${s.attempts || 1} attempt${(s.attempts || 1) === 1 ? '' : 's'}`));
         return h('details', { class: 'wf-step', testid: 'step', dataset: { key: `step:${s.id}:${s.passes || ''}:${s.started_at}`, step: s.id, status: s.status } },
           h('summary', { class: 'wf-row' },
             h('span', { class: 'wf-label', style: s.parent ? { paddingLeft: `${nestingDepth(steps, s) * 0.9}em` } : {} },
@@ -698,6 +699,7 @@
         }
       });
     }
+    const rerun = LIVE_RUN.has(run.run_status) ? null : rerunControl(run);
     const result = run.run_status === 'failed' || (run.error !== null && run.error !== undefined)
       ? section('Error', 'run-error', errorBlock(run.error))
       : section('Output', 'run-output', run.output === null || run.output === undefined
@@ -711,6 +713,7 @@
         run.async ? asyncBadge() : null,
         h('span', { class: 'spacer' }),
         copyButton(() => run.request_id, 'Copy id'),
+        rerun,
         cancel),
       section('Summary', 'run-summary', dl([
         ['Deployment', h('a', { href: `#/deployments/${encodeURIComponent(run.deployment)}` }, run.deployment)],
@@ -723,6 +726,8 @@
         ['Started', timeEl(run.started_at, true)],
         ['Ended', timeEl(run.ended_at, true)],
         ['Duration', runDuration(run), 'run-duration'],
+        run.rerun_of ? ['Rerun of', h('a', { href: `#/runs/${run.rerun_of}`, class: 'mono' }, run.rerun_of), 'run-rerun-of'] : null,
+        ['Usage', usageText(run.usage), 'run-usage'],
       ])),
       approvalBox(run, token, reload),
       result,
@@ -732,6 +737,41 @@
       section('Steps', 'run-steps', waterfall(run)),
       asyncSections(run, token, reload),
     ];
+  }
+
+  /** `31 + 18 = 49 tokens · $0.000042`, or a dash when no prompt step ran. */
+  function usageText(usage) {
+    if (!usage) return h('span', { class: 'muted' }, '—');
+    const cost = usage.cost_usd === undefined ? '' : ` · $${usage.cost_usd}`;
+    return `${usage.prompt_tokens} + ${usage.completion_tokens} = ${usage.total_tokens} tokens${cost}`;
+  }
+
+  /**
+   * Rerun an ended run as a new one: from the start, or from a top-level step (the steps
+   * before it are taken over). Opens the new run.
+   */
+  function rerunControl(run) {
+    const tops = [];
+    for (const s of run.steps || []) {
+      if (!s.parent && !tops.includes(s.id)) tops.push(s.id);
+    }
+    const picker = h('select', { id: 'rerun-from', 'aria-label': 'Rerun from', dataset: { preserve: 'rerun-from' } },
+      h('option', { value: '' }, 'from the start'),
+      tops.map((id) => h('option', { value: id }, `from ${id}`)));
+    const button = h('button', { type: 'button', id: 'rerun-run' }, 'Rerun');
+    button.addEventListener('click', async () => {
+      button.disabled = true;
+      const body = picker.value ? { from_step: picker.value } : {};
+      try {
+        const started = await api('POST', `/v1/runs/${run.request_id}/rerun`, body);
+        toast(`Rerun started: ${started.request_id}`);
+        location.hash = `#/runs/${started.request_id}`;
+      } catch (e) {
+        toast(e.message, 'error');
+        button.disabled = false;
+      }
+    });
+    return h('span', { class: 'rerun', testid: 'rerun' }, picker, button);
   }
 
   /** Keeps open <details>, typed answers and the scroll position across a refresh. */

@@ -43,6 +43,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Already resolved by the caller from `api_key_env`.
     pub api_key: Option<String>,
+    /// USD per million tokens, by model (see [`crate::usage`]).
+    pub prices: HashMap<String, crate::usage::Price>,
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -1859,6 +1861,7 @@ max_tokens = 20
             ProviderConfig {
                 base_url: format!("{base}/v1/"),
                 api_key: Some("sk-test".into()),
+                prices: HashMap::new(),
             },
         )]);
         let env = environment(providers);

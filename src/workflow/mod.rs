@@ -17,6 +17,7 @@ pub mod deltas;
 pub mod engine;
 pub mod inputs;
 mod parse;
+pub mod reads;
 pub mod steps;
 pub mod template;
 pub mod trace;

@@ -34,6 +34,7 @@ fn every_command_has_help() {
         ["runs", "attempts"],
         ["runs", "redeliver"],
         ["runs", "cancel"],
+        ["runs", "rerun"],
         ["keys", "create"],
         ["keys", "list"],
         ["keys", "rotate"],
@@ -97,6 +98,44 @@ fn runs_list_and_show() {
     assert!(
         !out.status.success(),
         "an unknown run is an error: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn runs_rerun_prints_the_new_request_id_and_with_wait_the_output() {
+    let app = TestApp::start();
+    let first = app.invoke(&hello("Ada")).json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = ok_stdout(&app.cli(&["runs", "rerun", &first]));
+    let id = out.trim().to_string();
+    assert!(is_request_id(&id) && id != first, "{out}");
+    let run = wait_for("the rerun to end", || {
+        let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+        (run["run_status"] == "completed").then_some(run)
+    });
+    assert_eq!(run["rerun_of"], first.as_str(), "{run:#}");
+    assert_eq!(run["source"], "cli", "{run:#}");
+
+    let out = ok_stdout(&app.cli(&["runs", "rerun", &first, "--from", "greet", "--wait"]));
+    let mut lines = out.lines();
+    let id = lines.next().unwrap_or_default();
+    assert!(is_request_id(id), "{out}");
+    assert_eq!(lines.next(), Some("Hello, Ada."), "{out}");
+    let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+    assert_eq!(run["steps"][0]["status"], "reused", "{run:#}");
+    let show = ok_stdout(&app.cli(&["runs", "show", id]));
+    assert!(show.contains(&format!("rerun of  {first}")), "{show}");
+
+    let out = app.cli(&["runs", "rerun", &first, "--from", "nope"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let (stdout, stderr) = out_text(&out);
+    assert!(
+        format!("{stdout}{stderr}").contains("from_step"),
+        "names the field: {}",
         describe(&out)
     );
 }

@@ -11,10 +11,10 @@
 //!    it would delete the run the run-id routes are given, so they would only see `404`).
 //! 2. those destructive operations alone, aimed at a throwaway key, deployment and run.
 //!
-//! One allowance, stated in the configuration below: a schema-valid invoke, trigger or
+//! One allowance, stated in the configuration below: a schema-valid invoke, trigger, rerun or
 //! deploy may still be refused with 422, because what makes it valid is not a shape a static
-//! schema can state (the inputs a deployment declares; a definition's templates compiling
-//! and steps referring to earlier steps). Every other operation must accept all that its
+//! schema can state (the inputs a deployment declares, the steps a rerun may start from; a
+//! definition's templates compiling and steps referring to earlier steps). Every other operation must accept all that its
 //! schema allows.
 
 use std::fs;
@@ -169,7 +169,7 @@ parameters = {{ "path.key" = "victim" }}
 # The one allowance (see the top of this file): 422 for a schema-valid body whose validity
 # depends on the deployment or on the workflow language, not on its shape.
 [[operations]]
-include-operation-id = ["deploy", "invoke_workflow", "trigger_workflow"]
+include-operation-id = ["deploy", "invoke_workflow", "trigger_workflow", "rerun_run"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 "#
         ),

@@ -279,3 +279,55 @@ fn browser_answers_approvals_and_cancels_a_waiting_run() {
     let cancelled = status(&cancel_id);
     assert_eq!(cancelled["run_status"], "cancelled", "{cancelled}");
 }
+
+#[test]
+fn browser_reruns_a_run_from_a_picked_step() {
+    let app = TestApp::start();
+    app.deploy_ok(
+        "abc",
+        r#"
+key = "abc"
+
+[[steps]]
+id = "a"
+type = "template"
+template = "A"
+
+[[steps]]
+id = "b"
+type = "template"
+template = "{{ a.output }}B"
+
+[[steps]]
+id = "c"
+type = "template"
+template = "{{ b.output }}C"
+"#,
+    );
+    let r = app.invoke(&json!({"deployment": "abc"}));
+    r.expect_status(200);
+    let first = r.json()["request_id"].as_str().unwrap().to_string();
+
+    run_browser(&app, "ui_rerun.py", &[("RUN_ID", &first)]);
+
+    // The page started exactly one rerun, from `c`.
+    let runs = app.admin_get("/v1/runs").json()["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let reruns: Vec<&Value> = runs
+        .iter()
+        .filter(|r| r["rerun_of"] == first.as_str())
+        .collect();
+    assert_eq!(reruns.len(), 1, "{runs:#?}");
+    let id = reruns[0]["request_id"].as_str().unwrap();
+    let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+    assert_eq!(run["output"], "ABC", "{run:#}");
+    let statuses: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["reused", "reused", "completed"], "{run:#}");
+}

@@ -18,6 +18,7 @@ use minijinja::Value as JinjaValue;
 use serde_json::{json, Map, Value};
 
 use super::{snippet, status_is_retryable, StepError, StepOutput, StepResult};
+use crate::usage::Usage;
 use crate::workflow::definition::{ChatRole, Messages, ResponseFormat};
 use crate::workflow::deltas::{Delta, DeltaSink};
 use crate::workflow::engine::ProviderConfig;
@@ -103,6 +104,8 @@ pub(crate) async fn run(
     let bytes = match reply {
         Reply::Whole(bytes) => bytes,
         Reply::Streamed { content, usage } => {
+            // Counted before the reply is checked: a reply the step refuses was paid for too.
+            let usage = account(name, provider, step.model, usage.as_ref());
             let output =
                 output_of(&content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
             return Ok(StepOutput { output, usage });
@@ -131,6 +134,8 @@ pub(crate) async fn run(
             snippet(&bytes, 200)
         ))
     })?;
+    // Counted before the reply is checked: a reply the step refuses was paid for too.
+    let usage = account(name, provider, step.model, reply.get("usage"));
     let message = reply.pointer("/choices/0/message");
     let Some(content) = message
         .and_then(|m| m.get("content"))
@@ -154,10 +159,23 @@ pub(crate) async fn run(
         });
     };
     let output = output_of(content, &step, validator.as_ref()).map_err(|e| e.context(&who))?;
-    Ok(StepOutput {
-        output,
-        usage: reply.get("usage").filter(|u| !u.is_null()).cloned(),
-    })
+    Ok(StepOutput { output, usage })
+}
+
+/// The step's `usage` as the trace keeps it (`{prompt_tokens, completion_tokens,
+/// total_tokens}`, with `cost_usd` when the model has a price), counted in
+/// `hivelet_tokens_total` at once. `None` when the provider reported no usage. Only a
+/// successful attempt's usage reaches the trace (and the run's sum); the metric counts
+/// every reply's.
+fn account(
+    provider_name: &str,
+    provider: &ProviderConfig,
+    model: &str,
+    reported: Option<&Value>,
+) -> Option<Value> {
+    let usage = Usage::from_provider(reported?)?.priced(provider.prices.get(model));
+    crate::metrics::get().tokens_used(provider_name, model, &usage);
+    Some(usage.to_json())
 }
 
 /// `429 Too Many Requests`, `500 Internal Server Error`, …
