@@ -13,7 +13,9 @@ use super::approvals::PausedRun;
 use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
 use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
-use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
+use crate::workflow::engine::{
+    Approval, ApprovalAnswer, ChildLink, DoneStep, Resume, StepStatus,
+};
 use crate::workflow::{Definition, OnError, StepDef, StepKind};
 
 /// What a previous process left unfinished, found at start.
@@ -44,6 +46,18 @@ fn record_interrupted_step(
         return;
     }
     let index = index as i64;
+    // A `workflow` step whose child was stored was not cut off: it waits for that child
+    // again (the child resumes too), and its end line replaces the `waiting` one.
+    if matches!(step.kind, StepKind::Workflow { .. })
+        && rows.iter().any(|r| {
+            r.step_index == index
+                && r.passes.is_empty()
+                && r.status == StepStatus::Waiting
+                && r.child_request_id.is_some()
+        })
+    {
+        return;
+    }
     // It started when the step before it ended (or when the run started).
     let started_at = rows
         .iter()
@@ -73,6 +87,7 @@ fn record_interrupted_step(
         parent: None,
         passes: String::new(),
         reason: None,
+        child_request_id: None,
     }));
 }
 
@@ -142,6 +157,7 @@ pub fn recover(
                 callback_url: run.callback_url,
                 source: run.source,
                 api_key_id: run.api_key_id,
+                parent_request_id: run.parent_request_id,
             },
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
@@ -274,6 +290,29 @@ fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)])
         }
         break;
     }
+    // Inside the first unfinished top-level step (or that step itself): the children that
+    // `workflow` steps had stored and not seen end; those steps wait for them again.
+    if let Some(open) = point.open {
+        for (index, walked) in walk.iter().enumerate() {
+            if walked.top != open || !matches!(walked.step.kind, StepKind::Workflow { .. }) {
+                continue;
+            }
+            for ((at, passes), row) in &latest {
+                if *at != index as i64 || row.step_id != walked.step.id {
+                    continue;
+                }
+                if let (StepStatus::Waiting, Some(child)) = (row.status, &row.child_request_id) {
+                    point.resume.children.insert(
+                        (row.step_id.clone(), (*passes).to_owned()),
+                        ChildLink {
+                            request_id: child.clone(),
+                            since_ms: row.started_at,
+                        },
+                    );
+                }
+            }
+        }
+    }
     // Inside the first unfinished top-level step: the nested steps that ended, by pass.
     if let Some(open) = point.open {
         let mut nested: Vec<(usize, &StepRow, &StepDef)> = Vec::new();
@@ -361,6 +400,7 @@ template = "x"
             parent: None,
             passes: String::new(),
             reason: None,
+            child_request_id: None,
         }
     }
 

@@ -27,6 +27,14 @@ macro_rules! outputs {
 #[derive(Debug, Clone)]
 pub struct InsertRun(pub NewRun);
 
+/// Stores a child run (SPEC §10) with its parent's `waiting` trace line, which names it,
+/// in one transaction.
+#[derive(Debug, Clone)]
+pub struct InsertChildRun {
+    pub run: NewRun,
+    pub step: StepRow,
+}
+
 /// A queued run takes its slot. Answers false when the run is missing or already ended.
 #[derive(Debug, Clone)]
 pub struct MarkRunning {
@@ -147,6 +155,7 @@ pub struct SaveIdempotent {
 
 outputs! {
     InsertRun => (),
+    InsertChildRun => (),
     MarkRunning => bool,
     RecordStep => (),
     AnswerApproval => bool,

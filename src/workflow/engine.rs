@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::LocalBoxFuture;
@@ -28,13 +29,14 @@ use super::definition::{
     DEFAULT_MAX_ITERATIONS,
 };
 use super::deltas::DeltaSink;
+use super::steps::workflow::ChildRuns;
 use super::steps::{self, StepError, StepOutput, StepResult};
 use super::template;
 use super::trace::passes_key;
 
 // Callers name these through `workflow::engine::…`; they moved to their own modules.
 pub use super::approval::{approval_output, Approval, ApprovalAnswer};
-pub use super::trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use super::trace::{ChildLink, DoneStep, Resume, RunFailure, StepRecord, StepStatus};
 
 /// One OpenAI-compatible endpoint named by prompt steps.
 #[derive(Clone)]
@@ -63,6 +65,9 @@ pub struct Environment {
     pub allow_command_steps: bool,
     /// Where streamed prompt steps publish their text deltas (see [`super::deltas`]).
     pub deltas: DeltaSink,
+    /// Starts and awaits the child runs of `workflow` steps; `None` where there is no run
+    /// machinery (those steps then fail).
+    pub children: Option<Rc<dyn ChildRuns>>,
 }
 
 /// The per-run values in the template scope.
@@ -112,6 +117,8 @@ struct Running {
     started_at_ms: i64,
     started: Instant,
     attempts: u32,
+    /// The child run a `workflow` step started.
+    child_request_id: Option<String>,
 }
 
 /// What every step list of one execution shares: the environment, the trace callback, the
@@ -128,6 +135,8 @@ struct Shared<'a> {
     /// What this run has finished so far, earlier executions included (for a pause).
     done: RefCell<Vec<DoneStep>>,
     approvals: RefCell<HashMap<String, Approval>>,
+    /// Children that `workflow` steps started in earlier executions, not yet seen end.
+    children: RefCell<HashMap<(String, String), ChildLink>>,
 }
 
 impl Shared<'_> {
@@ -158,6 +167,47 @@ impl Shared<'_> {
         }
     }
 
+    fn set_child(&self, token: u64, child: &str) {
+        if let Some(r) = self
+            .running
+            .borrow_mut()
+            .iter_mut()
+            .find(|r| r.token == token)
+        {
+            r.child_request_id = Some(child.to_owned());
+        }
+    }
+
+    fn child_of(&self, token: u64) -> Option<String> {
+        self.running
+            .borrow()
+            .iter()
+            .find(|r| r.token == token)
+            .and_then(|r| r.child_request_id.clone())
+    }
+
+    /// The `waiting` trace line of the step running as `token`.
+    fn waiting_record(&self, token: u64) -> Option<StepRecord> {
+        let running = self.running.borrow();
+        let r = running.iter().find(|r| r.token == token)?;
+        Some(StepRecord {
+            step_id: r.id.clone(),
+            index: r.index,
+            parent: r.parent.clone(),
+            passes: r.passes.clone(),
+            step_type: r.step_type,
+            status: StepStatus::Waiting,
+            started_at_ms: r.started_at_ms,
+            duration_ms: 0,
+            output: None,
+            error: None,
+            attempts: r.attempts,
+            usage: None,
+            reason: Some("child_run".to_owned()),
+            child_request_id: None,
+        })
+    }
+
     fn earlier(&self, step_id: &str, passes: &str) -> Option<&DoneStep> {
         self.earlier.get(&(step_id.to_owned(), passes.to_owned()))
     }
@@ -175,7 +225,11 @@ pub async fn execute(
     env: &Environment,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Execution {
-    let Resume { done, approvals } = std::mem::take(&mut ctx.resume);
+    let Resume {
+        done,
+        approvals,
+        children,
+    } = std::mem::take(&mut ctx.resume);
     let shared = Shared {
         env,
         on_step: RefCell::new(on_step),
@@ -188,6 +242,7 @@ pub async fn execute(
             .collect(),
         done: RefCell::new(done),
         approvals: RefCell::new(approvals),
+        children: RefCell::new(children),
     };
     let flow = match def.timeout_ms {
         None => run_top(def, ctx, &shared).await,
@@ -229,6 +284,7 @@ fn workflow_timed_out(timeout_ms: u64, shared: &Shared<'_>) -> RunFailure {
             attempts: r.attempts,
             usage: None,
             reason: None,
+            child_request_id: r.child_request_id,
         });
     }
     RunFailure {
@@ -395,7 +451,17 @@ fn run_list<'s>(
                 _ => None,
             };
             let waited_since = answer.as_ref().map(|a| a.waiting_since_ms);
-            let started_at_ms = waited_since.unwrap_or_else(unix_ms);
+            // A `workflow` step re-attaching to its child keeps the start of its `waiting`
+            // line too, so its end line replaces it.
+            let attached_since = match step.kind {
+                StepKind::Workflow { .. } => shared
+                    .children
+                    .borrow()
+                    .get(&(step.id.clone(), passes_key.clone()))
+                    .map(|c| c.since_ms),
+                _ => None,
+            };
+            let started_at_ms = waited_since.or(attached_since).unwrap_or_else(unix_ms);
             let token = shared.start_running(Running {
                 token: 0,
                 id: step.id.clone(),
@@ -406,6 +472,7 @@ fn run_list<'s>(
                 started_at_ms,
                 started,
                 attempts: 0,
+                child_request_id: None,
             });
             let record = |status, output, error, attempts, usage| StepRecord {
                 step_id: step.id.clone(),
@@ -415,7 +482,7 @@ fn run_list<'s>(
                 step_type,
                 status,
                 started_at_ms,
-                duration_ms: match waited_since {
+                duration_ms: match waited_since.or(attached_since) {
                     Some(since) => (unix_ms() - since).max(0),
                     None => elapsed_ms(started),
                 },
@@ -424,6 +491,7 @@ fn run_list<'s>(
                 attempts,
                 usage,
                 reason: None,
+                child_request_id: None,
             };
             let done = |status, output: &Value, error: Option<String>| DoneStep {
                 step_id: step.id.clone(),
@@ -502,6 +570,9 @@ fn run_list<'s>(
                                         approvals: std::mem::take(
                                             &mut *shared.approvals.borrow_mut(),
                                         ),
+                                        // Every child started before a top-level step
+                                        // has ended.
+                                        children: HashMap::new(),
                                     },
                                 })));
                             }
@@ -558,7 +629,12 @@ fn run_list<'s>(
                         .map(Outcome::leaf),
                 },
             };
+            let child = shared.child_of(token);
             shared.stop_running(token);
+            let record = |status, output, error, attempts, usage| StepRecord {
+                child_request_id: child.clone(),
+                ..record(status, output, error, attempts, usage)
+            };
 
             match result {
                 Ok(outcome) => {
@@ -880,7 +956,48 @@ async fn run_with_retries(
     loop {
         attempts += 1;
         shared.set_attempts(token, attempts);
-        match run_once(&step.kind, &step.id, env, scope, jinja_scope).await {
+        let outcome = match &step.kind {
+            StepKind::Workflow {
+                deployment,
+                variant,
+                inputs,
+            } => {
+                let key = (step.id.clone(), passes_key(&running_passes(shared, token)));
+                // Only the first attempt of this execution re-attaches: a retry after a
+                // failed child starts a new one.
+                let attach = shared
+                    .children
+                    .borrow_mut()
+                    .remove(&key)
+                    .map(|c| c.request_id);
+                let waiting = shared
+                    .waiting_record(token)
+                    .expect("a running step has its entry");
+                let parent = scope
+                    .get("run")
+                    .and_then(|r| r.get("request_id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let step_fields = steps::workflow::WorkflowStep {
+                    deployment,
+                    variant: variant.as_deref(),
+                    inputs,
+                };
+                steps::workflow::run(
+                    env.children.as_ref(),
+                    step_fields,
+                    jinja_scope,
+                    attach,
+                    waiting,
+                    &parent,
+                    &mut |child| shared.set_child(token, child),
+                )
+                .await
+            }
+            _ => run_once(&step.kind, &step.id, env, scope, jinja_scope).await,
+        };
+        match outcome {
             Ok(out) => return Ok((out, attempts)),
             Err(e) if attempts > step.retries => return Err((e, attempts)),
             Err(e) if !e.retryable => {
@@ -895,6 +1012,17 @@ async fn run_with_retries(
             }
         }
     }
+}
+
+/// The loop passes of the step running as `token`.
+fn running_passes(shared: &Shared<'_>, token: u64) -> Vec<u32> {
+    shared
+        .running
+        .borrow()
+        .iter()
+        .find(|r| r.token == token)
+        .map(|r| r.passes.clone())
+        .unwrap_or_default()
 }
 
 /// Backoff before another attempt; only steps that talk to something outside wait. A
@@ -993,8 +1121,11 @@ async fn run_once(
             steps::command::run(step, jinja_scope, &scope_json).await
         }
         StepKind::Delay { ms } => steps::delay::run(*ms).await,
-        // `run_list` answers approval steps and runs branches and loops itself; kept so
-        // the match stays exhaustive.
+        // `run_list` answers approval steps and runs branches and loops itself, and
+        // `run_with_retries` starts child runs; kept so the match stays exhaustive.
+        StepKind::Workflow { .. } => Err(StepError::permanent(
+            "workflow steps need their run's context to start a child run",
+        )),
         StepKind::Approval { .. } => {
             Err(StepError::permanent("approval steps are answered, not run"))
         }

@@ -31,5 +31,6 @@ pub use deltas::{Delta, DeltaSink};
 pub use engine::{execute, Environment, Execution, Pause, ProviderConfig, RunContext};
 pub use inputs::{check_inputs, InputError};
 pub use template::TemplateError;
-pub use trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use steps::workflow::{ChildEnd, ChildRuns, ChildStart};
+pub use trace::{ChildLink, DoneStep, Resume, RunFailure, StepRecord, StepStatus};
 pub use validate::ValidateOptions;
