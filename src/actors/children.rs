@@ -62,7 +62,9 @@ impl ChildRuns for ActorChildren {
             let parent_depth = store
                 .run_depth(start.parent_request_id.clone(), MAX_WORKFLOW_DEPTH + 1)
                 .await
-                .map_err(|e| StepError::retryable(format!("could not read the run lineage: {e}")))?;
+                .map_err(|e| {
+                    StepError::retryable(format!("could not read the run lineage: {e}"))
+                })?;
             if parent_depth + 1 > MAX_WORKFLOW_DEPTH {
                 return Err(depth_exceeded(parent_depth + 1));
             }
@@ -79,10 +81,7 @@ impl ChildRuns for ActorChildren {
                 )));
             }
             let inputs = check_inputs(&deployment.definition, &start.inputs).map_err(|e| {
-                StepError::permanent(format!(
-                    "deployment {:?}: {}",
-                    start.deployment, e.message
-                ))
+                StepError::permanent(format!("deployment {:?}: {}", start.deployment, e.message))
             })?;
             let waiting = step_row(&start.parent_request_id, &start.waiting);
             let run = PreparedRun {
@@ -118,13 +117,17 @@ impl ChildRuns for ActorChildren {
                     request_id: request_id.clone(),
                 })
                 .await
-                .map_err(|e| StepError::permanent(format!("cannot wait for child run {request_id}: {e}")))?;
+                .map_err(|e| {
+                    StepError::permanent(format!("cannot wait for child run {request_id}: {e}"))
+                })?;
             // Dropped only when the InvokeActor stops; the store says how far the child got.
             let _ = ended.await;
             let run = store
                 .run(request_id.clone())
                 .await
-                .map_err(|e| StepError::retryable(format!("could not read child run {request_id}: {e}")))?
+                .map_err(|e| {
+                    StepError::retryable(format!("could not read child run {request_id}: {e}"))
+                })?
                 .ok_or_else(|| StepError::permanent(format!("child run {request_id} is gone")))?;
             let parse = |text: Option<&str>| {
                 text.and_then(|t| serde_json::from_str::<Value>(t).ok())

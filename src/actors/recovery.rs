@@ -13,9 +13,7 @@ use super::approvals::PausedRun;
 use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
 use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
-use crate::workflow::engine::{
-    Approval, ApprovalAnswer, ChildLink, DoneStep, Resume, StepStatus,
-};
+use crate::workflow::engine::{Approval, ApprovalAnswer, ChildLink, DoneStep, Resume, StepStatus};
 use crate::workflow::{Definition, OnError, StepDef, StepKind};
 
 /// What a previous process left unfinished, found at start.

@@ -180,7 +180,11 @@ pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result
 /// Stores a child run and its parent's `waiting` trace line naming it, in one transaction:
 /// after a crash either both exist (the parent re-attaches to the child) or neither does
 /// (the parent starts the child again).
-pub(super) fn insert_child(conn: &Connection, run: &NewRun, step: &StepRow) -> rusqlite::Result<()> {
+pub(super) fn insert_child(
+    conn: &Connection,
+    run: &NewRun,
+    step: &StepRow,
+) -> rusqlite::Result<()> {
     insert(conn, run)?;
     record_step(conn, step)
 }

@@ -36,6 +36,7 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         user: None,
         created_at,
         started_at: None,
+        parent_request_id: None,
     }
 }
 
@@ -107,6 +108,7 @@ fn step(request_id: &str, index: i64, id: &str, status: StepStatus, at: i64) -> 
         parent: None,
         passes: String::new(),
         reason: None,
+        child_request_id: None,
     }
 }
 

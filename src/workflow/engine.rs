@@ -1197,6 +1197,7 @@ mod tests {
             providers,
             allow_command_steps: true,
             deltas: DeltaSink::default(),
+            children: None,
         }
     }
 
@@ -1794,6 +1795,7 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
                 done("b", StepStatus::Failed, Value::Null),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
         let Execution::Finished(Ok(out)) = execution else {
@@ -1811,6 +1813,7 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
                 done("c", StepStatus::Completed, json!("old c")),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
         let Execution::Finished(Ok(out)) = execution else {
@@ -2050,6 +2053,7 @@ mod nesting_tests {
             providers: HashMap::new(),
             allow_command_steps: true,
             deltas: DeltaSink::default(),
+            children: None,
         }
     }
 
@@ -2343,6 +2347,7 @@ template = "{{ outer.status }}"
                 done("shout", "2", json!("OLD 2 (stale: greet 2 never ended)")),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (out, records) = run_resumed(&def, json!({"names": ["a", "b", "c"]}), resume).await;
         assert_eq!(
@@ -2368,6 +2373,7 @@ template = "{{ outer.status }}"
                 error: None,
             }],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         // n = 20 would take case 0 now; the run continues in case 1, which it had taken.
         let (out, records) = run_resumed(&def, json!({"n": 20}), resume).await;
