@@ -525,4 +525,51 @@ template = "x"
         );
         assert_eq!(top_index(&def, 2), Some(4));
     }
+
+    #[test]
+    fn a_workflow_step_waiting_on_its_child_re_attaches() {
+        let mut def = Definition::from_toml_str(
+            "key = \"w\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2]\"\n[[steps.steps]]\nid = \"sub\"\ntype = \"workflow\"\ndeployment = \"other\"\n",
+        )
+        .unwrap();
+        def.validate(&crate::workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        let sub = |passes: &str, status, at, child: &str| StepRow {
+            parent: Some("each".into()),
+            passes: passes.into(),
+            step_type: "workflow".into(),
+            reason: (status == StepStatus::Waiting).then(|| "child_run".to_owned()),
+            child_request_id: Some(child.into()),
+            ..row(2, "sub", status, at, Some("\"out\""))
+        };
+        let rows = vec![
+            row(0, "a", StepStatus::Completed, 10, Some("\"A\"")),
+            sub("0", StepStatus::Completed, 20, "req_c0"),
+            sub("1", StepStatus::Waiting, 30, "req_c1"),
+        ];
+        let point = trace_point(&def, &rows, &[]);
+        assert_eq!(point.open, Some(1));
+        assert_eq!(point.waiting, None, "a child run is not an approval");
+        assert_eq!(
+            point.resume.children,
+            HashMap::from([(
+                ("sub".to_owned(), "1".to_owned()),
+                ChildLink {
+                    request_id: "req_c1".into(),
+                    since_ms: 30,
+                }
+            )]),
+            "only the pass whose child had not ended"
+        );
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.passes.as_str()))
+            .collect();
+        assert_eq!(done, [("a", ""), ("sub", "0")]);
+    }
 }

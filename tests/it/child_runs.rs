@@ -583,3 +583,16 @@ fn cancelling_a_parent_cancels_its_child() {
     assert_eq!(event["event_type"], "workflow.cancelled", "{event}");
     assert_eq!(detail(&app, &parent)["run_status"], "cancelled");
 }
+
+#[test]
+fn a_child_needs_no_run_slot_of_its_own() {
+    let app = TestApp::builder()
+        .config("[runs]\nmax_concurrent = 1\n")
+        .start();
+    app.deploy_ok("greet", GREET);
+    app.deploy_ok("parent", PARENT);
+    // The parent holds the only slot while its child runs.
+    let r = app.invoke(&json!({"deployment": "parent", "inputs": {"who": "solo"}}));
+    r.expect_status(200);
+    assert_eq!(r.json()["output"], "[Hello, SOLO x3]");
+}
