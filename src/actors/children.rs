@@ -83,17 +83,24 @@ impl ChildRuns for ActorChildren {
             let inputs = check_inputs(&deployment.definition, &start.inputs).map_err(|e| {
                 StepError::permanent(format!("deployment {:?}: {}", start.deployment, e.message))
             })?;
+            // The child is on behalf of whoever started the parent: the same invoke key
+            // may read it, and it counts for the same user.
+            let parent = store
+                .run(start.parent_request_id.clone())
+                .await
+                .map_err(|e| StepError::retryable(format!("could not read the parent run: {e}")))?;
+            let (api_key_id, user) = parent.map(|p| (p.api_key_id, p.user)).unwrap_or_default();
             let waiting = step_row(&start.parent_request_id, &start.waiting);
             let run = PreparedRun {
                 deployment,
                 variant: start.variant,
                 inputs,
                 metadata: Map::new(),
-                user: None,
+                user,
                 // Only the top run delivers a result; children answer their parent.
                 callback_url: None,
                 source: RunSource::Workflow,
-                api_key_id: None,
+                api_key_id,
                 parent_request_id: Some(start.parent_request_id),
             };
             match recipient.send(StartChild { run, waiting }).await {

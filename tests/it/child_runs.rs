@@ -120,6 +120,27 @@ fn the_child_runs_output_is_the_step_output_and_the_runs_are_linked() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["request_id"], child.as_str());
 
+    // Started with an invoke key, the child is that key's to read too (and others' not).
+    let key = app.create_key("app", "invoke")["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app.invoke_with_key(
+        &key,
+        &json!({"deployment": "parent", "inputs": {"who": "cy"}, "user": "u1"}),
+    );
+    r.expect_status(200);
+    let mine = request_id(&r.json());
+    let my_child = children_of(&app, &mine)[0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen = app.get(&format!("/v1/runs/{my_child}"), Some(&key));
+    seen.expect_status(200);
+    assert_eq!(seen.json()["user"], "u1", "{seen}");
+    app.get(&format!("/v1/runs/{child}"), Some(&key))
+        .expect_error(404, "not_found", None);
+
     // An async parent: only the top run delivers, with the child's output in its own.
     let r = app.invoke(&json!({
         "deployment": "parent",
@@ -595,4 +616,32 @@ fn a_child_needs_no_run_slot_of_its_own() {
     let r = app.invoke(&json!({"deployment": "parent", "inputs": {"who": "solo"}}));
     r.expect_status(200);
     assert_eq!(r.json()["output"], "[Hello, SOLO x3]");
+}
+
+#[test]
+fn a_parent_that_times_out_cancels_its_child() {
+    let gate = Gate::new();
+    let api = {
+        let gate = gate.clone();
+        StubServer::threaded(move |_, _| {
+            gate.wait();
+            StubReply::json(200, &json!({"v": "late"}))
+        })
+    };
+    let app = TestApp::start();
+    app.deploy_ok("slow", &held_child(&api));
+    app.deploy_ok("caller", &format!("timeout_ms = 300\n{CALLER}"));
+    let body = app
+        .invoke(&json!({"deployment": "caller"}))
+        .expect_error(502, "timeout", None);
+    let parent = request_id(&body);
+    let d = detail(&app, &parent);
+    let child = step(&d, "sub")[0]["child_request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the child to be cancelled", || {
+        (detail(&app, &child)["run_status"] == "cancelled").then_some(())
+    });
+    gate.open();
 }
