@@ -496,7 +496,12 @@ impl Handler<RunPaused> for InvokeActor {
         self.paused.insert(msg.run, msg.waiting);
         if self.cancelling.remove(&request_id) {
             if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
-                ctx.spawn(cancelled.into_actor(self));
+                let id = request_id.clone();
+                ctx.spawn(
+                    cancelled
+                        .into_actor(self)
+                        .map(move |(), act, ctx| act.run_gone(&id, ctx)),
+                );
             }
         } else {
             self.arm_timeout(&request_id, ctx);
