@@ -144,6 +144,15 @@ impl InvokeActor {
         deployments: Arc<Deployments>,
         recovered: Recovered,
     ) -> Self {
+        // A child waiting at an approval step is live too: its parent's end must cancel it.
+        let parents = recovered
+            .paused
+            .iter()
+            .filter_map(|p| {
+                let parent = p.run.prepared.parent_request_id.clone()?;
+                Some((p.run.request_id.clone(), parent))
+            })
+            .collect();
         InvokeActor {
             store,
             config,
@@ -157,7 +166,7 @@ impl InvokeActor {
             draining: false,
             drain_waiters: Vec::new(),
             deployments,
-            parents: HashMap::new(),
+            parents,
             watchers: HashMap::new(),
         }
     }
