@@ -645,3 +645,43 @@ fn a_parent_that_times_out_cancels_its_child() {
     });
     gate.open();
 }
+
+#[test]
+fn a_retry_after_a_failed_child_starts_a_new_child() {
+    // The first call fails (the first child fails), the next one answers.
+    let api = StubServer::fails_first(1, 404, "not yet");
+    let app = TestApp::start();
+    app.deploy_ok(
+        "fetch",
+        &format!(
+            "key = \"fetch\"\n[[steps]]\nid = \"get\"\ntype = \"http\"\nurl = \"{}/thing\"\n",
+            api.url()
+        ),
+    );
+    app.deploy_ok(
+        "patient",
+        "key = \"patient\"\n[[steps]]\nid = \"sub\"\ntype = \"workflow\"\ndeployment = \"fetch\"\nretries = 1\n",
+    );
+    let r = app.invoke(&json!({"deployment": "patient"}));
+    r.expect_status(200);
+    let body = r.json();
+    assert_eq!(body["output"], "ok", "{body}");
+    let parent = request_id(&body);
+    let children = children_of(&app, &parent);
+    assert_eq!(children.len(), 2, "{children:?}");
+    let mut statuses: Vec<&str> = children
+        .iter()
+        .map(|c| c["run_status"].as_str().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["completed", "failed"], "{children:?}");
+    let second = children
+        .iter()
+        .find(|c| c["run_status"] == "completed")
+        .unwrap();
+    let d = detail(&app, &parent);
+    let sub = step(&d, "sub");
+    assert_eq!(sub.len(), 1, "{d}");
+    assert_eq!(sub[0]["attempts"], 2, "{d}");
+    assert_eq!(sub[0]["child_request_id"], second["request_id"], "{d}");
+}
