@@ -71,6 +71,8 @@ states! {
         Webhook = "webhook",
         Cli = "cli",
         Ui = "ui",
+        /// A `workflow` step of another run (a child run, SPEC §10).
+        Workflow = "workflow",
     }
 }
 

@@ -77,6 +77,7 @@ pub async fn run(
         store.clone(),
         config.clone(),
         supervisor.clone().recipient(),
+        deployments.clone(),
         recovered,
     )
     .start();

@@ -124,6 +124,10 @@ impl Approvals {
             .insert(run.request_id.clone(), PausedRun::new(run, waiting));
     }
 
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.paused.contains_key(request_id)
+    }
+
     /// Takes a run out of the book (cancelled, or resumed); its timer is the caller's to cancel.
     pub fn remove(&mut self, request_id: &str) -> Option<PausedRun> {
         self.paused.remove(request_id)
@@ -251,6 +255,7 @@ mod tests {
                 callback_url: Some("http://127.0.0.1:1/hook".into()),
                 source: crate::store::RunSource::Api,
                 api_key_id: None,
+                parent_request_id: None,
             },
             completion: None,
             started_at: 10,

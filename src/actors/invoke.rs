@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::approvals::{Approvals, PausedRun, Respond, RespondError};
+use super::children::{ActorChildren, StartChild, WatchRun};
 use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, PreparedRun, Reporting, RunEnded,
     RunOutcome, RunPaused,
@@ -26,10 +27,11 @@ use super::recovery::Recovered;
 use super::retry::Enqueue;
 use super::run::{CancelRun, RunActor};
 use crate::config::Config;
+use crate::deployments::Deployments;
 use crate::ids;
 use crate::store::{
-    AnswerApproval, InsertRerun, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, StepRow,
-    Store, StoreError,
+    AnswerApproval, InsertChildRun, InsertRerun, InsertRun, MarkRunning, NewRun, RecordStep,
+    RunStatus, StepRow, Store, StoreError,
 };
 use crate::workflow;
 use crate::workflow::engine::{ApprovalAnswer, Resume};
@@ -137,6 +139,13 @@ pub struct InvokeActor {
     cancelling: HashSet<String>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Where `workflow` steps find the deployments of their child runs.
+    deployments: Arc<Deployments>,
+    /// Live child runs (running, queued after a restart, or paused), with their parent's
+    /// request id. They hold no slot: the parent holds one and waits for them.
+    parents: HashMap<String, String>,
+    /// Who waits for a run to end (parents of child runs), by request id.
+    watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 impl InvokeActor {
@@ -147,8 +156,18 @@ impl InvokeActor {
         store: Store,
         config: Arc<Config>,
         supervisor: Recipient<Enqueue>,
+        deployments: Arc<Deployments>,
         recovered: Recovered,
     ) -> Self {
+        // A child waiting at an approval step is live too: its parent's end must cancel it.
+        let parents = recovered
+            .paused
+            .iter()
+            .filter_map(|p| {
+                let parent = p.run.prepared.parent_request_id.clone()?;
+                Some((p.run.request_id.clone(), parent))
+            })
+            .collect();
         InvokeActor {
             store,
             config,
@@ -161,7 +180,37 @@ impl InvokeActor {
             cancelling: HashSet::new(),
             draining: false,
             drain_waiters: Vec::new(),
+            deployments,
+            parents,
+            watchers: HashMap::new(),
         }
+    }
+
+    /// Tells whoever waits for the run that it has ended (its end is stored, or could not
+    /// be), and cancels its children still live: a parent that ended (cancelled, timed out,
+    /// failed) no longer waits for them.
+    fn run_gone(&mut self, request_id: &str, ctx: &mut Context<Self>) {
+        self.parents.remove(request_id);
+        for waiter in self.watchers.remove(request_id).unwrap_or_default() {
+            let _ = waiter.send(());
+        }
+        let orphans: Vec<String> = self
+            .parents
+            .iter()
+            .filter(|(_, parent)| parent.as_str() == request_id)
+            .map(|(child, _)| child.clone())
+            .collect();
+        for child in orphans {
+            tracing::info!(request_id = %child, parent = %request_id, "cancelling a child run whose parent ended");
+            ctx.address().do_send(Cancel { request_id: child });
+        }
+    }
+
+    /// Whether the run is queued, running or paused here.
+    fn holds(&self, request_id: &str) -> bool {
+        self.running.contains_key(request_id)
+            || self.paused.contains(request_id)
+            || self.queue.iter().any(|r| r.request_id == request_id)
     }
 
     /// Ends a run waiting at its approval step as cancelled: the trace shows the step failed,
@@ -185,7 +234,12 @@ impl InvokeActor {
     }
 
     fn slots_in_use(&self) -> usize {
-        self.running.len() + self.starting
+        let children = self
+            .running
+            .keys()
+            .filter(|id| self.parents.contains_key(*id))
+            .count();
+        self.running.len() - children + self.starting
     }
 
     fn reporting(&self) -> Reporting {
@@ -198,6 +252,9 @@ impl InvokeActor {
     fn start_run(&mut self, run: AdmittedRun, ctx: &mut Context<Self>) {
         let env = self.env.clone().expect("environment built in started()");
         let request_id = run.request_id.clone();
+        if let Some(parent) = &run.prepared.parent_request_id {
+            self.parents.insert(request_id.clone(), parent.clone());
+        }
         let actor = RunActor::new(
             run,
             env,
@@ -209,8 +266,30 @@ impl InvokeActor {
         self.running.insert(request_id, actor);
     }
 
-    /// Fills free slots from the queue, oldest first.
+    /// Fills free slots from the queue, oldest first. Child runs (queued only when
+    /// recovered after a restart) start at once without a slot: their parents, which hold
+    /// the slots, wait for them.
     fn start_queued(&mut self, ctx: &mut Context<Self>) {
+        if self
+            .queue
+            .iter()
+            .any(|r| r.prepared.parent_request_id.is_some())
+        {
+            let (children, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|r| r.prepared.parent_request_id.is_some());
+            self.queue = rest;
+            for mut run in children {
+                if run.resume.is_none() {
+                    run.started_at = ids::now_ms();
+                }
+                self.store.write_detached(MarkRunning {
+                    request_id: run.request_id.clone(),
+                    started_at: run.started_at,
+                });
+                self.start_run(run, ctx);
+            }
+        }
         while !self.draining && self.slots_in_use() < self.config.file.runs.max_concurrent {
             let Some(mut run) = self.queue.pop_front() else {
                 break;
@@ -270,7 +349,16 @@ impl Actor for InvokeActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.env = Some(Rc::new(workflow_environment(&self.config)));
+        let children = ActorChildren {
+            store: self.store.clone(),
+            deployments: self.deployments.clone(),
+            start: ctx.address().recipient(),
+            watch: ctx.address().recipient(),
+        };
+        self.env = Some(Rc::new(workflow_environment(
+            &self.config,
+            Rc::new(children),
+        )));
         if !self.queue.is_empty() {
             tracing::info!(
                 runs = self.queue.len(),
@@ -291,7 +379,10 @@ impl Actor for InvokeActor {
 }
 
 /// The engine's view of the configuration: HTTP client, providers, command policy.
-fn workflow_environment(config: &Config) -> workflow::Environment {
+fn workflow_environment(
+    config: &Config,
+    children: Rc<dyn workflow::ChildRuns>,
+) -> workflow::Environment {
     let providers = config
         .file
         .providers
@@ -321,6 +412,7 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
         providers,
         allow_command_steps: config.file.security.allow_command_steps,
         deltas: workflow::DeltaSink::default(),
+        children: Some(children),
     }
 }
 
@@ -359,6 +451,7 @@ impl Handler<Admit> for InvokeActor {
             created_at: now,
             started_at: (status == RunStatus::Running).then_some(now),
             rerun_of: msg.rerun.as_ref().map(|r| r.of.clone()),
+            parent_request_id: run.parent_request_id.clone(),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -443,6 +536,7 @@ impl Handler<RunEnded> for InvokeActor {
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
         self.cancelling.remove(&msg.request_id);
+        self.run_gone(&msg.request_id, ctx);
         self.start_queued(ctx);
         self.notify_if_idle();
     }
@@ -457,7 +551,12 @@ impl Handler<RunPaused> for InvokeActor {
         self.paused.insert(msg.run, msg.waiting);
         if self.cancelling.remove(&request_id) {
             if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
-                ctx.spawn(cancelled.into_actor(self));
+                let id = request_id.clone();
+                ctx.spawn(
+                    cancelled
+                        .into_actor(self)
+                        .map(move |(), act, ctx| act.run_gone(&id, ctx)),
+                );
             }
         } else {
             self.arm_timeout(&request_id, ctx);
@@ -505,13 +604,11 @@ impl Handler<Cancel> for InvokeActor {
             return Box::pin(fut::ready(true));
         }
         if let Some(cancelled) = self.cancel_paused(&msg.request_id, ctx) {
-            return Box::pin(
-                async move {
-                    cancelled.await;
-                    true
-                }
-                .into_actor(self),
-            );
+            let request_id = msg.request_id;
+            return Box::pin(cancelled.into_actor(self).map(move |(), act, ctx| {
+                act.run_gone(&request_id, ctx);
+                true
+            }));
         }
         let Some(pos) = self
             .queue
@@ -522,13 +619,85 @@ impl Handler<Cancel> for InvokeActor {
         };
         let run = self.queue.remove(pos).expect("position is in range");
         let reporting = self.reporting();
+        let request_id = msg.request_id;
+        Box::pin(
+            async move { finish(&reporting, run, Ending::Cancelled).await }
+                .into_actor(self)
+                .map(move |(), act, ctx| {
+                    act.run_gone(&request_id, ctx);
+                    true
+                }),
+        )
+    }
+}
+
+impl Handler<StartChild> for InvokeActor {
+    type Result = ResponseActFuture<Self, Result<String, StoreError>>;
+
+    fn handle(&mut self, msg: StartChild, _ctx: &mut Context<Self>) -> Self::Result {
+        let request_id = ids::request_id();
+        let now = ids::now_ms();
+        let run = &msg.run;
+        let row = NewRun {
+            request_id: request_id.clone(),
+            deployment_key: run.deployment.key.clone(),
+            variant: run.variant.clone(),
+            version: run.deployment.version,
+            status: RunStatus::Running,
+            source: run.source,
+            callback_url: None,
+            api_key_id: run.api_key_id.clone(),
+            inputs_json: Value::Object(run.inputs.clone()).to_string(),
+            metadata_json: Value::Object(run.metadata.clone()).to_string(),
+            user: run.user.clone(),
+            created_at: now,
+            started_at: Some(now),
+            rerun_of: None,
+            parent_request_id: run.parent_request_id.clone(),
+        };
+        let mut waiting = msg.waiting;
+        waiting.child_request_id = Some(request_id.clone());
+        let admitted = AdmittedRun {
+            request_id: request_id.clone(),
+            prepared: msg.run,
+            completion: None,
+            started_at: now,
+            resume: None,
+            takeover: None,
+            usage: None,
+        };
+        let store = self.store.clone();
         Box::pin(
             async move {
-                finish(&reporting, run, Ending::Cancelled).await;
-                true
+                store
+                    .write(InsertChildRun {
+                        run: row,
+                        step: waiting,
+                    })
+                    .await
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |stored, act, ctx| {
+                stored?;
+                tracing::info!(request_id = %request_id, parent = ?admitted.prepared.parent_request_id, "child run started");
+                act.start_run(admitted, ctx);
+                Ok(request_id)
+            }),
         )
+    }
+}
+
+impl Handler<WatchRun> for InvokeActor {
+    type Result = MessageResult<WatchRun>;
+
+    fn handle(&mut self, msg: WatchRun, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.holds(&msg.request_id) {
+            self.watchers.entry(msg.request_id).or_default().push(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        MessageResult(rx)
     }
 }
 

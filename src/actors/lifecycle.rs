@@ -32,6 +32,8 @@ pub struct PreparedRun {
     pub callback_url: Option<String>,
     pub source: RunSource,
     pub api_key_id: Option<String>,
+    /// The run whose `workflow` step started this one (a child run, SPEC §10).
+    pub parent_request_id: Option<String>,
 }
 
 /// A run admitted and waiting for its slot, or running.
@@ -110,6 +112,7 @@ pub(super) fn cancelled_approval_step(request_id: &str, waiting: &Waiting) -> St
         parent: None,
         passes: String::new(),
         reason: None,
+        child_request_id: None,
     }
 }
 

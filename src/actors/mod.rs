@@ -3,9 +3,11 @@
 //! `DeliveryActor`s sign and send them.
 //!
 //! Imports go one way: `lifecycle` (the types a run carries between the InvokeActor and its
-//! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `invoke`.
+//! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `children`
+//! (what `workflow` steps ask for, sent to the InvokeActor as messages), then `invoke`.
 
 pub mod approvals;
+pub mod children;
 pub mod delivery;
 pub mod invoke;
 pub mod lifecycle;

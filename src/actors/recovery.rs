@@ -13,7 +13,7 @@ use super::approvals::PausedRun;
 use super::lifecycle::{AdmittedRun, PreparedRun, Waiting};
 use crate::ids;
 use crate::store::{FinishRun, RecordStep, RunStatus, StepRow, Store};
-use crate::workflow::engine::{Approval, ApprovalAnswer, DoneStep, Resume, StepStatus};
+use crate::workflow::engine::{Approval, ApprovalAnswer, ChildLink, DoneStep, Resume, StepStatus};
 use crate::workflow::{Definition, OnError, StepDef, StepKind};
 
 /// What a previous process left unfinished, found at start.
@@ -44,6 +44,18 @@ fn record_interrupted_step(
         return;
     }
     let index = index as i64;
+    // A `workflow` step whose child was stored was not cut off: it waits for that child
+    // again (the child resumes too), and its end line replaces the `waiting` one.
+    if matches!(step.kind, StepKind::Workflow { .. })
+        && rows.iter().any(|r| {
+            r.step_index == index
+                && r.passes.is_empty()
+                && r.status == StepStatus::Waiting
+                && r.child_request_id.is_some()
+        })
+    {
+        return;
+    }
     // It started when the step before it ended (or when the run started).
     let started_at = rows
         .iter()
@@ -73,6 +85,7 @@ fn record_interrupted_step(
         parent: None,
         passes: String::new(),
         reason: None,
+        child_request_id: None,
     }));
 }
 
@@ -156,6 +169,7 @@ pub fn recover(
                 callback_url: run.callback_url,
                 source: run.source,
                 api_key_id: run.api_key_id,
+                parent_request_id: run.parent_request_id,
             },
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),
@@ -355,6 +369,29 @@ fn trace_point(def: &Definition, rows: &[StepRow], answers: &[(String, String)])
         }
         break;
     }
+    // Inside the first unfinished top-level step (or that step itself): the children that
+    // `workflow` steps had stored and not seen end; those steps wait for them again.
+    if let Some(open) = point.open {
+        for (index, walked) in walk.iter().enumerate() {
+            if walked.top != open || !matches!(walked.step.kind, StepKind::Workflow { .. }) {
+                continue;
+            }
+            for ((at, passes), row) in &latest {
+                if *at != index as i64 || row.step_id != walked.step.id {
+                    continue;
+                }
+                if let (StepStatus::Waiting, Some(child)) = (row.status, &row.child_request_id) {
+                    point.resume.children.insert(
+                        (row.step_id.clone(), (*passes).to_owned()),
+                        ChildLink {
+                            request_id: child.clone(),
+                            since_ms: row.started_at,
+                        },
+                    );
+                }
+            }
+        }
+    }
     // Inside the first unfinished top-level step: the nested steps that ended, by pass.
     if let Some(open) = point.open {
         let mut nested: Vec<(usize, &StepRow, &StepDef)> = Vec::new();
@@ -442,6 +479,7 @@ template = "x"
             parent: None,
             passes: String::new(),
             reason: None,
+            child_request_id: None,
         }
     }
 
@@ -615,5 +653,52 @@ template = "x"
             ]
         );
         assert_eq!(top_index(&def, 2), Some(4));
+    }
+
+    #[test]
+    fn a_workflow_step_waiting_on_its_child_re_attaches() {
+        let mut def = Definition::from_toml_str(
+            "key = \"w\"\n[[steps]]\nid = \"a\"\ntype = \"template\"\ntemplate = \"x\"\n[[steps]]\nid = \"each\"\ntype = \"loop\"\nfor_each = \"[1, 2]\"\n[[steps.steps]]\nid = \"sub\"\ntype = \"workflow\"\ndeployment = \"other\"\n",
+        )
+        .unwrap();
+        def.validate(&crate::workflow::ValidateOptions {
+            allow_command_steps: false,
+            providers: &[],
+        })
+        .unwrap();
+        let sub = |passes: &str, status, at, child: &str| StepRow {
+            parent: Some("each".into()),
+            passes: passes.into(),
+            step_type: "workflow".into(),
+            reason: (status == StepStatus::Waiting).then(|| "child_run".to_owned()),
+            child_request_id: Some(child.into()),
+            ..row(2, "sub", status, at, Some("\"out\""))
+        };
+        let rows = vec![
+            row(0, "a", StepStatus::Completed, 10, Some("\"A\"")),
+            sub("0", StepStatus::Completed, 20, "req_c0"),
+            sub("1", StepStatus::Waiting, 30, "req_c1"),
+        ];
+        let point = trace_point(&def, &rows, &[]);
+        assert_eq!(point.open, Some(1));
+        assert_eq!(point.waiting, None, "a child run is not an approval");
+        assert_eq!(
+            point.resume.children,
+            HashMap::from([(
+                ("sub".to_owned(), "1".to_owned()),
+                ChildLink {
+                    request_id: "req_c1".into(),
+                    since_ms: 30,
+                }
+            )]),
+            "only the pass whose child had not ended"
+        );
+        let done: Vec<_> = point
+            .resume
+            .done
+            .iter()
+            .map(|d| (d.step_id.as_str(), d.passes.as_str()))
+            .collect();
+        assert_eq!(done, [("a", ""), ("sub", "0")]);
     }
 }

@@ -153,7 +153,8 @@ impl RunActor {
     }
 }
 
-fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
+/// The stored form of a trace line.
+pub(super) fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
     StepRow {
         request_id: request_id.to_string(),
         step_index: rec.index as i64,
@@ -169,6 +170,7 @@ fn step_row(request_id: &str, rec: &StepRecord) -> StepRow {
         parent: rec.parent.clone(),
         passes: rec.passes_key(),
         reason: rec.reason.clone(),
+        child_request_id: rec.child_request_id.clone(),
     }
 }
 

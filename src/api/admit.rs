@@ -48,6 +48,7 @@ pub fn prepare(
         callback_url: req.callback_url,
         source,
         api_key_id,
+        parent_request_id: None,
     })
 }
 

@@ -98,10 +98,12 @@ pub enum StepType {
     Approval,
     Branch,
     Loop,
+    /// Starts a child run: `deployment`, optional `variant` and `inputs`.
+    Workflow,
 }
 
 /// One step; its other fields depend on its `type` (SPEC §7, §10: `branch` and `loop` hold
-/// nested `steps` of the same shape).
+/// nested `steps` of the same shape; `workflow` starts a child run of `deployment`).
 #[derive(Deserialize, ToSchema)]
 pub struct StepDoc {
     /// Unique in the workflow; later steps refer to its output by it.
@@ -199,6 +201,8 @@ pub enum SourceFilter {
     Webhook,
     Cli,
     Ui,
+    /// Child runs started by `workflow` steps.
+    Workflow,
 }
 
 /// `timeout_ms` as the definition parser reads it: any `u64` but 0. Stated by hand because

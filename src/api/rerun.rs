@@ -242,6 +242,8 @@ fn plan(
             callback_url,
             source,
             api_key_id: Some(api_key_id),
+            // A rerun stands on its own, even when the earlier run was a child.
+            parent_request_id: None,
         },
         Rerun {
             of: earlier.request_id.clone(),

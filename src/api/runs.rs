@@ -189,7 +189,7 @@ async fn list(
                 let Some(source) = RunSource::parse(&value) else {
                     return Err(ApiError::field(
                         "source",
-                        "source must be one of api, webhook, cli, ui",
+                        "source must be one of api, webhook, cli, ui, workflow",
                     ));
                 };
                 filter.source = Some(source);

@@ -98,8 +98,10 @@ pub struct RunSummary {
     pub deployment: String,
     pub variant: String,
     pub version: i64,
-    /// `api`, `webhook`, `cli` or `ui`.
+    /// `api`, `webhook`, `cli`, `ui` or `workflow` (a child run).
     pub source: String,
+    /// The run whose `workflow` step started this one; null for other runs.
+    pub parent_request_id: Option<String>,
     /// `direct` or `callback`.
     pub delivery: String,
     #[serde(rename = "async")]
@@ -137,6 +139,7 @@ impl RunSummary {
             variant: run.variant.clone(),
             version: run.version,
             source: run.source.to_string(),
+            parent_request_id: run.parent_request_id.clone(),
             delivery: run.delivery.to_string(),
             is_async: run.callback_url.is_some(),
             callback_url: run.callback_url.clone(),
@@ -192,9 +195,12 @@ pub struct Step {
     /// Every enclosing loop's pass, outermost first, joined with `.` (`2.0`); null outside
     /// loops.
     pub passes: Option<String>,
-    /// Why a `waiting` step waits (`approval`); for a `reused` line, how the step had ended
-    /// in the earlier run (`completed`, `skipped`, `failed`); null otherwise.
+    /// Why a `waiting` step waits (`approval`, or `child_run` for a `workflow` step whose
+    /// child runs); for a `reused` line, how the step had ended in the earlier run
+    /// (`completed`, `skipped`, `failed`); null otherwise.
     pub reason: Option<String>,
+    /// The child run a `workflow` step started; null for other steps.
+    pub child_request_id: Option<String>,
 }
 
 impl Step {
@@ -214,6 +220,7 @@ impl Step {
             pass: step.pass(),
             passes: (!step.passes.is_empty()).then(|| step.passes.clone()),
             reason: step.reason.clone(),
+            child_request_id: step.child_request_id.clone(),
         }
     }
 }
@@ -270,7 +277,10 @@ pub struct RunDetail {
     pub deployment: String,
     pub variant: String,
     pub version: i64,
+    /// `api`, `webhook`, `cli`, `ui` or `workflow` (a child run).
     pub source: String,
+    /// The run whose `workflow` step started this one; null for other runs.
+    pub parent_request_id: Option<String>,
     pub delivery: String,
     #[schema(value_type = Object)]
     pub inputs: Value,
@@ -311,6 +321,7 @@ impl RunDetail {
             variant: run.variant.clone(),
             version: run.version,
             source: run.source.to_string(),
+            parent_request_id: run.parent_request_id.clone(),
             delivery: run.delivery.to_string(),
             inputs: parse_obj(&run.inputs_json),
             metadata: parse_obj(&run.metadata_json),

@@ -269,7 +269,7 @@ pub struct RunsListArgs {
     /// callback or direct
     #[arg(long)]
     pub delivery: Option<String>,
-    /// api, webhook, cli or ui
+    /// api, webhook, cli, ui or workflow
     #[arg(long)]
     pub source: Option<String>,
     /// Metadata filter: KEY (exists) or KEY=VALUE; repeatable

@@ -35,6 +35,14 @@ pub struct InsertRerun {
     pub reused: Vec<StepRow>,
 }
 
+/// Stores a child run (SPEC §10) with its parent's `waiting` trace line, which names it,
+/// in one transaction.
+#[derive(Debug, Clone)]
+pub struct InsertChildRun {
+    pub run: NewRun,
+    pub step: StepRow,
+}
+
 /// A queued run takes its slot. Answers false when the run is missing or already ended.
 #[derive(Debug, Clone)]
 pub struct MarkRunning {
@@ -156,6 +164,7 @@ pub struct SaveIdempotent {
 outputs! {
     InsertRun => (),
     InsertRerun => (),
+    InsertChildRun => (),
     MarkRunning => bool,
     RecordStep => (),
     AnswerApproval => bool,

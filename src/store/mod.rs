@@ -218,6 +218,25 @@ impl Store {
         .await
     }
 
+    /// A run without its trace.
+    pub async fn run(&self, request_id: String) -> StoreResult<Option<RunRecord>> {
+        self.read(move |conn| runs::get_run(conn, &request_id))
+            .await
+    }
+
+    /// How deep a run is in its lineage of `workflow` steps: 1 for a run without a parent,
+    /// counted up to `cap`.
+    pub async fn run_depth(&self, request_id: String, cap: u32) -> StoreResult<u32> {
+        self.read(move |conn| runs::depth(conn, &request_id, cap))
+            .await
+    }
+
+    /// The children of a run still `queued` or `running`.
+    pub async fn live_children(&self, request_id: String) -> StoreResult<Vec<String>> {
+        self.read(move |conn| runs::live_children(conn, &request_id))
+            .await
+    }
+
     /// A run's event (if it has one yet) and every attempt to deliver it, oldest first.
     pub async fn delivery_of_run(
         &self,

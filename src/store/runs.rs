@@ -23,6 +23,8 @@ pub struct NewRun {
     pub started_at: Option<i64>,
     /// The run this one reruns (`POST /v1/runs/{id}/rerun`).
     pub rerun_of: Option<String>,
+    /// The run whose `workflow` step started this one (source `workflow`).
+    pub parent_request_id: Option<String>,
 }
 
 /// The terminal state of a run.
@@ -57,8 +59,10 @@ pub struct StepRow {
     pub parent: Option<String>,
     /// The enclosing loops' passes, outermost first, joined with `.`; empty outside loops.
     pub passes: String,
-    /// Why a `waiting` step waits (`approval`).
+    /// Why a `waiting` step waits (`approval`, `child_run`).
     pub reason: Option<String>,
+    /// The child run a `workflow` step started.
+    pub child_request_id: Option<String>,
 }
 
 impl StepRow {
@@ -108,16 +112,18 @@ pub struct RunRecord {
     /// The summed token usage (JSON), set when the run ended.
     pub usage_json: Option<String>,
     pub rerun_of: Option<String>,
+    /// The run whose `workflow` step started this one.
+    pub parent_request_id: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
                            callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
-                           rerun_of)
+                           rerun_of, parent_request_id)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
                  :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
-                 :rerun_of)",
+                 :rerun_of, :parent_request_id)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -135,6 +141,7 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":created_at": run.created_at,
         ":started_at": run.started_at,
         ":rerun_of": run.rerun_of,
+        ":parent_request_id": run.parent_request_id,
     })?;
     Ok(())
 }
@@ -168,8 +175,9 @@ pub(super) fn mark_running(
 pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO run_steps (request_id, step_index, step_id, step_type, status,
-             started_at, duration_ms, output, error, attempts, usage, parent, passes, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             started_at, duration_ms, output, error, attempts, usage, parent, passes, reason,
+             child_request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     stmt.execute(rusqlite::params![
         step.request_id,
@@ -186,8 +194,53 @@ pub(super) fn record_step(conn: &Connection, step: &StepRow) -> rusqlite::Result
         step.parent,
         step.passes,
         step.reason,
+        step.child_request_id,
     ])?;
     Ok(())
+}
+
+/// Stores a child run and its parent's `waiting` trace line naming it, in one transaction:
+/// after a crash either both exist (the parent re-attaches to the child) or neither does
+/// (the parent starts the child again).
+pub(super) fn insert_child(
+    conn: &Connection,
+    run: &NewRun,
+    step: &StepRow,
+) -> rusqlite::Result<()> {
+    insert(conn, run)?;
+    record_step(conn, step)
+}
+
+/// How many runs up a run's lineage goes: 1 for a run without a parent, 2 for its child, …
+/// Counts at most `cap` levels, so a broken chain cannot loop.
+pub(super) fn depth(conn: &Connection, request_id: &str, cap: u32) -> rusqlite::Result<u32> {
+    let mut stmt =
+        conn.prepare_cached("SELECT parent_request_id FROM runs WHERE request_id = ?1")?;
+    let mut depth = 1;
+    let mut current = request_id.to_owned();
+    while depth < cap {
+        let parent: Option<String> = stmt
+            .query_row([&current], |row| row.get(0))
+            .optional()?
+            .flatten();
+        match parent {
+            Some(p) => {
+                depth += 1;
+                current = p;
+            }
+            None => break,
+        }
+    }
+    Ok(depth)
+}
+
+/// The live (`queued` or `running`) children of a run.
+pub(super) fn live_children(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT request_id FROM runs WHERE parent_request_id = ?1 AND status IN ('queued', 'running')",
+    )?;
+    let rows = stmt.query_map([request_id], |row| row.get(0))?;
+    rows.collect()
 }
 
 /// Stores the answer to an approval step, only while the run is `running` with that step
@@ -262,7 +315,7 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms, usage, rerun_of";
+    ended_at, duration_ms, usage, rerun_of, parent_request_id";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -286,6 +339,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         duration_ms: row.get(17)?,
         usage_json: row.get(18)?,
         rerun_of: row.get(19)?,
+        parent_request_id: row.get(20)?,
     })
 }
 
@@ -299,7 +353,7 @@ pub(super) fn get_run(conn: &Connection, request_id: &str) -> rusqlite::Result<O
 pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, step_index, step_id, step_type, status, started_at, duration_ms,
-                output, error, attempts, usage, parent, passes, reason
+                output, error, attempts, usage, parent, passes, reason, child_request_id
          FROM run_steps WHERE request_id = ?1 ORDER BY step_index, passes, started_at",
     )?;
     let rows = stmt.query_map([request_id], |row| {
@@ -318,6 +372,7 @@ pub(super) fn get_steps(conn: &Connection, request_id: &str) -> rusqlite::Result
             parent: row.get(11)?,
             passes: row.get(12)?,
             reason: row.get(13)?,
+            child_request_id: row.get(14)?,
         })
     })?;
     let mut steps = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -495,8 +550,8 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(20)?,
-            attempts: row.get(21)?,
+            delivery_state: row.get(21)?,
+            attempts: row.get(22)?,
         })
     })?;
     rows.collect()

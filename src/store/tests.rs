@@ -37,6 +37,7 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         created_at,
         started_at: None,
         rerun_of: None,
+        parent_request_id: None,
     }
 }
 
@@ -109,6 +110,7 @@ fn step(request_id: &str, index: i64, id: &str, status: StepStatus, at: i64) -> 
         parent: None,
         passes: String::new(),
         reason: None,
+        child_request_id: None,
     }
 }
 

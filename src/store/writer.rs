@@ -348,6 +348,7 @@ macro_rules! apply {
 apply! {
     InsertRun, several: false, |c, conn| runs::insert(conn, &c.0);
     InsertRerun, several: true, |c, conn| runs::insert_rerun(conn, &c.run, &c.reused);
+    InsertChildRun, several: true, |c, conn| runs::insert_child(conn, &c.run, &c.step);
     MarkRunning, several: false, |c, conn| runs::mark_running(conn, &c.request_id, c.started_at);
     RecordStep, several: false, |c, conn| runs::record_step(conn, &c.0);
     AnswerApproval, several: true, |c, conn| {

@@ -356,7 +356,7 @@
       select('filter-delivery', 'Delivery',
         [['', 'All'], ['callback', 'Async (callback)'], ['direct', 'Direct']], params.get('delivery') || ''),
       select('filter-source', 'Source',
-        [['', 'All'], ...['api', 'webhook', 'cli', 'ui'].map((s) => [s, s])], params.get('source') || ''),
+        [['', 'All'], ...['api', 'webhook', 'cli', 'ui', 'workflow'].map((s) => [s, s])], params.get('source') || ''),
       input('filter-since', 'From', 'datetime-local', params.get('since')),
       input('filter-until', 'To', 'datetime-local', params.get('until')),
       input('filter-meta-key', 'Metadata key', 'text', params.get('meta_key'), 'e.g. customer'),
@@ -526,6 +526,7 @@
         const width = Math.max(0.6, ((endOf(s) - startOf(s)) / span) * 100);
         const details = [];
         if (s.error) details.push(h('div', { class: 'error' }, s.error));
+        if (s.child_request_id) details.push(h('div', { class: 'sub' }, 'Child run ', h('a', { href: `#/runs/${s.child_request_id}`, class: 'mono', testid: 'child-run' }, s.child_request_id)));
         if (s.output !== null && s.output !== undefined) details.push(h('div', { class: 'sub' }, 'Output'), jsonBlock(s.output));
         if (s.usage) details.push(h('div', { class: 'sub' }, 'Usage'), jsonBlock(s.usage));
         details.push(h('div', { class: 'muted small-text' }, s.status === 'reused'
@@ -544,7 +545,8 @@
   }
 
   function approvalBox(run, token, reload) {
-    const waiting = (run.steps || []).filter((s) => s.status === 'waiting');
+    // A `workflow` step waits for its child run, not for a person.
+    const waiting = (run.steps || []).filter((s) => s.status === 'waiting' && s.type === 'approval');
     if (!waiting.length || run.run_status !== 'running') return null;
     return waiting.map((step) => {
       const out = step.output || {};
@@ -720,6 +722,7 @@
         ['Variant', run.variant],
         ['Version', `v${run.version}`],
         ['Source', run.source],
+        run.parent_request_id ? ['Parent run', h('a', { href: `#/runs/${run.parent_request_id}`, class: 'mono' }, run.parent_request_id)] : null,
         ['Delivery', run.delivery],
         ['User', run.user || h('span', { class: 'muted' }, '—')],
         ['Created', timeEl(run.created_at, true)],

@@ -236,6 +236,18 @@ pub enum StepKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         concurrency: Option<u32>,
     },
+    /// Starts a child run of another deployment and waits for its output (SPEC §10).
+    Workflow {
+        /// The deployment key: plain text, not a template, so a self-call is caught at
+        /// deploy time.
+        deployment: String,
+        /// The child's variant; `default` when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        variant: Option<String>,
+        /// The child's inputs: string values are templates, others are passed as they are.
+        #[serde(skip_serializing_if = "Map::is_empty")]
+        inputs: Map<String, Value>,
+    },
 }
 
 /// One case of a `branch` step.
@@ -266,6 +278,7 @@ impl StepKind {
             StepKind::Approval { .. } => "approval",
             StepKind::Branch { .. } => "branch",
             StepKind::Loop { .. } => "loop",
+            StepKind::Workflow { .. } => "workflow",
         }
     }
 

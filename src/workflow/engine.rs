@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::LocalBoxFuture;
@@ -28,13 +29,14 @@ use super::definition::{
     DEFAULT_MAX_ITERATIONS,
 };
 use super::deltas::DeltaSink;
+use super::steps::workflow::ChildRuns;
 use super::steps::{self, StepError, StepOutput, StepResult};
 use super::template;
 use super::trace::passes_key;
 
 // Callers name these through `workflow::engine::…`; they moved to their own modules.
 pub use super::approval::{approval_output, Approval, ApprovalAnswer};
-pub use super::trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use super::trace::{ChildLink, DoneStep, Resume, RunFailure, StepRecord, StepStatus};
 
 /// One OpenAI-compatible endpoint named by prompt steps.
 #[derive(Clone)]
@@ -65,6 +67,9 @@ pub struct Environment {
     pub allow_command_steps: bool,
     /// Where streamed prompt steps publish their text deltas (see [`super::deltas`]).
     pub deltas: DeltaSink,
+    /// Starts and awaits the child runs of `workflow` steps; `None` where there is no run
+    /// machinery (those steps then fail).
+    pub children: Option<Rc<dyn ChildRuns>>,
 }
 
 /// The per-run values in the template scope.
@@ -114,6 +119,8 @@ struct Running {
     started_at_ms: i64,
     started: Instant,
     attempts: u32,
+    /// The child run a `workflow` step started.
+    child_request_id: Option<String>,
 }
 
 /// What every step list of one execution shares: the environment, the trace callback, the
@@ -130,6 +137,8 @@ struct Shared<'a> {
     /// What this run has finished so far, earlier executions included (for a pause).
     done: RefCell<Vec<DoneStep>>,
     approvals: RefCell<HashMap<String, Approval>>,
+    /// Children that `workflow` steps started in earlier executions, not yet seen end.
+    children: RefCell<HashMap<(String, String), ChildLink>>,
 }
 
 impl Shared<'_> {
@@ -160,6 +169,47 @@ impl Shared<'_> {
         }
     }
 
+    fn set_child(&self, token: u64, child: &str) {
+        if let Some(r) = self
+            .running
+            .borrow_mut()
+            .iter_mut()
+            .find(|r| r.token == token)
+        {
+            r.child_request_id = Some(child.to_owned());
+        }
+    }
+
+    fn child_of(&self, token: u64) -> Option<String> {
+        self.running
+            .borrow()
+            .iter()
+            .find(|r| r.token == token)
+            .and_then(|r| r.child_request_id.clone())
+    }
+
+    /// The `waiting` trace line of the step running as `token`.
+    fn waiting_record(&self, token: u64) -> Option<StepRecord> {
+        let running = self.running.borrow();
+        let r = running.iter().find(|r| r.token == token)?;
+        Some(StepRecord {
+            step_id: r.id.clone(),
+            index: r.index,
+            parent: r.parent.clone(),
+            passes: r.passes.clone(),
+            step_type: r.step_type,
+            status: StepStatus::Waiting,
+            started_at_ms: r.started_at_ms,
+            duration_ms: 0,
+            output: None,
+            error: None,
+            attempts: r.attempts,
+            usage: None,
+            reason: Some("child_run".to_owned()),
+            child_request_id: None,
+        })
+    }
+
     fn earlier(&self, step_id: &str, passes: &str) -> Option<&DoneStep> {
         self.earlier.get(&(step_id.to_owned(), passes.to_owned()))
     }
@@ -177,7 +227,11 @@ pub async fn execute(
     env: &Environment,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Execution {
-    let Resume { done, approvals } = std::mem::take(&mut ctx.resume);
+    let Resume {
+        done,
+        approvals,
+        children,
+    } = std::mem::take(&mut ctx.resume);
     let shared = Shared {
         env,
         on_step: RefCell::new(on_step),
@@ -190,6 +244,7 @@ pub async fn execute(
             .collect(),
         done: RefCell::new(done),
         approvals: RefCell::new(approvals),
+        children: RefCell::new(children),
     };
     let flow = match def.timeout_ms {
         None => run_top(def, ctx, &shared).await,
@@ -231,6 +286,7 @@ fn workflow_timed_out(timeout_ms: u64, shared: &Shared<'_>) -> RunFailure {
             attempts: r.attempts,
             usage: None,
             reason: None,
+            child_request_id: r.child_request_id,
         });
     }
     RunFailure {
@@ -397,7 +453,17 @@ fn run_list<'s>(
                 _ => None,
             };
             let waited_since = answer.as_ref().map(|a| a.waiting_since_ms);
-            let started_at_ms = waited_since.unwrap_or_else(unix_ms);
+            // A `workflow` step re-attaching to its child keeps the start of its `waiting`
+            // line too, so its end line replaces it.
+            let attached_since = match step.kind {
+                StepKind::Workflow { .. } => shared
+                    .children
+                    .borrow()
+                    .get(&(step.id.clone(), passes_key.clone()))
+                    .map(|c| c.since_ms),
+                _ => None,
+            };
+            let started_at_ms = waited_since.or(attached_since).unwrap_or_else(unix_ms);
             let token = shared.start_running(Running {
                 token: 0,
                 id: step.id.clone(),
@@ -408,6 +474,7 @@ fn run_list<'s>(
                 started_at_ms,
                 started,
                 attempts: 0,
+                child_request_id: None,
             });
             let record = |status, output, error, attempts, usage| StepRecord {
                 step_id: step.id.clone(),
@@ -417,7 +484,7 @@ fn run_list<'s>(
                 step_type,
                 status,
                 started_at_ms,
-                duration_ms: match waited_since {
+                duration_ms: match waited_since.or(attached_since) {
                     Some(since) => (unix_ms() - since).max(0),
                     None => elapsed_ms(started),
                 },
@@ -426,6 +493,7 @@ fn run_list<'s>(
                 attempts,
                 usage,
                 reason: None,
+                child_request_id: None,
             };
             let done = |status, output: &Value, error: Option<String>| DoneStep {
                 step_id: step.id.clone(),
@@ -504,6 +572,9 @@ fn run_list<'s>(
                                         approvals: std::mem::take(
                                             &mut *shared.approvals.borrow_mut(),
                                         ),
+                                        // Every child started before a top-level step
+                                        // has ended.
+                                        children: HashMap::new(),
                                     },
                                 })));
                             }
@@ -560,7 +631,12 @@ fn run_list<'s>(
                         .map(Outcome::leaf),
                 },
             };
+            let child = shared.child_of(token);
             shared.stop_running(token);
+            let record = |status, output, error, attempts, usage| StepRecord {
+                child_request_id: child.clone(),
+                ..record(status, output, error, attempts, usage)
+            };
 
             match result {
                 Ok(outcome) => {
@@ -882,7 +958,48 @@ async fn run_with_retries(
     loop {
         attempts += 1;
         shared.set_attempts(token, attempts);
-        match run_once(&step.kind, &step.id, env, scope, jinja_scope).await {
+        let outcome = match &step.kind {
+            StepKind::Workflow {
+                deployment,
+                variant,
+                inputs,
+            } => {
+                let key = (step.id.clone(), passes_key(&running_passes(shared, token)));
+                // Only the first attempt of this execution re-attaches: a retry after a
+                // failed child starts a new one.
+                let attach = shared
+                    .children
+                    .borrow_mut()
+                    .remove(&key)
+                    .map(|c| c.request_id);
+                let waiting = shared
+                    .waiting_record(token)
+                    .expect("a running step has its entry");
+                let parent = scope
+                    .get("run")
+                    .and_then(|r| r.get("request_id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let step_fields = steps::workflow::WorkflowStep {
+                    deployment,
+                    variant: variant.as_deref(),
+                    inputs,
+                };
+                steps::workflow::run(
+                    env.children.as_ref(),
+                    step_fields,
+                    jinja_scope,
+                    attach,
+                    waiting,
+                    &parent,
+                    &mut |child| shared.set_child(token, child),
+                )
+                .await
+            }
+            _ => run_once(&step.kind, &step.id, env, scope, jinja_scope).await,
+        };
+        match outcome {
             Ok(out) => return Ok((out, attempts)),
             Err(e) if attempts > step.retries => return Err((e, attempts)),
             Err(e) if !e.retryable => {
@@ -897,6 +1014,17 @@ async fn run_with_retries(
             }
         }
     }
+}
+
+/// The loop passes of the step running as `token`.
+fn running_passes(shared: &Shared<'_>, token: u64) -> Vec<u32> {
+    shared
+        .running
+        .borrow()
+        .iter()
+        .find(|r| r.token == token)
+        .map(|r| r.passes.clone())
+        .unwrap_or_default()
 }
 
 /// Backoff before another attempt; only steps that talk to something outside wait. A
@@ -995,8 +1123,11 @@ async fn run_once(
             steps::command::run(step, jinja_scope, &scope_json).await
         }
         StepKind::Delay { ms } => steps::delay::run(*ms).await,
-        // `run_list` answers approval steps and runs branches and loops itself; kept so
-        // the match stays exhaustive.
+        // `run_list` answers approval steps and runs branches and loops itself, and
+        // `run_with_retries` starts child runs; kept so the match stays exhaustive.
+        StepKind::Workflow { .. } => Err(StepError::permanent(
+            "workflow steps need their run's context to start a child run",
+        )),
         StepKind::Approval { .. } => {
             Err(StepError::permanent("approval steps are answered, not run"))
         }
@@ -1068,6 +1199,7 @@ mod tests {
             providers,
             allow_command_steps: true,
             deltas: DeltaSink::default(),
+            children: None,
         }
     }
 
@@ -1665,6 +1797,7 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
                 done("b", StepStatus::Failed, Value::Null),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
         let Execution::Finished(Ok(out)) = execution else {
@@ -1682,6 +1815,7 @@ template = "{{ a.output }}|{{ b.output }}|{{ b.status }}"
                 done("c", StepStatus::Completed, json!("old c")),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (execution, records) = execute_with(&def, context(json!({}), resume), &env).await;
         let Execution::Finished(Ok(out)) = execution else {
@@ -1922,6 +2056,7 @@ mod nesting_tests {
             providers: HashMap::new(),
             allow_command_steps: true,
             deltas: DeltaSink::default(),
+            children: None,
         }
     }
 
@@ -2215,6 +2350,7 @@ template = "{{ outer.status }}"
                 done("shout", "2", json!("OLD 2 (stale: greet 2 never ended)")),
             ],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         let (out, records) = run_resumed(&def, json!({"names": ["a", "b", "c"]}), resume).await;
         assert_eq!(
@@ -2240,6 +2376,7 @@ template = "{{ outer.status }}"
                 error: None,
             }],
             approvals: HashMap::new(),
+            children: HashMap::new(),
         };
         // n = 20 would take case 0 now; the run continues in case 1, which it had taken.
         let (out, records) = run_resumed(&def, json!({"n": 20}), resume).await;

@@ -31,6 +31,7 @@ pub use definition::{
 pub use deltas::{Delta, DeltaSink};
 pub use engine::{execute, Environment, Execution, Pause, ProviderConfig, RunContext};
 pub use inputs::{check_inputs, InputError};
+pub use steps::workflow::{ChildEnd, ChildRuns, ChildStart};
 pub use template::TemplateError;
-pub use trace::{DoneStep, Resume, RunFailure, StepRecord, StepStatus};
+pub use trace::{ChildLink, DoneStep, Resume, RunFailure, StepRecord, StepStatus};
 pub use validate::ValidateOptions;

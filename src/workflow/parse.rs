@@ -428,11 +428,33 @@ fn parse_step(at: Option<String>, value: Value) -> Result<StepDef, DefinitionErr
                 ],
             )
         }
+        "workflow" => {
+            let deployment: String = f.req("deployment")?;
+            let variant = f.opt("variant")?;
+            let inputs = match f.map.remove("inputs") {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(map)) => map,
+                Some(other) => {
+                    return Err(f.err(
+                        "inputs",
+                        format!("must be a table, got {}", InputType::name_of(&other)),
+                    ))
+                }
+            };
+            (
+                StepKind::Workflow {
+                    deployment,
+                    variant,
+                    inputs,
+                },
+                &["deployment", "variant", "inputs"],
+            )
+        }
         other => {
             return Err(f.err(
                 "type",
                 format!(
-                    "unknown step type {other:?} (expected template, http, prompt, command, delay, approval, branch or loop)"
+                    "unknown step type {other:?} (expected template, http, prompt, command, delay, approval, branch, loop or workflow)"
                 ),
             ))
         }

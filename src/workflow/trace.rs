@@ -37,8 +37,11 @@ pub struct StepRecord {
     pub attempts: u32,
     /// Token usage of a prompt step, as the provider reported it.
     pub usage: Option<Value>,
-    /// Why a `waiting` step waits (`approval`).
+    /// Why a `waiting` step waits (`approval`, or `child_run` for a `workflow` step whose
+    /// child runs).
     pub reason: Option<String>,
+    /// The child run a `workflow` step started.
+    pub child_request_id: Option<String>,
 }
 
 impl StepRecord {
@@ -105,12 +108,24 @@ pub struct Resume {
     pub done: Vec<DoneStep>,
     /// Answers to approval steps, by step id.
     pub approvals: HashMap<String, Approval>,
+    /// Child runs that `workflow` steps started and had not seen end, by step id and loop
+    /// passes: the step waits for that child again instead of starting another.
+    pub children: HashMap<(String, String), ChildLink>,
 }
 
 impl Resume {
     pub fn is_empty(&self) -> bool {
-        self.done.is_empty() && self.approvals.is_empty()
+        self.done.is_empty() && self.approvals.is_empty() && self.children.is_empty()
     }
+}
+
+/// A child run a `workflow` step started, as its `waiting` trace line records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildLink {
+    pub request_id: String,
+    /// When the step started (Unix ms): the step's end line keeps it, so it replaces the
+    /// `waiting` line.
+    pub since_ms: i64,
 }
 
 /// A step an earlier execution finished: completed, skipped, or failed with

@@ -83,6 +83,7 @@ impl Definition {
             ));
         }
         let mut walk = Walk {
+            key: &self.key,
             opts,
             input_names: &input_names,
             ids: HashMap::new(),
@@ -187,6 +188,8 @@ fn is_header_name(name: &str) -> bool {
 
 /// The walk over every step list, nested ones included.
 struct Walk<'a> {
+    /// The workflow's own key: a `workflow` step naming it would call itself forever.
+    key: &'a str,
     opts: &'a ValidateOptions<'a>,
     input_names: &'a HashSet<String>,
     /// Every step id seen so far, with where it is (`steps[2].cases[0].steps[1]`).
@@ -249,6 +252,17 @@ impl Walk<'_> {
                 ));
             }
             validate_step(step, self.opts, &prefix)?;
+            if let StepKind::Workflow { deployment, .. } = &step.kind {
+                if deployment == self.key {
+                    return Err(DefinitionError::step(
+                        &step.id,
+                        &format!("{prefix}deployment"),
+                        format!(
+                            "a workflow step cannot start its own deployment {deployment:?} (it would call itself without end)"
+                        ),
+                    ));
+                }
+            }
             if let StepKind::Loop {
                 for_each: Some(_),
                 as_name,
@@ -418,6 +432,35 @@ fn validate_step(
             positive("timeout_ms", *timeout_ms)?;
         }
         StepKind::Delay { .. } => {}
+        StepKind::Workflow {
+            deployment,
+            variant,
+            inputs,
+        } => {
+            if !valid_key(deployment) {
+                return Err(err(
+                    "deployment",
+                    format!(
+                        "invalid deployment key {deployment:?}: use 1-64 characters a-z, 0-9, '_' or '-', starting with a letter or digit"
+                    ),
+                ));
+            }
+            if let Some(v) = variant {
+                if !valid_variant_name(v) {
+                    return Err(err(
+                        "variant",
+                        format!(
+                            "invalid variant name {v:?}: use 1-64 characters A-Z, a-z, 0-9, '_' or '-'"
+                        ),
+                    ));
+                }
+            }
+            for (name, value) in inputs.iter() {
+                if let Value::String(src) = value {
+                    check(&format!("inputs.{name}"), src)?;
+                }
+            }
+        }
         StepKind::Branch { cases, default } => {
             if step.retries > 0 {
                 return Err(err(

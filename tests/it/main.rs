@@ -7,6 +7,7 @@ mod support;
 mod approval;
 mod backlog;
 mod bad_input;
+mod child_runs;
 mod cli;
 mod cli_webhooks;
 mod config;

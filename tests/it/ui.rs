@@ -331,3 +331,49 @@ template = "{{ b.output }}C"
         .collect();
     assert_eq!(statuses, ["reused", "reused", "completed"], "{run:#}");
 }
+
+#[test]
+fn browser_links_a_workflow_step_and_its_child_run() {
+    let gate = Gate::new();
+    let api = {
+        let gate = gate.clone();
+        StubServer::threaded(move |_, _| {
+            gate.wait();
+            StubReply::json(200, &json!({"v": "done"}))
+        })
+    };
+    let app = TestApp::start();
+    app.deploy_ok(
+        "slow",
+        &format!(
+            "key = \"slow\"\n[[steps]]\nid = \"wait\"\ntype = \"http\"\nurl = \"{}/work\"\n",
+            api.url()
+        ),
+    );
+    app.deploy_ok(
+        "caller",
+        "key = \"caller\"\n[[steps]]\nid = \"sub\"\ntype = \"workflow\"\ndeployment = \"slow\"\n",
+    );
+    let r = app.invoke(&json!({
+        "deployment": "caller",
+        "async": {"enabled": true, "callback_url": "http://127.0.0.1:9/hook"},
+    }));
+    r.expect_status(202);
+    let parent = r.json()["request_id"].as_str().unwrap().to_string();
+    api.wait_for_requests(1);
+    let child = wait_for("the parent to wait on its child", || {
+        let run = app.admin_get(&format!("/v1/runs/{parent}")).json();
+        let steps = run["steps"].as_array().cloned().unwrap_or_default();
+        steps
+            .iter()
+            .find(|s| s["id"] == "sub" && s["status"] == "waiting")
+            .and_then(|s| s["child_request_id"].as_str().map(str::to_owned))
+    });
+
+    run_browser(
+        &app,
+        "ui_child.py",
+        &[("PARENT_ID", &parent), ("CHILD_ID", &child)],
+    );
+    gate.open();
+}

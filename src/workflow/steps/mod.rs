@@ -16,6 +16,7 @@ pub(crate) mod delay;
 pub(crate) mod http;
 pub(crate) mod prompt;
 pub(crate) mod template;
+pub mod workflow;
 
 use std::fmt;
 use std::time::Duration;
@@ -43,7 +44,7 @@ impl StepOutput {
 
 /// Why one attempt of a step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StepError {
+pub struct StepError {
     /// One line, shown in the step trace and in the run's error message.
     pub message: String,
     /// Whether another attempt could succeed (see the module comment for the rule).
