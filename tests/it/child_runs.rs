@@ -685,3 +685,62 @@ fn a_retry_after_a_failed_child_starts_a_new_child() {
     assert_eq!(sub[0]["attempts"], 2, "{d}");
     assert_eq!(sub[0]["child_request_id"], second["request_id"], "{d}");
 }
+
+/// A rerun from the step after a `workflow` step takes the child's output over: no second
+/// child run starts, and the reused line still names the first child.
+#[test]
+fn a_rerun_after_a_workflow_step_reuses_its_child() {
+    let app = TestApp::start();
+    app.deploy_ok("greet", GREET);
+    app.deploy_ok(
+        "wrapped",
+        r#"
+key = "wrapped"
+
+[[steps]]
+id = "call"
+type = "workflow"
+deployment = "greet"
+inputs = { name = "Ada", n = 1 }
+
+[[steps]]
+id = "shout"
+type = "template"
+template = "{{ call.output | upper }}"
+"#,
+    );
+    let r = app.invoke(&json!({"deployment": "wrapped"}));
+    r.expect_status(200);
+    assert_eq!(r.json()["output"], "HELLO, ADA X1");
+    let first = request_id(&r.json());
+    let children = |app: &TestApp| {
+        app.admin_get("/v1/runs?source=workflow").json()["runs"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+    };
+    assert_eq!(children(&app), 1);
+    let child = detail(&app, &first)["steps"][0]["child_request_id"].clone();
+    assert!(child.is_string(), "{child}");
+
+    let r = app.post_json(
+        &format!("/v1/runs/{first}/rerun"),
+        Some(&app.admin_key),
+        &json!({"from_step": "shout", "wait": true}),
+    );
+    r.expect_status(200);
+    assert_eq!(r.json()["output"], "HELLO, ADA X1");
+    let rerun = detail(&app, &request_id(&r.json()));
+    assert_eq!(rerun["steps"][0]["status"], "reused", "{rerun:#}");
+    assert_eq!(rerun["steps"][0]["child_request_id"], child, "{rerun:#}");
+    assert_eq!(children(&app), 1, "no second child run");
+
+    // From the workflow step itself, a new child runs.
+    let r = app.post_json(
+        &format!("/v1/runs/{first}/rerun"),
+        Some(&app.admin_key),
+        &json!({"from_step": "call", "wait": true}),
+    );
+    r.expect_status(200);
+    assert_eq!(children(&app), 2);
+}
