@@ -16,6 +16,7 @@ pub mod ids;
 pub mod keyring;
 pub mod metrics;
 pub mod signing;
+pub mod schedules;
 pub mod store;
 pub mod ui;
 pub mod workflow;
