@@ -71,6 +71,7 @@ states! {
         Webhook = "webhook",
         Cli = "cli",
         Ui = "ui",
+        Schedule = "schedule",
     }
 }
 

@@ -15,8 +15,8 @@ pub mod error;
 pub mod ids;
 pub mod keyring;
 pub mod metrics;
-pub mod signing;
 pub mod schedules;
+pub mod signing;
 pub mod store;
 pub mod ui;
 pub mod workflow;
@@ -80,6 +80,9 @@ pub async fn run(
         recovered,
     )
     .start();
+    let scheduler =
+        actors::scheduler::Scheduler::new(store.clone(), deployments.clone(), invoker.clone())
+            .start();
     let keep_runs = config.file.retention.runs.0;
     if !keep_runs.is_zero() {
         Retention::new(store.clone(), keep_runs).start();
@@ -92,6 +95,7 @@ pub async fn run(
         keys,
         invoker: invoker.clone(),
         supervisor,
+        scheduler,
         idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
     });

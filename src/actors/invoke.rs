@@ -28,7 +28,8 @@ use super::run::{CancelRun, RunActor};
 use crate::config::Config;
 use crate::ids;
 use crate::store::{
-    AnswerApproval, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, Store, StoreError,
+    Advance, AnswerApproval, FireSchedule, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus,
+    Store, StoreError,
 };
 use crate::workflow;
 use crate::workflow::engine::ApprovalAnswer;
@@ -307,6 +308,50 @@ impl Handler<Admit> for InvokeActor {
     type Result = ResponseActFuture<Self, Result<Admitted, AdmitError>>;
 
     fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.admit(msg, None).map(|admitted, _, _| {
+            admitted.map(|a| a.expect("a run without a schedule is always stored"))
+        }))
+    }
+}
+
+/// Admits a run a schedule starts (async, no caller waits): its row is stored by the
+/// schedule's fire ([`FireSchedule`]), in the same transaction as the schedule's next fire.
+/// Answers `None` when the fire was not stored because the schedule changed meanwhile.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Admitted>, AdmitError>")]
+pub struct AdmitScheduled {
+    pub run: PreparedRun,
+    pub fire: ScheduledFire,
+}
+
+/// Which schedule a run serves.
+#[derive(Debug, Clone)]
+pub struct ScheduledFire {
+    pub schedule_id: String,
+    /// The due time; `None` for a trigger.
+    pub scheduled_for: Option<i64>,
+    /// How the schedule's next fire moves; `None` for a trigger.
+    pub advance: Option<Advance>,
+}
+
+impl Handler<AdmitScheduled> for InvokeActor {
+    type Result = ResponseActFuture<Self, Result<Option<Admitted>, AdmitError>>;
+
+    fn handle(&mut self, msg: AdmitScheduled, _ctx: &mut Context<Self>) -> Self::Result {
+        let admit = Admit {
+            run: msg.run,
+            mode: Mode::Async,
+        };
+        self.admit(admit, Some(msg.fire))
+    }
+}
+
+impl InvokeActor {
+    fn admit(
+        &mut self,
+        msg: Admit,
+        fire: Option<ScheduledFire>,
+    ) -> ResponseActFuture<Self, Result<Option<Admitted>, AdmitError>> {
         let limits = &self.config.file.runs;
         let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
         let status = match (msg.mode, slot_free) {
@@ -337,6 +382,8 @@ impl Handler<Admit> for InvokeActor {
             user: run.user.clone(),
             created_at: now,
             started_at: (status == RunStatus::Running).then_some(now),
+            schedule_id: fire.as_ref().map(|f| f.schedule_id.clone()),
+            scheduled_for: fire.as_ref().and_then(|f| f.scheduled_for),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -356,37 +403,51 @@ impl Handler<Admit> for InvokeActor {
             self.starting += 1;
         }
         let store = self.store.clone();
-        Box::pin(
-            async move { store.write(InsertRun(row)).await }
-                .into_actor(self)
-                .map(move |stored, act, ctx| {
-                    if status == RunStatus::Running {
-                        act.starting -= 1;
-                    }
-                    stored?;
-                    let mode = match completion_rx {
-                        Some(_) => "sync",
-                        None => "async",
-                    };
-                    crate::metrics::get()
-                        .runs_admitted
-                        .get_or_create(&crate::metrics::ModeLabel { mode })
-                        .inc();
-                    // The row is durable: now the caller may be told, and the run may start.
-                    match status {
-                        RunStatus::Running => act.start_run(admitted, ctx),
-                        _ => {
-                            act.queue.push_back(admitted);
-                            act.start_queued(ctx);
-                        }
-                    }
-                    Ok(Admitted {
-                        request_id,
-                        status,
-                        completion: completion_rx,
-                    })
-                }),
-        )
+        let write = async move {
+            match fire {
+                None => store.write(InsertRun(row)).await.map(|()| true),
+                Some(fire) => {
+                    store
+                        .write(FireSchedule {
+                            schedule_id: fire.schedule_id,
+                            advance: fire.advance,
+                            run: Some(row),
+                            at: now,
+                        })
+                        .await
+                }
+            }
+        };
+        Box::pin(write.into_actor(self).map(move |stored, act, ctx| {
+            if status == RunStatus::Running {
+                act.starting -= 1;
+            }
+            if !stored? {
+                act.notify_if_idle();
+                return Ok(None);
+            }
+            let mode = match completion_rx {
+                Some(_) => "sync",
+                None => "async",
+            };
+            crate::metrics::get()
+                .runs_admitted
+                .get_or_create(&crate::metrics::ModeLabel { mode })
+                .inc();
+            // The row is durable: now the caller may be told, and the run may start.
+            match status {
+                RunStatus::Running => act.start_run(admitted, ctx),
+                _ => {
+                    act.queue.push_back(admitted);
+                    act.start_queued(ctx);
+                }
+            }
+            Ok(Some(Admitted {
+                request_id,
+                status,
+                completion: completion_rx,
+            }))
+        }))
     }
 }
 

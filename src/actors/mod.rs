@@ -13,8 +13,9 @@ pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod run;
+pub mod scheduler;
 
 pub use approvals::{Respond, RespondError};
-pub use invoke::{Admit, AdmitError, Admitted, InvokeActor, Mode};
+pub use invoke::{Admit, AdmitError, AdmitScheduled, Admitted, InvokeActor, Mode, ScheduledFire};
 pub use lifecycle::{PreparedRun, RunOutcome};
 pub use retry::{Enqueue, RetrySupervisor};

@@ -23,6 +23,7 @@ pub mod requests;
 pub mod responses;
 pub mod routing;
 pub mod runs;
+pub mod schedules;
 pub mod state;
 pub mod triggers;
 pub mod views;
@@ -46,4 +47,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     runs::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);
+    schedules::configure(cfg);
 }

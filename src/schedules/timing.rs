@@ -91,8 +91,9 @@ pub fn parse_every(every: &str) -> Result<i64, String> {
 
 /// An IANA zone name (`"Europe/Berlin"`, `"UTC"`).
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\""))
+    name.parse::<Tz>().map_err(|_| {
+        format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\"")
+    })
 }
 
 /// The machine's zone, as an IANA name; `UTC` when it cannot be told.
@@ -234,10 +235,7 @@ mod tests {
         let next = table.next_after(ms(ny, 2026, 3, 6, 10, 0)).unwrap();
         assert_eq!(next, ms(ny, 2026, 3, 9, 9, 0));
         // Exactly at a fire: the next one, not the same.
-        assert_eq!(
-            table.next_after(next).unwrap(),
-            ms(ny, 2026, 3, 10, 9, 0)
-        );
+        assert_eq!(table.next_after(next).unwrap(), ms(ny, 2026, 3, 10, 9, 0));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct NewRun {
     pub user: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
+    /// The schedule that started it (source `schedule`), and the due time it serves (`None`
+    /// for a trigger).
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<i64>,
 }
 
 /// The terminal state of a run.
@@ -101,14 +105,18 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub duration_ms: Option<i64>,
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<i64>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
-                           callback_url, api_key_id, inputs, metadata, user, created_at, started_at)
+                           callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
+                           schedule_id, scheduled_for)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
-                 :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at)",
+                 :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
+                 :schedule_id, :scheduled_for)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -125,6 +133,8 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":user": run.user,
         ":created_at": run.created_at,
         ":started_at": run.started_at,
+        ":schedule_id": run.schedule_id,
+        ":scheduled_for": run.scheduled_for,
     })?;
     Ok(())
 }
@@ -237,7 +247,7 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms";
+    ended_at, duration_ms, schedule_id, scheduled_for";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -259,6 +269,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         started_at: row.get(15)?,
         ended_at: row.get(16)?,
         duration_ms: row.get(17)?,
+        schedule_id: row.get(18)?,
+        scheduled_for: row.get(19)?,
     })
 }
 
@@ -377,6 +389,8 @@ pub struct RunFilter {
     pub source: Option<RunSource>,
     pub api_key_id: Option<String>,
     pub user: Option<String>,
+    /// Runs started by this schedule.
+    pub schedule_id: Option<String>,
     /// Inclusive lower bound on `created_at` (Unix ms).
     pub since_ms: Option<i64>,
     /// Exclusive upper bound on `created_at` (Unix ms).
@@ -430,6 +444,7 @@ pub(super) fn list_runs(
     eq(&mut sql, "r.source", filter.source.map(RunSource::as_str));
     eq(&mut sql, "r.api_key_id", filter.api_key_id.as_deref());
     eq(&mut sql, "r.user", filter.user.as_deref());
+    eq(&mut sql, "r.schedule_id", filter.schedule_id.as_deref());
     if let Some(ms) = filter.since_ms {
         sql.push_str(" AND r.request_id >= ?");
         args.push(Sql::Text(request_id_at(ms)));
@@ -468,8 +483,8 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(18)?,
-            attempts: row.get(19)?,
+            delivery_state: row.get(20)?,
+            attempts: row.get(21)?,
         })
     })?;
     rows.collect()

@@ -36,6 +36,8 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         user: None,
         created_at,
         started_at: None,
+        schedule_id: None,
+        scheduled_for: None,
     }
 }
 

@@ -24,6 +24,7 @@ mod lifecycle;
 mod ops;
 mod prompt;
 mod runs;
+mod schedules;
 mod schemathesis;
 mod sdk;
 mod security;
