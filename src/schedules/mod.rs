@@ -11,7 +11,9 @@ use crate::actors::PreparedRun;
 use crate::api::invoke_body::{is_valid_callback_url, parse_metadata};
 use crate::deployments::Deployments;
 use crate::error::ApiError;
+use crate::store::{DeleteSchedule, InsertSchedule, Store, StoreError, UpdateSchedule};
 use crate::store::{RunSource, ScheduleRecord};
+use crate::workflow::definition::{Definition, DefinitionError};
 use crate::workflow::inputs::check_inputs;
 use timing::{CatchUp, Timetable, Timing};
 
@@ -75,8 +77,18 @@ pub fn check(body: &Value, deployments: &Deployments) -> Result<Draft, ApiError>
     let live = deployments
         .get(&deployment)
         .ok_or_else(|| ApiError::field("deployment", "Deployment not found."))?;
+    check_fields(obj, deployment, &live.definition)
+}
+
+/// Checks a schedule's fields (all but `deployment`, which is given) against the
+/// deployment's definition.
+fn check_fields(
+    obj: &Map<String, Value>,
+    deployment: String,
+    definition: &Definition,
+) -> Result<Draft, ApiError> {
     let variant = optional_string(obj, "variant")?.unwrap_or_else(|| "default".into());
-    if live.vars(&variant).is_none() {
+    if !definition.variants.contains_key(&variant) {
         return Err(ApiError::field("variant", "Variant not found."));
     }
     let inputs = match obj.get("inputs") {
@@ -85,7 +97,7 @@ pub fn check(body: &Value, deployments: &Deployments) -> Result<Draft, ApiError>
         Some(_) => return Err(ApiError::field("inputs", "inputs must be an object")),
     };
     let inputs =
-        check_inputs(&live.definition, &inputs).map_err(|e| ApiError::field(e.field, e.message))?;
+        check_inputs(definition, &inputs).map_err(|e| ApiError::field(e.field, e.message))?;
     let metadata = parse_metadata(obj.get("metadata"))?;
     let user = optional_string(obj, "user")?;
     let cron = optional_string(obj, "cron")?;
@@ -279,4 +291,115 @@ pub fn prepared_run(s: &ScheduleRecord, deployments: &Deployments) -> Result<Pre
         source: RunSource::Schedule,
         api_key_id: None,
     })
+}
+
+/// The `[[schedules]]` of a workflow file, checked against the definition itself: each needs
+/// a unique `name` (how a redeploy finds it again) and the fields of `POST /v1/schedules`
+/// but `deployment`. Errors name `schedules[i].<field>`.
+pub fn check_definition(def: &Definition) -> Result<Vec<(String, Draft)>, DefinitionError> {
+    let mut drafts: Vec<(String, Draft)> = Vec::new();
+    for (i, table) in def.schedules.iter().enumerate() {
+        let at = |field: &str| format!("schedules[{i}].{field}");
+        let mut fields = table.clone();
+        let name = match fields.remove("name") {
+            Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_string(),
+            _ => {
+                return Err(DefinitionError::top(
+                    &at("name"),
+                    "a schedule in a workflow file needs a name (a non-empty string)",
+                ))
+            }
+        };
+        if drafts.iter().any(|(n, _)| *n == name) {
+            return Err(DefinitionError::top(
+                &at("name"),
+                format!("two schedules are named {name:?}"),
+            ));
+        }
+        if fields.contains_key("deployment") {
+            return Err(DefinitionError::top(
+                &at("deployment"),
+                "a schedule in a workflow file runs that workflow; leave out deployment",
+            ));
+        }
+        let draft = check_unknown(&fields)
+            .and_then(|()| check_fields(&fields, def.key.clone(), def))
+            .map_err(|e| match e {
+                ApiError::Validation { message, field } => {
+                    DefinitionError::top(&at(field.as_deref().unwrap_or("")), message)
+                }
+                other => DefinitionError::top(&at(""), other.to_string()),
+            })?;
+        drafts.push((name, draft));
+    }
+    Ok(drafts)
+}
+
+fn check_unknown(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::field(
+            unknown.clone(),
+            format!(
+                "unknown field {unknown:?}; a schedule has name, {}",
+                FIELDS[1..].join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Makes the stored schedules of a just-deployed definition match its `[[schedules]]`:
+/// new names are created, existing ones edited (their next fire moves only when their
+/// timetable or `active` changed), and named schedules no longer in the file deleted.
+/// Schedules created through the API (without a name) are left alone.
+pub async fn sync(store: &Store, def: &Definition) -> Result<bool, StoreError> {
+    let drafts = check_definition(def).map_err(|e| StoreError::Refused(e.to_string()))?;
+    let stored: Vec<ScheduleRecord> = store
+        .schedules()
+        .await?
+        .into_iter()
+        .filter(|s| s.deployment_key == def.key && s.name.is_some())
+        .collect();
+    let now = crate::ids::now_ms();
+    let mut changed = false;
+    for (name, draft) in drafts {
+        match stored.iter().find(|s| s.name.as_deref() == Some(&name)) {
+            Some(existing) => {
+                let (record, reset_next) = draft.record(Some(existing), None, now);
+                let unchanged = ScheduleRecord {
+                    updated_at: existing.updated_at,
+                    ..record.clone()
+                } == *existing;
+                if unchanged {
+                    continue;
+                }
+                store
+                    .write(UpdateSchedule {
+                        schedule: record,
+                        reset_next,
+                    })
+                    .await?;
+            }
+            None => {
+                let (record, _) = draft.record(None, Some(name), now);
+                store.write(InsertSchedule(record)).await?;
+            }
+        }
+        changed = true;
+    }
+    fn named(t: &Map<String, Value>) -> Option<&str> {
+        t.get("name").and_then(Value::as_str).map(str::trim)
+    }
+    for gone in stored
+        .iter()
+        .filter(|s| !def.schedules.iter().any(|t| named(t) == s.name.as_deref()))
+    {
+        store
+            .write(DeleteSchedule {
+                schedule_id: gone.schedule_id.clone(),
+            })
+            .await?;
+        changed = true;
+    }
+    Ok(changed)
 }

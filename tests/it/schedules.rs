@@ -328,3 +328,168 @@ fn trigger_pause_resume_filter_and_delete() {
     app.admin_get(&format!("/v1/runs/{request_id}"))
         .expect_status(200);
 }
+
+fn cli_ok(app: &TestApp, args: &[&str]) -> String {
+    let out = app.cli(args);
+    assert!(out.status.success(), "hivelet {args:?}: {}", describe(&out));
+    out_text(&out).0
+}
+
+#[test]
+fn the_cli_adds_lists_pauses_resumes_triggers_and_deletes() {
+    let app = TestApp::start();
+    let out = cli_ok(
+        &app,
+        &[
+            "schedules",
+            "add",
+            "hello",
+            "--every",
+            "1h",
+            "--input",
+            "name=Cli",
+            "--timezone",
+            "UTC",
+            "--catch-up",
+            "skip",
+        ],
+    );
+    let id = out.split_whitespace().next().unwrap().to_string();
+    assert!(id.starts_with("sch_"), "{out}");
+    let list = cli_ok(&app, &["schedules", "list"]);
+    assert!(list.contains(&id) && list.contains("every 1h"), "{list}");
+    cli_ok(&app, &["schedules", "pause", &id]);
+    let r = app.admin_get(&format!("/v1/schedules/{id}"));
+    assert_eq!(r.json()["active"], false);
+    assert_eq!(r.json()["catch_up"], "skip");
+    assert_eq!(r.json()["inputs"], json!({"name": "Cli"}));
+    assert!(cli_ok(&app, &["schedules", "list"]).contains("paused"));
+    cli_ok(&app, &["schedules", "resume", &id]);
+    assert_eq!(
+        app.admin_get(&format!("/v1/schedules/{id}")).json()["active"],
+        true
+    );
+    let out = cli_ok(&app, &["schedules", "trigger", &id]);
+    let request_id = out.split_whitespace().next().unwrap().to_string();
+    assert!(request_id.starts_with("req_"), "{out}");
+    let run = app.admin_get(&format!("/v1/runs/{request_id}")).json();
+    assert_eq!(run["schedule_id"], id.as_str());
+    // A bad schedule is refused with the daemon's message, and exit status 1.
+    let out = app.cli(&[
+        "schedules",
+        "add",
+        "hello",
+        "--cron",
+        "0 9 * *",
+        "--input",
+        "name=X",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(out_text(&out).1.contains("cron"), "{}", describe(&out));
+    // Neither --cron nor --every: clap refuses before asking the daemon.
+    assert!(!app.cli(&["schedules", "add", "hello"]).status.success());
+    cli_ok(&app, &["schedules", "delete", &id]);
+    let out = app.cli(&["schedules", "delete", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out_text(&out).1.contains("Schedule not found."));
+}
+
+const NIGHTLY: &str = r#"
+key = "nightly"
+
+[[inputs]]
+name = "who"
+type = "text"
+required = true
+
+[[steps]]
+id = "greet"
+type = "template"
+template = "night, {{ who }}"
+
+[output]
+template = "{{ greet.output }}"
+
+[[schedules]]
+name = "night"
+cron = "30 2 * * *"
+timezone = "America/New_York"
+inputs = { who = "ops" }
+
+[[schedules]]
+name = "often"
+every = "15m"
+inputs = { who = "bots" }
+catch_up = "skip"
+"#;
+
+fn named(app: &TestApp) -> Vec<Value> {
+    let r = app.admin_get("/v1/schedules");
+    r.expect_status(200);
+    let mut list: Vec<Value> = r.json()["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["deployment"] == "nightly")
+        .cloned()
+        .collect();
+    list.sort_by_key(|s| s["name"].as_str().map(str::to_string));
+    list
+}
+
+#[test]
+fn schedules_in_a_workflow_file_follow_its_deploys() {
+    let app = TestApp::start();
+    app.deploy_ok("nightly", NIGHTLY);
+    let first = named(&app);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first[0]["name"], "night");
+    assert_eq!(first[0]["cron"], "30 2 * * *");
+    assert_eq!(first[0]["timezone"], "America/New_York");
+    assert_eq!(first[0]["inputs"], json!({"who": "ops"}));
+    assert_eq!(first[1]["name"], "often");
+    assert_eq!(first[1]["catch_up"], "skip");
+    // One made through the API for the same deployment is not the file's to manage.
+    let api_made = create(
+        &app,
+        &json!({"deployment": "nightly", "inputs": {"who": "api"}, "every": "1h"}),
+    );
+
+    // Redeploy: "night" is edited in place (same id), "often" is gone.
+    let edited = NIGHTLY
+        .replace("30 2 * * *", "0 3 * * *")
+        .split("[[schedules]]\nname = \"often\"")
+        .next()
+        .unwrap()
+        .to_string();
+    app.deploy_ok("nightly", &edited);
+    let second = named(&app);
+    assert_eq!(second.len(), 2, "{second:?}");
+    let night = second.iter().find(|s| s["name"] == "night").unwrap();
+    assert_eq!(night["id"], first[0]["id"]);
+    assert_eq!(night["cron"], "0 3 * * *");
+    assert!(second.iter().any(|s| s["id"] == api_made["id"]));
+
+    // A bad schedule refuses the whole deploy: the version and the schedules stay.
+    let bad = edited.replace("0 3 * * *", "0 3 * *");
+    let r = app.deploy_toml("nightly", &bad);
+    let err = r.expect_error(422, "validation_error", None);
+    assert_eq!(err["field"], "schedules[0].cron", "{err}");
+    let bad = edited.replace("who = \"ops\"", "whom = \"ops\"");
+    let err = app
+        .deploy_toml("nightly", &bad)
+        .expect_error(422, "validation_error", None);
+    assert_eq!(err["field"], "schedules[0].inputs.who", "{err}");
+    let unnamed = edited.replace("name = \"night\"\n", "");
+    let err = app
+        .deploy_toml("nightly", &unnamed)
+        .expect_error(422, "validation_error", None);
+    assert_eq!(err["field"], "schedules[0].name", "{err}");
+    let r = app.admin_get("/v1/deployments/nightly");
+    assert_eq!(r.json()["version"], 2);
+    let night_now = named(&app)
+        .into_iter()
+        .find(|s| s["name"] == "night")
+        .unwrap();
+    assert_eq!(night_now["cron"], "0 3 * * *");
+}
