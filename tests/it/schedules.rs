@@ -493,3 +493,14 @@ fn schedules_in_a_workflow_file_follow_its_deploys() {
         .unwrap();
     assert_eq!(night_now["cron"], "0 3 * * *");
 }
+
+#[test]
+fn browser_lists_pauses_resumes_and_runs_a_schedule() {
+    let app = TestApp::start();
+    let s = create(
+        &app,
+        &json!({"deployment": "hello", "inputs": {"name": "Web"}, "every": "1h"}),
+    );
+    let id = s["id"].as_str().unwrap();
+    crate::ui::run_browser(&app, "ui_schedules.py", &[("SCHEDULE_ID", id)]);
+}
