@@ -123,7 +123,22 @@ fn check_fields(
         }
     }
     let timezone = optional_string(obj, "timezone")?.unwrap_or_else(timing::system_timezone);
-    timing::parse_timezone(&timezone).map_err(|e| ApiError::field("timezone", e))?;
+    let tz = timing::parse_timezone(&timezone).map_err(|e| ApiError::field("timezone", e))?;
+    if let Some(expr) = &cron {
+        let table = Timetable {
+            timing: Timing::Cron(Box::new(
+                timing::parse_cron(expr).map_err(|e| ApiError::field("cron", e))?,
+            )),
+            tz,
+            anchor_ms: 0,
+        };
+        if table.next_after(crate::ids::now_ms()).is_none() {
+            return Err(ApiError::field(
+                "cron",
+                format!("cron {expr:?} never matches a date (such as 30 February)"),
+            ));
+        }
+    }
     let callback_url = optional_string(obj, "callback_url")?
         .map(|u| u.trim_matches(crate::api::params::BLANK).to_string())
         .filter(|u| !u.is_empty());

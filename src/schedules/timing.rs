@@ -315,6 +315,8 @@ mod tests {
         assert!(parse_cron("61 * * * *").is_err());
         assert!(parse_cron("0 9 * * FUNDAY").is_err());
         assert!(parse_cron("*/5 9-17 * JAN-MAR MON-FRI").is_ok());
+        // Parses, but never matches: no next fire.
+        assert_eq!(cron("0 0 30 2 *", "UTC").next_after(0), None);
         assert!(parse_every("500ms").is_err());
         assert!(parse_every("0s").is_err());
         assert!(parse_every("soon").is_err());

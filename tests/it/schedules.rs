@@ -204,6 +204,14 @@ fn bad_schedules_are_refused_naming_the_field_and_store_nothing() {
             },
             "cron",
         ),
+        (
+            {
+                let mut b = neither.clone();
+                b["cron"] = json!("0 0 30 2 *");
+                b
+            },
+            "cron",
+        ),
         (with("timezone", json!("Mars/Olympus")), "timezone"),
         (with("every", json!("500ms")), "every"),
         (with("every", json!("soon")), "every"),
