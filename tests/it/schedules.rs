@@ -512,3 +512,33 @@ fn browser_lists_pauses_resumes_and_runs_a_schedule() {
     let id = s["id"].as_str().unwrap();
     crate::ui::run_browser(&app, "ui_schedules.py", &[("SCHEDULE_ID", id)]);
 }
+
+#[test]
+fn a_scheduled_run_with_a_callback_delivers_a_signed_webhook() {
+    let receiver = StubServer::json(json!({"ok": true}));
+    let app = TestApp::start();
+    let s = create(
+        &app,
+        &json!({"deployment": "hello", "inputs": {"name": "Hook"}, "every": "1s",
+                "callback_url": receiver.url(), "catch_up": "skip"}),
+    );
+    let id = s["id"].as_str().unwrap();
+    assert_eq!(s["callback_url"], receiver.url().as_str());
+    let got = receiver.wait_for_requests(1);
+    patch(&app, id, &json!({"active": false})).expect_status(200);
+    let secret = crate::support::webhooks::signing_secret(&app, "hello");
+    assert_eq!(
+        crate::support::webhooks::signature_problem(&secret, &got[0]),
+        None
+    );
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    let request_id = body["data"]["request_id"]
+        .as_str()
+        .or_else(|| body["request_id"].as_str())
+        .unwrap_or_else(|| panic!("no request_id in {body}"))
+        .to_string();
+    let run = app.admin_get(&format!("/v1/runs/{request_id}")).json();
+    assert_eq!(run["schedule_id"], id);
+    assert_eq!(run["output"], "Hello, Hook.");
+    assert!(run["scheduled_for"].is_string());
+}
