@@ -403,51 +403,63 @@ impl InvokeActor {
             self.starting += 1;
         }
         let store = self.store.clone();
-        let write = async move {
-            match fire {
-                None => store.write(InsertRun(row)).await.map(|()| true),
-                Some(fire) => {
-                    store
-                        .write(FireSchedule {
-                            schedule_id: fire.schedule_id,
-                            advance: fire.advance,
-                            run: Some(row),
-                            at: now,
-                        })
-                        .await
-                }
-            }
-        };
-        Box::pin(write.into_actor(self).map(move |stored, act, ctx| {
-            if status == RunStatus::Running {
-                act.starting -= 1;
-            }
-            if !stored? {
-                act.notify_if_idle();
-                return Ok(None);
-            }
-            let mode = match completion_rx {
-                Some(_) => "sync",
-                None => "async",
-            };
-            crate::metrics::get()
-                .runs_admitted
-                .get_or_create(&crate::metrics::ModeLabel { mode })
-                .inc();
-            // The row is durable: now the caller may be told, and the run may start.
-            match status {
-                RunStatus::Running => act.start_run(admitted, ctx),
-                _ => {
-                    act.queue.push_back(admitted);
-                    act.start_queued(ctx);
-                }
-            }
-            Ok(Some(Admitted {
-                request_id,
-                status,
-                completion: completion_rx,
-            }))
-        }))
+        Box::pin(
+            async move { store_admitted(&store, row, fire, now).await }
+                .into_actor(self)
+                .map(move |stored, act, ctx| {
+                    if status == RunStatus::Running {
+                        act.starting -= 1;
+                    }
+                    if !stored? {
+                        act.notify_if_idle();
+                        return Ok(None);
+                    }
+                    let mode = match completion_rx {
+                        Some(_) => "sync",
+                        None => "async",
+                    };
+                    crate::metrics::get()
+                        .runs_admitted
+                        .get_or_create(&crate::metrics::ModeLabel { mode })
+                        .inc();
+                    // The row is durable: now the caller may be told, and the run may start.
+                    match status {
+                        RunStatus::Running => act.start_run(admitted, ctx),
+                        _ => {
+                            act.queue.push_back(admitted);
+                            act.start_queued(ctx);
+                        }
+                    }
+                    Ok(Some(Admitted {
+                        request_id,
+                        status,
+                        completion: completion_rx,
+                    }))
+                }),
+        )
+    }
+}
+
+/// Stores an admitted run: on its own, or by its schedule's fire. Answers false when the fire
+/// was not stored (the schedule changed meanwhile).
+async fn store_admitted(
+    store: &Store,
+    row: NewRun,
+    fire: Option<ScheduledFire>,
+    at: i64,
+) -> Result<bool, StoreError> {
+    match fire {
+        None => store.write(InsertRun(row)).await.map(|()| true),
+        Some(fire) => {
+            store
+                .write(FireSchedule {
+                    schedule_id: fire.schedule_id,
+                    advance: fire.advance,
+                    run: Some(row),
+                    at,
+                })
+                .await
+        }
     }
 }
 
