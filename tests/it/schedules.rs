@@ -526,11 +526,8 @@ fn a_scheduled_run_with_a_callback_delivers_a_signed_webhook() {
     assert_eq!(s["callback_url"], receiver.url().as_str());
     let got = receiver.wait_for_requests(1);
     patch(&app, id, &json!({"active": false})).expect_status(200);
-    let secret = crate::support::webhooks::signing_secret(&app, "hello");
-    assert_eq!(
-        crate::support::webhooks::signature_problem(&secret, &got[0]),
-        None
-    );
+    let secret = signing_secret(&app, "hello");
+    assert_eq!(signature_problem(&secret, &got[0]), None);
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
     let request_id = body["data"]["request_id"]
         .as_str()
