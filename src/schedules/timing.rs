@@ -143,9 +143,8 @@ pub struct Plan {
     pub next_run_at: Option<i64>,
 }
 
-/// The fires due at `now_ms` for a schedule whose stored next fire is `next_run_at`. One
-/// fire due less than [`GRACE_MS`] ago is run; more than one, or one older than that, were
-/// missed and follow `catch_up`.
+/// The fires due at `now_ms` for a schedule whose stored next fire is `next_run_at`. Fires
+/// due less than [`GRACE_MS`] ago run; older ones were missed and follow `catch_up`.
 pub fn plan(table: &Timetable, next_run_at: i64, now_ms: i64, catch_up: CatchUp) -> Plan {
     if next_run_at > now_ms {
         return Plan {
@@ -180,12 +179,16 @@ pub fn plan(table: &Timetable, next_run_at: i64, now_ms: i64, catch_up: CatchUp)
             next = table.next_after(n);
         }
     }
-    let on_time = count == 1 && now_ms - next_run_at < GRACE_MS;
-    let fires: Vec<i64> = match (on_time, catch_up) {
-        (true, _) | (false, CatchUp::All) => due.into(),
-        (false, CatchUp::Once) => due.back().copied().into_iter().collect(),
-        (false, CatchUp::Skip) => Vec::new(),
+    // Fires less than GRACE_MS late are merely late (a busy machine, a restart within the
+    // minute) and all run; older ones were missed.
+    let (missed, on_time): (Vec<i64>, Vec<i64>) =
+        due.into_iter().partition(|t| now_ms - t >= GRACE_MS);
+    let mut fires: Vec<i64> = match catch_up {
+        CatchUp::All => missed,
+        CatchUp::Once => missed.last().copied().into_iter().collect(),
+        CatchUp::Skip => Vec::new(),
     };
+    fires.extend(on_time);
     Plan {
         fires,
         next_run_at: next,
@@ -353,8 +356,8 @@ mod tests {
     fn missed_fires_follow_catch_up() {
         let h = 3_600_000;
         let t = hourly(0);
-        // Down from before the 1 h fire until just after the 5 h one: 5 missed.
-        let now = 5 * h + 10;
+        // Down from before the 1 h fire until two minutes after the 5 h one: 5 missed.
+        let now = 5 * h + 2 * GRACE_MS;
         let skip = plan(&t, h, now, CatchUp::Skip);
         assert_eq!(skip.fires, Vec::<i64>::new());
         assert_eq!(skip.next_run_at, Some(6 * h));
@@ -368,6 +371,20 @@ mod tests {
         let late = plan(&t, h, h + GRACE_MS, CatchUp::Skip);
         assert!(late.fires.is_empty());
         assert_eq!(late.next_run_at, Some(2 * h));
+        // Several fires, all less than a minute late (a restart within the minute): all run.
+        let s = Timetable {
+            timing: Timing::Every(1000),
+            tz: chrono_tz::UTC,
+            anchor_ms: 0,
+        };
+        let p = plan(&s, 10_000, 13_500, CatchUp::Skip);
+        assert_eq!(p.fires, vec![10_000, 11_000, 12_000, 13_000]);
+        assert_eq!(p.next_run_at, Some(14_000));
+        // Missed ones and late ones together: catch_up applies to the missed part only.
+        let p = plan(&s, 1_000, 1_000 + GRACE_MS + 1_500, CatchUp::Once);
+        assert_eq!(p.fires.first(), Some(&2_000), "the latest missed fire");
+        assert_eq!(p.fires.len(), 1 + 60);
+        assert_eq!(p.fires.last(), Some(&(1_000 + GRACE_MS + 1_000)));
     }
 
     #[test]

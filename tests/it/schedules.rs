@@ -130,16 +130,18 @@ fn missed_fires_follow_catch_up_after_downtime() {
         ids.push(s["id"].as_str().unwrap().to_string());
     }
     app.stop();
-    // As if the daemon had been down for five of the schedules' hours: the stored next
-    // fire is five hours back, still on each schedule's grid.
+    // As if the schedules had been created half an hour earlier and the daemon had then been
+    // down for five of their hours: creation (the grid's anchor) and the stored next fire
+    // move back, so five fires, each at least half an hour late, were missed.
+    let shift = HOUR_MS / 2;
     let mut original = Vec::new();
     for id in &ids {
-        let next = next_run_at(&app, id).unwrap();
+        let next = next_run_at(&app, id).unwrap() - shift;
         original.push(next);
         db(&app)
             .execute(
-                "UPDATE schedules SET next_run_at = ?2 WHERE schedule_id = ?1",
-                rusqlite::params![id, next - 5 * HOUR_MS],
+                "UPDATE schedules SET next_run_at = ?2, created_at = created_at - ?3 WHERE schedule_id = ?1",
+                rusqlite::params![id, next - 5 * HOUR_MS, shift],
             )
             .unwrap();
     }
