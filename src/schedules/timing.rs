@@ -134,6 +134,20 @@ impl Timetable {
     }
 }
 
+impl Timetable {
+    /// The latest fire at or before `at_ms` (cron only; `every` never needs it).
+    fn at_or_before(&self, at_ms: i64) -> Option<i64> {
+        let Timing::Cron(cron) = &self.timing else {
+            return None;
+        };
+        let start = self
+            .tz
+            .from_utc_datetime(&Utc.timestamp_millis_opt(at_ms).single()?.naive_utc());
+        let prev = cron.find_previous_occurrence(&start, true).ok()?;
+        Some(prev.timestamp_millis())
+    }
+}
+
 /// What a scheduler does with one schedule at `now_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -153,30 +167,42 @@ pub fn plan(table: &Timetable, next_run_at: i64, now_ms: i64, catch_up: CatchUp)
         };
     }
     let mut due = std::collections::VecDeque::with_capacity(4);
-    due.push_back(next_run_at);
-    let mut count = 1usize;
     let mut next = table.next_after(next_run_at);
-    if let (Timing::Every(every), Some(n)) = (&table.timing, next) {
-        // Straight to the last MAX_CATCH_UP due times: a long downtime of a short `every`
-        // does not iterate through every missed one.
-        if n <= now_ms {
+    match (&table.timing, next) {
+        (Timing::Every(every), Some(n)) if n <= now_ms => {
+            // Straight to the last MAX_CATCH_UP due times: a long downtime of a short
+            // `every` does not iterate through every missed one.
             let last = next_run_at + (now_ms - next_run_at).div_euclid(*every) * every;
-            count = ((last - next_run_at) / every + 1) as usize;
-            due.clear();
-            let first = (count.saturating_sub(MAX_CATCH_UP)) as i64;
-            for k in first..count as i64 {
-                due.push_back(next_run_at + k * every);
-            }
+            let count = (last - next_run_at) / every + 1;
+            let first = (count - MAX_CATCH_UP as i64).max(0);
+            due.extend((first..count).map(|k| next_run_at + k * every));
             next = Some(last + every);
         }
-    } else {
-        while let Some(n) = next.filter(|n| *n <= now_ms) {
-            due.push_back(n);
-            count += 1;
-            if due.len() > MAX_CATCH_UP {
-                due.pop_front();
+        _ => {
+            // Only the latest MAX_CATCH_UP can run: after a long downtime, step back from
+            // now to the first of them instead of walking forward through every miss.
+            let mut from = next_run_at;
+            if next.is_some_and(|n| n <= now_ms) {
+                let mut at = now_ms;
+                let mut back = 0;
+                while let Some(p) = table.at_or_before(at).filter(|p| *p > next_run_at) {
+                    back += 1;
+                    if back == MAX_CATCH_UP {
+                        from = p;
+                        next = table.next_after(p);
+                        break;
+                    }
+                    at = p - 1;
+                }
             }
-            next = table.next_after(n);
+            due.push_back(from);
+            while let Some(n) = next.filter(|n| *n <= now_ms) {
+                due.push_back(n);
+                if due.len() > MAX_CATCH_UP {
+                    due.pop_front();
+                }
+                next = table.next_after(n);
+            }
         }
     }
     // Fires less than GRACE_MS late are merely late (a busy machine, a restart within the
@@ -399,11 +425,21 @@ mod tests {
         assert_eq!(p.fires.first(), Some(&901_000));
         assert_eq!(p.fires.last(), Some(&1_000_000));
         assert_eq!(p.next_run_at, Some(1_001_000));
-        // The same through the cron path.
+        // The same through the cron path, also after a year of minutes.
         let c = cron("* * * * *", "UTC");
         let p = plan(&c, 60_000, 200 * 60_000, CatchUp::All);
         assert_eq!(p.fires.len(), MAX_CATCH_UP);
+        assert_eq!(p.fires.first(), Some(&(101 * 60_000)));
         assert_eq!(p.fires.last(), Some(&(200 * 60_000)));
         assert_eq!(p.next_run_at, Some(201 * 60_000));
+        let year = 365 * 24 * 60;
+        let p = plan(&c, 60_000, year * 60_000 + 30_000, CatchUp::All);
+        let expected: Vec<i64> = (year - 99..=year).map(|m| m * 60_000).collect();
+        assert_eq!(p.fires, expected);
+        assert_eq!(p.next_run_at, Some((year + 1) * 60_000));
+        // Fewer than the cap missed: all of them, from the stored next fire.
+        let p = plan(&c, 60_000, 5 * 60_000 + GRACE_MS * 3, CatchUp::All);
+        assert_eq!(p.fires.first(), Some(&60_000));
+        assert_eq!(p.fires.len(), 8);
     }
 }
