@@ -1,4 +1,4 @@
--- hivelet schema, version 4: the whole current schema, which a new database gets at once. Each
+-- hivelet schema, version 5: the whole current schema, which a new database gets at once. Each
 -- change also appends a numbered migration in src/store/migrate.rs that takes an existing
 -- database from the version before to the same tables.
 -- Times are Unix milliseconds (*_at), durations end in _ms, ids are prefixed text.
@@ -43,7 +43,7 @@ CREATE TABLE runs (
     variant        TEXT NOT NULL,
     version        INTEGER NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
-    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui', 'workflow')),
+    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui', 'workflow', 'schedule')),
     delivery       TEXT NOT NULL CHECK (delivery IN ('direct', 'callback')),
     callback_url   TEXT,
     api_key_id     TEXT,
@@ -58,12 +58,39 @@ CREATE TABLE runs (
     duration_ms    INTEGER,
     usage          TEXT,                                -- JSON: summed token usage (SPEC §10)
     rerun_of       TEXT,                                -- the run this one reruns
-    parent_request_id TEXT                              -- the run whose workflow step started it
+    parent_request_id TEXT,                             -- the run whose workflow step started it
+    schedule_id    TEXT,                                -- sch_…: the schedule that started it
+    scheduled_for  INTEGER                              -- the due time it serves; NULL for a trigger
 ) WITHOUT ROWID;
 CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
 CREATE INDEX runs_by_status ON runs (status, request_id);
 CREATE INDEX runs_unfinished ON runs (created_at) WHERE status IN ('queued', 'running');
 CREATE INDEX runs_by_parent ON runs (parent_request_id) WHERE parent_request_id IS NOT NULL;
+CREATE INDEX runs_by_schedule ON runs (schedule_id, request_id) WHERE schedule_id IS NOT NULL;
+
+-- Schedules (SPEC §12). A fire stores its run and the new next_run_at in one transaction.
+CREATE TABLE schedules (
+    schedule_id     TEXT PRIMARY KEY,                   -- sch_…
+    name            TEXT,                               -- set for [[schedules]] of a workflow file
+    deployment_key  TEXT NOT NULL REFERENCES deployments(key) ON DELETE CASCADE,
+    variant         TEXT NOT NULL,
+    inputs          TEXT NOT NULL,                      -- JSON object
+    metadata        TEXT NOT NULL,                      -- JSON object
+    user            TEXT,
+    cron            TEXT,
+    every           TEXT,
+    timezone        TEXT NOT NULL,                      -- IANA name
+    callback_url    TEXT,
+    active          INTEGER NOT NULL,
+    catch_up        TEXT NOT NULL CHECK (catch_up IN ('skip', 'once', 'all')),
+    next_run_at     INTEGER,                            -- NULL while paused
+    last_request_id TEXT,
+    last_run_at     INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    CHECK ((cron IS NULL) <> (every IS NULL))
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX schedules_by_name ON schedules (deployment_key, name) WHERE name IS NOT NULL;
 
 CREATE TABLE run_steps (
     request_id   TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,

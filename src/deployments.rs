@@ -285,6 +285,7 @@ pub fn parse_definition(
         providers: &providers,
     })
     .map_err(|e| e.with_source(source))?;
+    crate::schedules::check_definition(&def).map_err(|e| e.with_source(source))?;
     Ok(def)
 }
 
@@ -325,6 +326,9 @@ pub async fn deploy_at_start(
             .deploy(store, def)
             .await
             .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        crate::schedules::sync(store, &dep.definition)
+            .await
+            .map_err(|e| anyhow::anyhow!("{source}: schedules: {e}"))?;
         tracing::info!(deployment = %dep.key, version = dep.version, %source, "deployed");
     }
     Ok(())

@@ -73,6 +73,8 @@ states! {
         Ui = "ui",
         /// A `workflow` step of another run (a child run, SPEC §10).
         Workflow = "workflow",
+        /// A schedule's fire or trigger (SPEC §12).
+        Schedule = "schedule",
     }
 }
 

@@ -40,6 +40,11 @@ pub fn key_id() -> String {
     prefixed_v7("key_")
 }
 
+/// `sch_` + 32 hex: a schedule.
+pub fn schedule_id() -> String {
+    prefixed_v7("sch_")
+}
+
 /// `hvk_` + 32 random bytes in URL-safe base64: an API key secret.
 pub fn api_key_secret() -> String {
     use base64::Engine;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod keyring;
 pub mod metrics;
+pub mod schedules;
 pub mod signing;
 pub mod store;
 pub mod ui;
@@ -81,6 +82,9 @@ pub async fn run(
         recovered,
     )
     .start();
+    let scheduler =
+        actors::scheduler::Scheduler::new(store.clone(), deployments.clone(), invoker.clone())
+            .start();
     let keep_runs = config.file.retention.runs.0;
     if !keep_runs.is_zero() {
         Retention::new(store.clone(), keep_runs).start();
@@ -93,6 +97,7 @@ pub async fn run(
         keys,
         invoker: invoker.clone(),
         supervisor,
+        scheduler,
         idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
     });

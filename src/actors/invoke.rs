@@ -30,8 +30,8 @@ use crate::config::Config;
 use crate::deployments::Deployments;
 use crate::ids;
 use crate::store::{
-    AnswerApproval, InsertChildRun, InsertRerun, InsertRun, MarkRunning, NewRun, RecordStep,
-    RunStatus, StepRow, Store, StoreError,
+    Advance, AnswerApproval, FireSchedule, InsertChildRun, InsertRerun, InsertRun, MarkRunning,
+    NewRun, RecordStep, RunStatus, StepRow, Store, StoreError,
 };
 use crate::workflow;
 use crate::workflow::engine::{ApprovalAnswer, Resume};
@@ -420,6 +420,51 @@ impl Handler<Admit> for InvokeActor {
     type Result = ResponseActFuture<Self, Result<Admitted, AdmitError>>;
 
     fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.admit(msg, None).map(|admitted, _, _| {
+            admitted.map(|a| a.expect("a run without a schedule is always stored"))
+        }))
+    }
+}
+
+/// Admits a run a schedule starts (async, no caller waits): its row is stored by the
+/// schedule's fire ([`FireSchedule`]), in the same transaction as the schedule's next fire.
+/// Answers `None` when the fire was not stored because the schedule changed meanwhile.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Admitted>, AdmitError>")]
+pub struct AdmitScheduled {
+    pub run: PreparedRun,
+    pub fire: ScheduledFire,
+}
+
+/// Which schedule a run serves.
+#[derive(Debug, Clone)]
+pub struct ScheduledFire {
+    pub schedule_id: String,
+    /// The due time; `None` for a trigger.
+    pub scheduled_for: Option<i64>,
+    /// How the schedule's next fire moves; `None` for a trigger.
+    pub advance: Option<Advance>,
+}
+
+impl Handler<AdmitScheduled> for InvokeActor {
+    type Result = ResponseActFuture<Self, Result<Option<Admitted>, AdmitError>>;
+
+    fn handle(&mut self, msg: AdmitScheduled, _ctx: &mut Context<Self>) -> Self::Result {
+        let admit = Admit {
+            run: msg.run,
+            mode: Mode::Async,
+            rerun: None,
+        };
+        self.admit(admit, Some(msg.fire))
+    }
+}
+
+impl InvokeActor {
+    fn admit(
+        &mut self,
+        msg: Admit,
+        fire: Option<ScheduledFire>,
+    ) -> ResponseActFuture<Self, Result<Option<Admitted>, AdmitError>> {
         let limits = &self.config.file.runs;
         let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
         let status = match (msg.mode, slot_free) {
@@ -452,6 +497,8 @@ impl Handler<Admit> for InvokeActor {
             started_at: (status == RunStatus::Running).then_some(now),
             rerun_of: msg.rerun.as_ref().map(|r| r.of.clone()),
             parent_request_id: run.parent_request_id.clone(),
+            schedule_id: fire.as_ref().map(|f| f.schedule_id.clone()),
+            scheduled_for: fire.as_ref().and_then(|f| f.scheduled_for),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -492,41 +539,68 @@ impl Handler<Admit> for InvokeActor {
         }
         let store = self.store.clone();
         Box::pin(
-            async move {
-                match reused {
-                    Some(reused) => store.write(InsertRerun { run: row, reused }).await,
-                    None => store.write(InsertRun(row)).await,
-                }
-            }
-            .into_actor(self)
-            .map(move |stored, act, ctx| {
-                if status == RunStatus::Running {
-                    act.starting -= 1;
-                }
-                stored?;
-                let mode = match completion_rx {
-                    Some(_) => "sync",
-                    None => "async",
-                };
-                crate::metrics::get()
-                    .runs_admitted
-                    .get_or_create(&crate::metrics::ModeLabel { mode })
-                    .inc();
-                // The row is durable: now the caller may be told, and the run may start.
-                match status {
-                    RunStatus::Running => act.start_run(admitted, ctx),
-                    _ => {
-                        act.queue.push_back(admitted);
-                        act.start_queued(ctx);
+            async move { store_admitted(&store, row, reused, fire, now).await }
+                .into_actor(self)
+                .map(move |stored, act, ctx| {
+                    if status == RunStatus::Running {
+                        act.starting -= 1;
                     }
-                }
-                Ok(Admitted {
-                    request_id,
-                    status,
-                    completion: completion_rx,
-                })
-            }),
+                    if !stored? {
+                        act.notify_if_idle();
+                        return Ok(None);
+                    }
+                    let mode = match completion_rx {
+                        Some(_) => "sync",
+                        None => "async",
+                    };
+                    crate::metrics::get()
+                        .runs_admitted
+                        .get_or_create(&crate::metrics::ModeLabel { mode })
+                        .inc();
+                    // The row is durable: now the caller may be told, and the run may start.
+                    match status {
+                        RunStatus::Running => act.start_run(admitted, ctx),
+                        _ => {
+                            act.queue.push_back(admitted);
+                            act.start_queued(ctx);
+                        }
+                    }
+                    Ok(Some(Admitted {
+                        request_id,
+                        status,
+                        completion: completion_rx,
+                    }))
+                }),
         )
+    }
+}
+
+/// Stores an admitted run: on its own, with the lines a rerun takes over, or by its schedule's
+/// fire (a scheduled run is never a rerun). Answers false when the fire
+/// was not stored (the schedule changed meanwhile).
+async fn store_admitted(
+    store: &Store,
+    row: NewRun,
+    reused: Option<Vec<StepRow>>,
+    fire: Option<ScheduledFire>,
+    at: i64,
+) -> Result<bool, StoreError> {
+    match (fire, reused) {
+        (None, None) => store.write(InsertRun(row)).await.map(|()| true),
+        (None, Some(reused)) => store
+            .write(InsertRerun { run: row, reused })
+            .await
+            .map(|()| true),
+        (Some(fire), _) => {
+            store
+                .write(FireSchedule {
+                    schedule_id: fire.schedule_id,
+                    advance: fire.advance,
+                    run: Some(row),
+                    at,
+                })
+                .await
+        }
     }
 }
 
@@ -654,6 +728,8 @@ impl Handler<StartChild> for InvokeActor {
             started_at: Some(now),
             rerun_of: None,
             parent_request_id: run.parent_request_id.clone(),
+            schedule_id: None,
+            scheduled_for: None,
         };
         let mut waiting = msg.waiting;
         waiting.child_request_id = Some(request_id.clone());

@@ -15,8 +15,11 @@ pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod run;
+pub mod scheduler;
 
 pub use approvals::{Respond, RespondError};
-pub use invoke::{Admit, AdmitError, Admitted, InvokeActor, Mode, Rerun};
+pub use invoke::{
+    Admit, AdmitError, AdmitScheduled, Admitted, InvokeActor, Mode, Rerun, ScheduledFire,
+};
 pub use lifecycle::{PreparedRun, RunOutcome};
 pub use retry::{Enqueue, RetrySupervisor};

@@ -203,6 +203,8 @@ pub enum SourceFilter {
     Ui,
     /// Child runs started by `workflow` steps.
     Workflow,
+    /// Runs started by a schedule.
+    Schedule,
 }
 
 /// `timeout_ms` as the definition parser reads it: any `u64` but 0. Stated by hand because
@@ -216,4 +218,64 @@ fn timeout_ms_schema() -> utoipa::openapi::schema::Object {
         .maximum(Some(u64::MAX as f64))
         .description(Some("The whole run's time limit, in milliseconds."))
         .build()
+}
+
+/// `POST /v1/schedules`: exactly one of `cron` and `every`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"deployment": "hello", "inputs": {"name": "Ada"}, "cron": "0 9 * * MON-FRI", "timezone": "Europe/Berlin"}))]
+pub struct ScheduleBody {
+    /// An existing deployment key.
+    pub deployment: String,
+    /// Defaults to `default`.
+    pub variant: Option<String>,
+    /// Start inputs, checked against the workflow's declared types now and at each fire.
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
+    #[schema(value_type = Option<super::params::Metadata>)]
+    pub metadata: Option<Value>,
+    pub user: Option<String>,
+    /// 5 fields: minute hour day-of-month month day-of-week (`"0 9 * * MON-FRI"`).
+    pub cron: Option<String>,
+    /// A duration of at least 1 s (`"15m"`, `"1h30m"`), on a grid from the creation time.
+    pub every: Option<String>,
+    /// An IANA zone name; defaults to the machine's.
+    pub timezone: Option<String>,
+    /// Where each run's result is POSTed (signed); none: no delivery.
+    #[schema(value_type = Option<super::params::CallbackUrl>)]
+    pub callback_url: Option<String>,
+    /// Defaults to true; false: paused.
+    pub active: Option<bool>,
+    /// Fires missed while hivelet was down or the machine slept: `skip`, `once` (default:
+    /// one run for the latest) or `all` (one run each, the latest 100).
+    pub catch_up: Option<CatchUpMode>,
+}
+
+/// `PATCH /v1/schedules/{id}`: any fields of a schedule; those given replace the stored ones.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"active": false}))]
+pub struct SchedulePatch {
+    pub deployment: Option<String>,
+    pub variant: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
+    #[schema(value_type = Option<super::params::Metadata>)]
+    pub metadata: Option<Value>,
+    pub user: Option<String>,
+    pub cron: Option<String>,
+    pub every: Option<String>,
+    pub timezone: Option<String>,
+    #[schema(value_type = Option<super::params::CallbackUrl>)]
+    pub callback_url: Option<String>,
+    pub active: Option<bool>,
+    pub catch_up: Option<CatchUpMode>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUpMode {
+    Skip,
+    Once,
+    All,
 }

@@ -148,6 +148,10 @@ async fn deploy(
                 DeployError::Invalid(err) => definition_error(err),
                 DeployError::Store(err) => err.into(),
             })?;
+    // The file's `[[schedules]]` (checked above with the definition) take effect with it.
+    if crate::schedules::sync(&state.store, &dep.definition).await? {
+        state.scheduler.do_send(crate::actors::scheduler::Wake);
+    }
     tracing::info!(deployment = %dep.key, version = dep.version, "deployed");
     let body = Deployment::new(&dep, true);
     Ok(if created {

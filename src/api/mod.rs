@@ -24,6 +24,7 @@ pub mod rerun;
 pub mod responses;
 pub mod routing;
 pub mod runs;
+pub mod schedules;
 pub mod state;
 pub mod triggers;
 pub mod views;
@@ -48,4 +49,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     runs::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);
+    schedules::configure(cfg);
 }

@@ -141,6 +141,7 @@ async fn attempts(
         ("source" = Option<super::bodies::SourceFilter>, Query),
         ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
         ("user" = Option<String>, Query),
+        ("schedule" = Option<String>, Query, description = "The `sch_…` id of the schedule that started the runs"),
         ("since" = Option<Timestamp>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
         ("until" = Option<Timestamp>, Query, description = "Created before: RFC 3339 or Unix ms"),
         ("q" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "A full `req_…` id jumps to that run"),
@@ -189,13 +190,14 @@ async fn list(
                 let Some(source) = RunSource::parse(&value) else {
                     return Err(ApiError::field(
                         "source",
-                        "source must be one of api, webhook, cli, ui, workflow",
+                        "source must be one of api, webhook, cli, ui, workflow, schedule",
                     ));
                 };
                 filter.source = Some(source);
             }
             "api_key" => filter.api_key_id = Some(value),
             "user" => filter.user = Some(value),
+            "schedule" => filter.schedule_id = Some(value),
             "since" => filter.since_ms = Some(parse_time("since", &value)?),
             "until" => filter.until_ms = Some(parse_time("until", &value)?),
             "limit" => {

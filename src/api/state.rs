@@ -22,6 +22,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub invoker: Addr<InvokeActor>,
     pub supervisor: Addr<RetrySupervisor>,
+    /// Woken when a schedule is created, edited or deleted.
+    pub scheduler: Addr<crate::actors::scheduler::Scheduler>,
     /// (API key id, Idempotency-Key) of invokes still being answered.
     pub idempotency_in_flight: Mutex<HashSet<(String, String)>>,
     /// Set when a stop was asked for: new work gets 503.

@@ -127,6 +127,11 @@ pub struct RunSummary {
     pub usage: Value,
     /// The run this one reruns; null otherwise.
     pub rerun_of: Option<String>,
+    /// The `sch_…` schedule that started the run (source `schedule`).
+    pub schedule_id: Option<String>,
+    /// The due time the run serves; null for a schedule's trigger.
+    #[schema(format = DateTime)]
+    pub scheduled_for: Option<String>,
 }
 
 impl RunSummary {
@@ -158,6 +163,8 @@ impl RunSummary {
             duration_ms: run.duration_ms,
             usage: json_or_null(&run.usage_json),
             rerun_of: run.rerun_of.clone(),
+            schedule_id: run.schedule_id.clone(),
+            scheduled_for: run.scheduled_for.map(ids::rfc3339),
         }
     }
 }
@@ -306,6 +313,11 @@ pub struct RunDetail {
     pub usage: Value,
     /// The run this one reruns; null otherwise.
     pub rerun_of: Option<String>,
+    /// The `sch_…` schedule that started the run (source `schedule`).
+    pub schedule_id: Option<String>,
+    /// The due time the run serves (RFC 3339); null for a schedule's trigger.
+    #[schema(format = DateTime)]
+    pub scheduled_for: Option<String>,
     pub steps: Vec<Step>,
     /// Only for callback runs, and never in the legacy shape.
     #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
@@ -334,6 +346,8 @@ impl RunDetail {
             duration_ms: run.duration_ms,
             usage: json_or_null(&run.usage_json),
             rerun_of: run.rerun_of.clone(),
+            schedule_id: run.schedule_id.clone(),
+            scheduled_for: run.scheduled_for.map(ids::rfc3339),
             steps: steps.iter().map(Step::from_row).collect(),
             async_detail,
         }
@@ -766,4 +780,94 @@ mod tests {
             ]
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Schedules
+// ---------------------------------------------------------------------------------------
+
+/// A schedule's last run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleLastRun {
+    pub request_id: String,
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
+/// One schedule (SPEC §12).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleView {
+    /// `sch_…`
+    pub id: String,
+    /// Set for the `[[schedules]]` of a workflow file.
+    pub name: Option<String>,
+    pub deployment: String,
+    pub variant: String,
+    #[schema(value_type = Object)]
+    pub inputs: Value,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub user: Option<String>,
+    pub cron: Option<String>,
+    pub every: Option<String>,
+    /// IANA zone name.
+    pub timezone: String,
+    pub callback_url: Option<String>,
+    pub active: bool,
+    /// `skip`, `once` or `all`.
+    pub catch_up: String,
+    /// The next fire; null while paused.
+    #[schema(format = DateTime)]
+    pub next_run_at: Option<String>,
+    pub last_run: Option<ScheduleLastRun>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl ScheduleView {
+    pub fn from_record(s: &crate::store::ScheduleRecord) -> ScheduleView {
+        ScheduleView {
+            id: s.schedule_id.clone(),
+            name: s.name.clone(),
+            deployment: s.deployment_key.clone(),
+            variant: s.variant.clone(),
+            inputs: parse_obj(&s.inputs_json),
+            metadata: parse_obj(&s.metadata_json),
+            user: s.user.clone(),
+            cron: s.cron.clone(),
+            every: s.every.clone(),
+            timezone: s.timezone.clone(),
+            callback_url: s.callback_url.clone(),
+            active: s.active,
+            catch_up: s.catch_up.clone(),
+            next_run_at: s.next_run_at.filter(|_| s.active).map(ids::rfc3339),
+            last_run: s
+                .last_request_id
+                .clone()
+                .zip(s.last_run_at)
+                .map(|(request_id, at)| ScheduleLastRun {
+                    request_id,
+                    at: ids::rfc3339(at),
+                }),
+            created_at: ids::rfc3339(s.created_at),
+            updated_at: ids::rfc3339(s.updated_at),
+        }
+    }
+}
+
+/// `GET /v1/schedules`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// `POST /v1/schedules/{id}/trigger`: the run was stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleTriggered {
+    pub request_id: String,
+    /// `running`, or `queued` when every run slot is busy.
+    pub run_status: String,
+    pub schedule_id: String,
 }

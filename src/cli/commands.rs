@@ -29,6 +29,7 @@ pub fn run(command: Command, global: &GlobalArgs, overrides: &Overrides) -> anyh
         Command::Keys(cmd) => keys(&client, cmd, global.json),
         Command::Secret(cmd) => super::secret::run(&client, cmd, global.json),
         Command::Runs(cmd) => super::runs::run(&client, cmd, global.json),
+        Command::Schedules(cmd) => super::schedules::run(&client, cmd, global.json),
         Command::Snippet(args) => snippet(&client, &args, global.json),
         Command::Serve(_)
         | Command::Config(_)
@@ -127,7 +128,7 @@ fn deploy(client: &Client, file: &std::path::Path, json_out: bool) -> anyhow::Re
 }
 
 /// `name=value`: the value as JSON when it parses (numbers, booleans, objects), else text.
-fn parse_input(pair: &str) -> anyhow::Result<(String, Value)> {
+pub(super) fn parse_input(pair: &str) -> anyhow::Result<(String, Value)> {
     let (name, value) = pair
         .split_once('=')
         .ok_or_else(|| anyhow!("--input must be NAME=VALUE, got `{pair}`"))?;

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod listen;
 mod runs;
+mod schedules;
 mod secret;
 pub mod service;
 mod verify;
@@ -81,6 +82,9 @@ pub enum Command {
     /// Look at and act on runs
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Runs started on a timetable: list, add, pause, resume, trigger, delete
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Print the ready cURL command for a deployment (and the signing secret for async)
     Snippet(SnippetArgs),
     /// Manage deployments' webhook signing secrets

@@ -145,8 +145,76 @@ DROP TABLE run_steps;
 ALTER TABLE run_steps_v4 RENAME TO run_steps;
 ";
 
+/// Version 5 (SPEC §12): schedules, and runs they start (source `schedule`, `schedule_id`,
+/// `scheduled_for`). `runs` gets a new `CHECK`, so it is rebuilt as in version 4.
+const V5_SCHEDULES: &str = "
+CREATE TABLE runs_v5 (
+    request_id     TEXT PRIMARY KEY,
+    deployment_key TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    source         TEXT NOT NULL CHECK (source IN ('api', 'webhook', 'cli', 'ui', 'workflow', 'schedule')),
+    delivery       TEXT NOT NULL CHECK (delivery IN ('direct', 'callback')),
+    callback_url   TEXT,
+    api_key_id     TEXT,
+    inputs         TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    user           TEXT,
+    output         TEXT,
+    error          TEXT,
+    created_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    ended_at       INTEGER,
+    duration_ms    INTEGER,
+    usage          TEXT,
+    rerun_of       TEXT,
+    parent_request_id TEXT,
+    schedule_id    TEXT,
+    scheduled_for  INTEGER
+) WITHOUT ROWID;
+INSERT INTO runs_v5 (request_id, deployment_key, variant, version, status, source, delivery,
+                     callback_url, api_key_id, inputs, metadata, user, output, error,
+                     created_at, started_at, ended_at, duration_ms, usage, rerun_of,
+                     parent_request_id)
+    SELECT request_id, deployment_key, variant, version, status, source, delivery,
+           callback_url, api_key_id, inputs, metadata, user, output, error,
+           created_at, started_at, ended_at, duration_ms, usage, rerun_of, parent_request_id
+    FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v5 RENAME TO runs;
+CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
+CREATE INDEX runs_by_status ON runs (status, request_id);
+CREATE INDEX runs_unfinished ON runs (created_at) WHERE status IN ('queued', 'running');
+CREATE INDEX runs_by_parent ON runs (parent_request_id) WHERE parent_request_id IS NOT NULL;
+CREATE INDEX runs_by_schedule ON runs (schedule_id, request_id) WHERE schedule_id IS NOT NULL;
+
+CREATE TABLE schedules (
+    schedule_id     TEXT PRIMARY KEY,
+    name            TEXT,
+    deployment_key  TEXT NOT NULL REFERENCES deployments(key) ON DELETE CASCADE,
+    variant         TEXT NOT NULL,
+    inputs          TEXT NOT NULL,
+    metadata        TEXT NOT NULL,
+    user            TEXT,
+    cron            TEXT,
+    every           TEXT,
+    timezone        TEXT NOT NULL,
+    callback_url    TEXT,
+    active          INTEGER NOT NULL,
+    catch_up        TEXT NOT NULL CHECK (catch_up IN ('skip', 'once', 'all')),
+    next_run_at     INTEGER,
+    last_request_id TEXT,
+    last_run_at     INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    CHECK ((cron IS NULL) <> (every IS NULL))
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX schedules_by_name ON schedules (deployment_key, name) WHERE name IS NOT NULL;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS];
+const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS, V5_SCHEDULES];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -281,6 +349,12 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
                                     duration_ms, attempts, parent, passes)
              VALUES ('req_1', 2, 'c', 'template', 'completed', 3, 0, 1, 'l', '0'),
                     ('req_1', 2, 'c', 'template', 'completed', 3, 0, 1, 'l', '1');",
+        )
+        .unwrap();
+        // Version 5: a run started by a schedule.
+        conn.execute(
+            "UPDATE runs SET source = 'schedule', schedule_id = 'sch_1', scheduled_for = 5 WHERE request_id = 'req_2'",
+            [],
         )
         .unwrap();
         // The due index is back, and foreign keys work again: deleting a run cascades.

@@ -19,6 +19,7 @@ pub mod events;
 pub mod keys;
 mod migrate;
 pub mod runs;
+pub mod schedules;
 mod states;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,9 @@ pub use deployments::{Deployed, DeploymentRecord, NewDeploymentVersion, VersionI
 pub use events::{AttemptRow, DueEvent, EventRecord, EventUpdate, NewEvent};
 pub use keys::{KeyRecord, Revocation, Role};
 pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow, StoredTrace};
+pub use schedules::{
+    Advance, DeleteSchedule, FireSchedule, InsertSchedule, ScheduleRecord, UpdateSchedule,
+};
 pub use writer::Apply;
 
 pub use crate::domain::{
@@ -320,6 +324,16 @@ impl Store {
                 approvals: runs::approval_responses(conn, request_id)?,
             })
         })
+    }
+
+    /// Every schedule, oldest first.
+    pub async fn schedules(&self) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read(schedules::list).await
+    }
+
+    /// One schedule.
+    pub async fn schedule(&self, id: String) -> StoreResult<Option<ScheduleRecord>> {
+        self.read(move |conn| schedules::get(conn, &id)).await
     }
 
     /// Runs a read on a pooled connection in a blocking thread.

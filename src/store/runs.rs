@@ -25,6 +25,10 @@ pub struct NewRun {
     pub rerun_of: Option<String>,
     /// The run whose `workflow` step started this one (source `workflow`).
     pub parent_request_id: Option<String>,
+    /// The schedule that started it (source `schedule`), and the due time it serves (`None`
+    /// for a trigger).
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<i64>,
 }
 
 /// The terminal state of a run.
@@ -114,16 +118,18 @@ pub struct RunRecord {
     pub rerun_of: Option<String>,
     /// The run whose `workflow` step started this one.
     pub parent_request_id: Option<String>,
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<i64>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
                            callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
-                           rerun_of, parent_request_id)
+                           rerun_of, parent_request_id, schedule_id, scheduled_for)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
                  :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
-                 :rerun_of, :parent_request_id)",
+                 :rerun_of, :parent_request_id, :schedule_id, :scheduled_for)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -142,6 +148,8 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":started_at": run.started_at,
         ":rerun_of": run.rerun_of,
         ":parent_request_id": run.parent_request_id,
+        ":schedule_id": run.schedule_id,
+        ":scheduled_for": run.scheduled_for,
     })?;
     Ok(())
 }
@@ -315,7 +323,7 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms, usage, rerun_of, parent_request_id";
+    ended_at, duration_ms, usage, rerun_of, parent_request_id, schedule_id, scheduled_for";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -340,6 +348,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         usage_json: row.get(18)?,
         rerun_of: row.get(19)?,
         parent_request_id: row.get(20)?,
+        schedule_id: row.get(21)?,
+        scheduled_for: row.get(22)?,
     })
 }
 
@@ -459,6 +469,8 @@ pub struct RunFilter {
     pub source: Option<RunSource>,
     pub api_key_id: Option<String>,
     pub user: Option<String>,
+    /// Runs started by this schedule.
+    pub schedule_id: Option<String>,
     /// Inclusive lower bound on `created_at` (Unix ms).
     pub since_ms: Option<i64>,
     /// Exclusive upper bound on `created_at` (Unix ms).
@@ -512,6 +524,7 @@ pub(super) fn list_runs(
     eq(&mut sql, "r.source", filter.source.map(RunSource::as_str));
     eq(&mut sql, "r.api_key_id", filter.api_key_id.as_deref());
     eq(&mut sql, "r.user", filter.user.as_deref());
+    eq(&mut sql, "r.schedule_id", filter.schedule_id.as_deref());
     if let Some(ms) = filter.since_ms {
         sql.push_str(" AND r.request_id >= ?");
         args.push(Sql::Text(request_id_at(ms)));
@@ -550,8 +563,8 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(21)?,
-            attempts: row.get(22)?,
+            delivery_state: row.get(23)?,
+            attempts: row.get(24)?,
         })
     })?;
     rows.collect()

@@ -38,6 +38,8 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         started_at: None,
         rerun_of: None,
         parent_request_id: None,
+        schedule_id: None,
+        scheduled_for: None,
     }
 }
 
@@ -680,4 +682,142 @@ async fn a_rerun_is_stored_with_its_reused_lines_or_not_at_all() {
         stored.usage_json.as_deref(),
         Some(r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#)
     );
+}
+
+fn schedule_record(id: &str, next_run_at: Option<i64>) -> ScheduleRecord {
+    ScheduleRecord {
+        schedule_id: id.into(),
+        name: None,
+        deployment_key: "hello".into(),
+        variant: "default".into(),
+        inputs_json: "{}".into(),
+        metadata_json: "{}".into(),
+        user: None,
+        cron: None,
+        every: Some("1s".into()),
+        timezone: "UTC".into(),
+        callback_url: None,
+        active: true,
+        catch_up: "all".into(),
+        next_run_at,
+        last_request_id: None,
+        last_run_at: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn scheduled_run(request_id: &str, scheduled_for: Option<i64>) -> NewRun {
+    NewRun {
+        source: RunSource::Schedule,
+        schedule_id: Some("sch_1".into()),
+        scheduled_for,
+        ..new_run(request_id, false, 5_000)
+    }
+}
+
+#[actix_rt::test]
+async fn a_fire_stores_its_run_and_the_next_fire_together_or_not_at_all() {
+    let f = open();
+    f.store
+        .write(PutDeployment(NewDeploymentVersion {
+            key: "hello".into(),
+            description: None,
+            definition_json: "{}".into(),
+            new_deployment_id: "dep_1".into(),
+            new_signing_secret: "whsec_1".into(),
+            at: 1,
+        }))
+        .await
+        .unwrap();
+    f.store
+        .write(InsertSchedule(schedule_record("sch_1", Some(1_000))))
+        .await
+        .unwrap();
+    let fire = |request_id: &str, expected_next, next| FireSchedule {
+        schedule_id: "sch_1".into(),
+        advance: Some(Advance {
+            expected_next,
+            next_run_at: Some(next),
+        }),
+        run: Some(scheduled_run(request_id, Some(expected_next))),
+        at: 5_000,
+    };
+    assert!(f.store.write(fire("req_a", 1_000, 2_000)).await.unwrap());
+    // The same fire again (a repeat after a crash would read the stored next fire, 2 000):
+    // nothing is stored, not even the run.
+    assert!(!f.store.write(fire("req_b", 1_000, 2_000)).await.unwrap());
+    assert!(f
+        .store
+        .run_with_steps("req_b".into())
+        .await
+        .unwrap()
+        .is_none());
+    let (run, _) = f
+        .store
+        .run_with_steps("req_a".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.source, RunSource::Schedule);
+    assert_eq!(run.schedule_id.as_deref(), Some("sch_1"));
+    assert_eq!(run.scheduled_for, Some(1_000));
+    let stored = f.store.schedule("sch_1".into()).await.unwrap().unwrap();
+    assert_eq!(stored.next_run_at, Some(2_000));
+    assert_eq!(stored.last_request_id.as_deref(), Some("req_a"));
+    assert_eq!(stored.last_run_at, Some(5_000));
+
+    // A paused schedule does not fire; a trigger (no advance) still runs and leaves the
+    // next fire alone.
+    let mut paused = schedule_record("sch_1", Some(2_000));
+    paused.active = false;
+    assert!(f
+        .store
+        .write(UpdateSchedule {
+            schedule: paused,
+            reset_next: false,
+        })
+        .await
+        .unwrap());
+    assert!(!f.store.write(fire("req_c", 2_000, 3_000)).await.unwrap());
+    let trigger = FireSchedule {
+        schedule_id: "sch_1".into(),
+        advance: None,
+        run: Some(scheduled_run("req_d", None)),
+        at: 6_000,
+    };
+    assert!(f.store.write(trigger).await.unwrap());
+    let stored = f.store.schedule("sch_1".into()).await.unwrap().unwrap();
+    assert_eq!(stored.next_run_at, Some(2_000));
+    assert_eq!(stored.last_request_id.as_deref(), Some("req_d"));
+    let filter = RunFilter {
+        schedule_id: Some("sch_1".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let ids: Vec<String> = f
+        .store
+        .list_runs(filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.run.request_id)
+        .collect();
+    assert_eq!(ids, vec!["req_d".to_string(), "req_a".to_string()]);
+
+    // Deleting the deployment deletes its schedules (their runs stay).
+    assert!(f
+        .store
+        .write(DeleteDeployment {
+            key: "hello".into()
+        })
+        .await
+        .unwrap());
+    assert!(f.store.schedule("sch_1".into()).await.unwrap().is_none());
+    assert!(f
+        .store
+        .run_with_steps("req_a".into())
+        .await
+        .unwrap()
+        .is_some());
 }

@@ -289,6 +289,7 @@
       else if (view === 'runs') await runsView(token, params);
       else if (view === 'deployments') await deploymentsView(token, parts[1]);
       else if (view === 'keys') await keysView(token);
+      else if (view === 'schedules') await schedulesView(token);
       else location.hash = '#/runs';
     } catch (e) {
       if (token === routeToken && e.status !== 401 && e.status !== 403) {
@@ -317,7 +318,7 @@
   /** The page's filter params (hash) → the API's query. */
   function apiQuery(params, limit, cursor) {
     const q = new URLSearchParams();
-    for (const name of ['deployment', 'variant', 'status', 'delivery', 'source', 'user']) {
+    for (const name of ['deployment', 'variant', 'status', 'delivery', 'source', 'user', 'schedule']) {
       const v = params.get(name);
       if (v) q.set(name, v);
     }
@@ -356,7 +357,7 @@
       select('filter-delivery', 'Delivery',
         [['', 'All'], ['callback', 'Async (callback)'], ['direct', 'Direct']], params.get('delivery') || ''),
       select('filter-source', 'Source',
-        [['', 'All'], ...['api', 'webhook', 'cli', 'ui', 'workflow'].map((s) => [s, s])], params.get('source') || ''),
+        [['', 'All'], ...['api', 'webhook', 'cli', 'ui', 'workflow', 'schedule'].map((s) => [s, s])], params.get('source') || ''),
       input('filter-since', 'From', 'datetime-local', params.get('since')),
       input('filter-until', 'To', 'datetime-local', params.get('until')),
       input('filter-meta-key', 'Metadata key', 'text', params.get('meta_key'), 'e.g. customer'),
@@ -1086,6 +1087,64 @@
         h('table', { class: 'table', id: 'keys-table' },
           h('thead', {}, h('tr', {}, ['Name', 'Role', 'Key', 'Created', 'Last used', 'Status', ''].map((t) => h('th', {}, t)))),
           h('tbody', {}, rows))));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Schedules
+  // ---------------------------------------------------------------------------------------
+
+  async function schedulesView(token) {
+    const data = await api('GET', '/v1/schedules');
+    if (token !== routeToken) return;
+    const reload = () => schedulesView(token).catch((e) => toast(e.message, 'error'));
+    const rows = data.schedules.map((s) => {
+      const toggle = h('button', { type: 'button', class: 'small', testid: s.active ? 'pause-schedule' : 'resume-schedule' },
+        s.active ? 'Pause' : 'Resume');
+      const runNow = h('button', { type: 'button', class: 'small primary', testid: 'trigger-schedule' }, 'Run now');
+      toggle.addEventListener('click', async () => {
+        try {
+          await api('PATCH', `/v1/schedules/${encodeURIComponent(s.id)}`, { active: !s.active });
+          toast(s.active ? 'Schedule paused.' : 'Schedule resumed.');
+          reload();
+        } catch (e) {
+          toast(e.message, 'error');
+        }
+      });
+      runNow.addEventListener('click', async () => {
+        try {
+          const r = await api('POST', `/v1/schedules/${encodeURIComponent(s.id)}/trigger`);
+          toast(`Started ${r.request_id}.`);
+          reload();
+        } catch (e) {
+          toast(e.message, 'error');
+        }
+      });
+      const when = s.cron ? h('span', { class: 'mono' }, s.cron) : h('span', {}, `every ${s.every}`);
+      return h('tr', { testid: 'schedule-row', dataset: { scheduleId: s.id } },
+        h('td', { title: s.id, class: 'nowrap' }, s.name ? h('strong', {}, s.name) : h('span', { class: 'mono' }, shortId(s.id))),
+        h('td', {}, h('a', { href: `#/deployments/${encodeURIComponent(s.deployment)}` }, s.deployment),
+          s.variant !== 'default' ? h('span', { class: 'muted' }, ` / ${s.variant}`) : null),
+        h('td', { class: 'nowrap' }, when, h('div', { class: 'muted small-text' }, `${s.timezone} · catch up ${s.catch_up}`)),
+        h('td', { class: 'nowrap', testid: 'schedule-next' }, s.next_run_at
+          ? [timeEl(s.next_run_at), h('span', { class: 'muted small-text' }, ` (${fmtRelative(s.next_run_at)})`)]
+          : h('span', { class: 'muted' }, '—')),
+        h('td', { class: 'nowrap', testid: 'schedule-last' }, s.last_run
+          ? [h('a', { href: `#/runs/${encodeURIComponent(s.last_run.request_id)}`, class: 'mono' }, shortId(s.last_run.request_id)),
+            h('span', { class: 'muted small-text' }, ` ${fmtRelative(s.last_run.at)}`),
+            ' · ', h('a', { href: `#/runs?schedule=${encodeURIComponent(s.id)}` }, 'all runs')]
+          : h('span', { class: 'muted' }, 'never')),
+        h('td', { testid: 'schedule-state' }, s.active ? badge('active', 'st-completed') : badge('paused', 'st-queued')),
+        h('td', { class: 'actions' }, toggle, runNow));
+    });
+    render(
+      h('div', { class: 'page-head' }, h('h1', {}, 'Schedules')),
+      rows.length === 0
+        ? h('div', { class: 'card' }, h('p', { class: 'muted' },
+          'No schedules yet. Create one with POST /v1/schedules, `hivelet schedules add`, or [[schedules]] in a workflow file.'))
+        : h('div', { class: 'card table-card' },
+          h('table', { class: 'table', id: 'schedules-table' },
+            h('thead', {}, h('tr', {}, ['Schedule', 'Deployment', 'When', 'Next run', 'Last run', 'State', ''].map((t) => h('th', {}, t)))),
+            h('tbody', {}, rows))));
   }
 
   // ---------------------------------------------------------------------------------------

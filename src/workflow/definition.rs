@@ -27,6 +27,10 @@ pub struct Definition {
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "is_false")]
     pub async_only: bool,
+    /// `[[schedules]]`: each a schedule's fields (SPEC §12) with a `name`, checked by
+    /// `crate::schedules::check_definition` and applied when the definition is deployed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Map<String, Value>>,
 }
 
 /// One declared start input.
@@ -432,7 +436,7 @@ impl DefinitionError {
         }
     }
 
-    pub(super) fn top(field: &str, message: impl Into<String>) -> Self {
+    pub fn top(field: &str, message: impl Into<String>) -> Self {
         Self::new(None, Some(field), message)
     }
 

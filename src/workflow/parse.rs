@@ -252,6 +252,26 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
     }
     let timeout_ms = f.opt("timeout_ms")?;
     let async_only = f.opt("async_only")?.unwrap_or(false);
+    let schedules = match f.map.remove("schedules") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Object(table) => Ok(table),
+                _ => Err(DefinitionError::top(
+                    &format!("schedules[{i}]"),
+                    "must be a table ([[schedules]])",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(f.err(
+                "schedules",
+                "must be an array of tables ([[schedules]])".to_string(),
+            ))
+        }
+    };
     f.finish(
         "a workflow",
         &[
@@ -263,6 +283,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
             "variants",
             "timeout_ms",
             "async_only",
+            "schedules",
         ],
     )?;
     Ok(Definition {
@@ -274,6 +295,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
         variants,
         timeout_ms,
         async_only,
+        schedules,
     })
 }
 

@@ -17,8 +17,17 @@ fn every_command_has_help() {
     let app = TestApp::builder().prepare();
     let top = ok_stdout(&app.cli(&["--help"]));
     let commands = [
-        "serve", "deploy", "invoke", "runs", "keys", "secret", "snippet", "verify", "listen",
+        "serve",
+        "deploy",
+        "invoke",
+        "runs",
+        "keys",
+        "secret",
+        "snippet",
+        "verify",
+        "listen",
         "config",
+        "schedules",
     ];
     for command in commands {
         assert!(

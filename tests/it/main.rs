@@ -26,6 +26,7 @@ mod ops;
 mod prompt;
 mod rerun;
 mod runs;
+mod schedules;
 mod schemathesis;
 mod sdk;
 mod security;

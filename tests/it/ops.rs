@@ -232,13 +232,19 @@ fn metrics_move_with_runs_and_deliveries() {
         .expect_status(202);
     ok.wait_for_requests(1);
     failing.wait_for_requests(1);
-    let after = wait_for("both attempts to be counted", || {
-        let m = scrape(&app);
-        let moved = |name: &str| metric(&m, name) - metric(&before, name);
-        (moved("hivelet_deliveries_total{outcome=\"delivered\"}") == 1.0
-            && moved("hivelet_deliveries_total{outcome=\"retrying\"}") == 1.0)
-            .then_some(m)
-    });
+    let after = wait_for(
+        "both attempts to be counted and the failed event to wait",
+        || {
+            let m = scrape(&app);
+            let moved = |name: &str| metric(&m, name) - metric(&before, name);
+            // The attempt is counted when it ends; its event is back in the waiting set a
+            // moment later, when the retry supervisor hears of it.
+            (moved("hivelet_deliveries_total{outcome=\"delivered\"}") == 1.0
+                && moved("hivelet_deliveries_total{outcome=\"retrying\"}") == 1.0
+                && metric(&m, "hivelet_events_waiting") == 1.0)
+                .then_some(m)
+        },
+    );
     let moved = |name: &str| metric(&after, name) - metric(&before, name);
     assert_eq!(moved("hivelet_runs_ended_total{status=\"completed\"}"), 3.0);
     assert_eq!(moved("hivelet_runs_ended_total{status=\"failed\"}"), 0.0);

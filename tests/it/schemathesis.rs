@@ -11,10 +11,11 @@
 //!    it would delete the run the run-id routes are given, so they would only see `404`).
 //! 2. those destructive operations alone, aimed at a throwaway key, deployment and run.
 //!
-//! One allowance, stated in the configuration below: a schema-valid invoke, trigger, rerun or
-//! deploy may still be refused with 422, because what makes it valid is not a shape a static
-//! schema can state (the inputs a deployment declares, the steps a rerun may start from; a
-//! definition's templates compiling and steps referring to earlier steps). Every other operation must accept all that its
+//! One allowance, stated in the configuration below: a schema-valid invoke, trigger, rerun,
+//! deploy or schedule may still be refused with 422, because what makes it valid is not a shape
+//! a static schema can state (the inputs a deployment declares, the steps a rerun may start
+//! from; a definition's templates compiling and steps referring to earlier steps; a cron
+//! expression, duration or zone name that parses; exactly one of `cron` and `every`). Every other operation must accept all that its
 //! schema allows.
 
 use std::fs;
@@ -37,6 +38,7 @@ const DESTRUCTIVE: &[&str] = &[
     "rotate_key",
     "delete_deployment",
     "purge_runs",
+    "delete_schedule",
 ];
 
 /// Runs `schemathesis` to completion, output captured through files, killed at [`RUN_LIMIT`].
@@ -148,6 +150,19 @@ fn fixtures(app: &TestApp, scratch: &std::path::Path, seed: &str) -> std::path::
         .to_string(),
     );
     r.expect_success();
+    // A schedule for the schedule-id routes, and one for `delete_schedule` to delete. Hourly,
+    // so they do not fire during the run.
+    let schedule = |name: &str| {
+        let r = app.post_json(
+            "/v1/schedules",
+            Some(&app.admin_key),
+            &json!({"deployment": "hello", "inputs": {"name": name}, "every": "1h"}),
+        );
+        r.expect_status(201);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let schedule_id = schedule("fixture");
+    let victim_schedule = schedule("victim");
 
     let config = scratch.join(format!("schemathesis-{seed}.toml"));
     fs::write(
@@ -163,13 +178,21 @@ include-operation-id = ["revoke_key", "rotate_key"]
 parameters = {{ "path.id" = "{victim_key}" }}
 
 [[operations]]
+include-operation-id = ["show_schedule", "edit_schedule", "trigger_schedule"]
+parameters = {{ "path.id" = "{schedule_id}" }}
+
+[[operations]]
+include-operation-id = "delete_schedule"
+parameters = {{ "path.id" = "{victim_schedule}" }}
+
+[[operations]]
 include-operation-id = "delete_deployment"
 parameters = {{ "path.key" = "victim" }}
 
 # The one allowance (see the top of this file): 422 for a schema-valid body whose validity
 # depends on the deployment or on the workflow language, not on its shape.
 [[operations]]
-include-operation-id = ["deploy", "invoke_workflow", "trigger_workflow", "rerun_run"]
+include-operation-id = ["deploy", "invoke_workflow", "trigger_workflow", "rerun_run", "create_schedule", "edit_schedule"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 "#
         ),
