@@ -452,6 +452,7 @@ impl Handler<Admit> for InvokeActor {
             started_at: (status == RunStatus::Running).then_some(now),
             rerun_of: msg.rerun.as_ref().map(|r| r.of.clone()),
             parent_request_id: run.parent_request_id.clone(),
+            events_json: run.events.to_stored(),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -654,6 +655,7 @@ impl Handler<StartChild> for InvokeActor {
             started_at: Some(now),
             rerun_of: None,
             parent_request_id: run.parent_request_id.clone(),
+            events_json: None,
         };
         let mut waiting = msg.waiting;
         waiting.child_request_id = Some(request_id.clone());

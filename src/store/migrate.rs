@@ -145,8 +145,45 @@ DROP TABLE run_steps;
 ALTER TABLE run_steps_v4 RENAME TO run_steps;
 ";
 
+/// Version 7 (SPEC §11, lifecycle webhooks): a run may have several events (`step.completed`,
+/// `approval.requested`, then its terminal one), numbered by `seq` within the run; an event
+/// waits as `held` until the one before it is delivered or has failed for good, so only the
+/// head of each run's queue is ever due. `runs.events` keeps the run's `async.events` choice
+/// (NULL: the default, the terminal events). `events` loses its `UNIQUE (request_id)` and
+/// gets a new `CHECK`, so it is rebuilt as in version 2.
+const V7_LIFECYCLE_EVENTS: &str = "
+ALTER TABLE runs ADD COLUMN events TEXT;
+CREATE TABLE events_v7 (
+    event_id        TEXT PRIMARY KEY,
+    request_id      TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    seq             INTEGER NOT NULL DEFAULT 1,
+    deployment_key  TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    callback_url    TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('held', 'pending', 'retrying', 'delivered', 'failed')),
+    series          INTEGER NOT NULL DEFAULT 1,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    total_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    failure_reason  TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (request_id, seq)
+) WITHOUT ROWID;
+INSERT INTO events_v7 (event_id, request_id, seq, deployment_key, event_type, callback_url, body,
+                       state, series, attempts, total_attempts, next_attempt_at, failure_reason,
+                       created_at, updated_at)
+    SELECT event_id, request_id, 1, deployment_key, event_type, callback_url, body, state,
+           series, attempts, total_attempts, next_attempt_at, failure_reason, created_at, updated_at
+    FROM events;
+DROP TABLE events;
+ALTER TABLE events_v7 RENAME TO events;
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS];
+const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS, V7_LIFECYCLE_EVENTS];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
