@@ -96,8 +96,7 @@ async fn run_detail(
     let async_detail = match run.callback_url.clone() {
         Some(url) => {
             let request_id = run.request_id.clone();
-            let (_, attempts) = state.store.delivery_of_run(request_id.clone()).await?;
-            let events = state.store.events_of_run(request_id).await?;
+            let (events, attempts) = state.store.events_of_run(request_id).await?;
             let chosen = EventSet::from_stored(run.events_json.as_deref());
             Some(AsyncDetail::new(url, chosen, &events, &attempts))
         }

@@ -262,10 +262,19 @@ impl Store {
         .await
     }
 
-    /// Every event of a run, in delivery order.
-    pub async fn events_of_run(&self, request_id: String) -> StoreResult<Vec<EventRecord>> {
-        self.read(move |conn| events::events_for_run(conn, &request_id))
-            .await
+    /// Every event of a run in delivery order, and every attempt to deliver them, oldest
+    /// first. The events are read first, so the attempts they count are all there.
+    pub async fn events_of_run(
+        &self,
+        request_id: String,
+    ) -> StoreResult<(Vec<EventRecord>, Vec<AttemptRow>)> {
+        self.read(move |conn| {
+            Ok((
+                events::events_for_run(conn, &request_id)?,
+                events::attempts_for_run(conn, &request_id)?,
+            ))
+        })
+        .await
     }
 
     /// Every delivery attempt of a run, oldest first.

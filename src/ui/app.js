@@ -6,7 +6,7 @@
 (() => {
   const KEY_STORE = 'hivelet.adminKey';
   const LIVE_RUN = new Set(['queued', 'running']);
-  const LIVE_DELIVERY = new Set(['pending', 'sending', 'retrying']);
+  const LIVE_DELIVERY = new Set(['held', 'pending', 'sending', 'retrying']);
   const PAGE_SIZE = 50;
 
   // ---------------------------------------------------------------------------------------
