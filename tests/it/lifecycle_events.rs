@@ -442,3 +442,120 @@ attempt_timeout = "2s"
         "each delivered once, in order"
     );
 }
+
+#[test]
+fn a_failing_step_reports_failed_then_the_run_failure_and_only_chosen_ends_go_out() {
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start_with(FAST, &[], &[]);
+    app.deploy_ok(
+        "broken",
+        r#"
+key = "broken"
+
+[[steps]]
+id = "fine"
+type = "template"
+template = "ok"
+
+[[steps]]
+id = "render"
+type = "template"
+template = "{% include 'missing' %}"
+"#,
+    );
+    let failing = invoke_with_events(
+        &app,
+        "broken",
+        &receiver,
+        Some(json!(["step.completed", "workflow.failed"])),
+    );
+    let events = wait_all_delivered(&app, &failing, 3);
+    let bodies: Vec<Value> = receiver
+        .wait_for_requests(3)
+        .iter()
+        .map(Recorded::json)
+        .collect();
+    let seen: Vec<(Value, Value)> = bodies
+        .iter()
+        .map(|b| (b["event_type"].clone(), b["data"]["step"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!("step.completed"), json!("fine")),
+            (json!("step.completed"), json!("render")),
+            (json!("workflow.failed"), Value::Null),
+        ]
+    );
+    assert_eq!(bodies[1]["data"]["status"], "failed", "{}", bodies[1]);
+    assert!(
+        bodies[1]["data"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("template: ")),
+        "{}",
+        bodies[1]
+    );
+    assert_eq!(bodies[2]["data"]["error"]["step"], "render");
+    assert_eq!(events.len(), 3);
+
+    // Asking for `workflow.failed` only: a run that completes posts nothing at all.
+    let quiet = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let r = app.invoke(&json!({
+        "deployment": "hello",
+        "inputs": {"name": "Ada"},
+        "async": {"callback_url": format!("{}/hook", quiet.url()), "events": ["workflow.failed"]},
+    }));
+    r.expect_status(202);
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    let detail = wait_for("the run to complete", || {
+        let detail = run_detail(&app, &id);
+        (detail["run_status"] == "completed").then_some(detail)
+    });
+    assert_eq!(detail["async"]["events"], json!([]), "{detail:#}");
+    assert_eq!(detail["async"]["delivery_state"], "not_started");
+    // The run's end was stored in one write with its (absent) event: nothing can follow.
+    assert!(quiet.requests().is_empty());
+}
+
+#[test]
+fn a_rerun_keeps_the_runs_choice_of_events_unless_given_a_new_async_object() {
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start_with(FAST, &[], &[]);
+    app.deploy_ok("three", THREE);
+    let first = invoke_with_events(
+        &app,
+        "three",
+        &receiver,
+        Some(json!(["step.completed", "workflow.completed"])),
+    );
+    wait_all_delivered(&app, &first, 4);
+
+    let rerun = |body: Value| -> String {
+        let r = app.post_json(
+            &format!("/v1/runs/{first}/rerun"),
+            Some(&app.admin_key),
+            &body,
+        );
+        r.expect_status(202);
+        r.json()["request_id"].as_str().unwrap().to_string()
+    };
+    let kept = rerun(json!({}));
+    let events = wait_all_delivered(&app, &kept, 4);
+    assert_eq!(events[0]["event_type"], "step.completed");
+    assert_eq!(
+        run_detail(&app, &kept)["async"]["events_chosen"],
+        json!(["workflow.completed", "step.completed"])
+    );
+
+    let fresh = rerun(json!({"async": {"callback_url": format!("{}/hook", receiver.url())}}));
+    let events = wait_all_delivered(&app, &fresh, 1);
+    assert_eq!(events[0]["event_type"], "workflow.completed");
+    // Bad names are refused here too, naming the field.
+    let r = app.post_json(
+        &format!("/v1/runs/{first}/rerun"),
+        Some(&app.admin_key),
+        &json!({"async": {"callback_url": format!("{}/hook", receiver.url()), "events": ["nope"]}}),
+    );
+    let body = r.expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "async.events", "{body}");
+}
