@@ -143,11 +143,13 @@ pub struct RecordAttempt {
     pub update: EventUpdate,
 }
 
-/// A new attempt series for the run's event. Answers the event, due now, or `None` when the
-/// run has no event (it has not ended, or has no callback).
+/// A new attempt series for one of the run's events (`event_id`), or its last one (its end
+/// once it ended). Answers the event, due now, or `None` when there is no such event (the run
+/// has none yet, or no callback) or it is `held` behind the run's earlier events.
 #[derive(Debug, Clone)]
 pub struct Redeliver {
     pub request_id: String,
+    pub event_id: Option<String>,
     pub at: i64,
 }
 

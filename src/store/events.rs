@@ -214,25 +214,38 @@ pub(super) fn record_attempt(
 const LAST_EVENT: &str =
     "(SELECT event_id FROM events WHERE request_id = ?1 ORDER BY seq DESC LIMIT 1)";
 
-/// Starts a new attempt series for the run's last event; returns it, due now. A `held` event
-/// is left to wait for the ones before it (`None`).
+/// Starts a new attempt series for one of the run's events (`event_id`), or its last one;
+/// returns it, due now. A `held` event is left to wait for the ones before it (`None`).
 pub(super) fn redeliver(
     conn: &Connection,
     request_id: &str,
+    event_id: Option<&str>,
     at: i64,
 ) -> rusqlite::Result<Option<DueEvent>> {
+    let target: Option<String> = match event_id {
+        Some(id) => conn
+            .prepare_cached("SELECT event_id FROM events WHERE request_id = ?1 AND event_id = ?2")?
+            .query_row((request_id, id), |row| row.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached(&format!("SELECT {LAST_EVENT}"))?
+            .query_row([request_id], |row| row.get(0))?,
+    };
+    let Some(target) = target else {
+        return Ok(None);
+    };
     let changed = conn
-        .prepare_cached(&format!(
+        .prepare_cached(
             "UPDATE events SET state = 'pending', series = series + 1, attempts = 0, next_attempt_at = ?2,
                  failure_reason = NULL, updated_at = ?2
-             WHERE event_id = {LAST_EVENT} AND state <> 'held'"
-        ))?
-        .execute((request_id, at))?;
+             WHERE event_id = ?1 AND state <> 'held'",
+        )?
+        .execute((&target, at))?;
     if changed == 0 {
         return Ok(None);
     }
-    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} WHERE event_id = {LAST_EVENT}"))?;
-    stmt.query_row([request_id], due_from_row).optional()
+    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} WHERE event_id = ?1"))?;
+    stmt.query_row([&target], due_from_row).optional()
 }
 
 const DUE_SELECT: &str =

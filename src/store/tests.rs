@@ -228,6 +228,7 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
 
     let again = Redeliver {
         request_id: id.clone(),
+        event_id: None,
         at: 5_000,
     };
     let event = f
@@ -253,6 +254,7 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
 
     let no_event = Redeliver {
         request_id: req(3_000, 9),
+        event_id: None,
         at: 5_000,
     };
     assert!(f.store.write(no_event).await.unwrap().is_none());
@@ -793,6 +795,7 @@ async fn a_runs_events_are_due_one_at_a_time_in_order() {
         .store
         .write(Redeliver {
             request_id: id.clone(),
+            event_id: None,
             at: 60_060,
         })
         .await

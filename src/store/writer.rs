@@ -382,7 +382,7 @@ apply! {
     RevokeKey, several: false, |c, conn| keys::revoke(conn, &c.id, c.at);
     TouchKey, several: false, |c, conn| keys::touch(conn, &c.id, c.at);
     RecordAttempt, several: true, |c, conn| events::record_attempt(conn, &c.attempt, &c.update);
-    Redeliver, several: true, |c, conn| events::redeliver(conn, &c.request_id, c.at);
+    Redeliver, several: true, |c, conn| events::redeliver(conn, &c.request_id, c.event_id.as_deref(), c.at);
     PurgeRuns, several: true, |c, conn| {
         runs::purge_finished(conn, c.ended_before, c.limit, c.at)
     };

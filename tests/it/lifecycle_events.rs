@@ -193,6 +193,33 @@ fn step_events_arrive_signed_one_per_step_then_the_end_in_order() {
         .map(|at| at["event_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(attempted, ids_of(&events), "{detail:#}");
+
+    // An admin can redeliver one step's event by its id: the same webhook-id and bytes.
+    let redeliver = |query: &str| {
+        app.post_json(
+            &format!("/v1/runs/{id}/redeliver{query}"),
+            Some(&app.admin_key),
+            &json!({}),
+        )
+    };
+    let r = redeliver(&format!(
+        "?event_id={}",
+        events[1]["event_id"].as_str().unwrap()
+    ));
+    r.expect_status(202);
+    assert_eq!(r.json()["event_id"], events[1]["event_id"], "{r}");
+    assert_eq!(r.json()["series"], 2, "{r}");
+    let again = receiver.wait_for_requests(5);
+    assert_eq!(
+        again[4].header("webhook-id"),
+        received[1].header("webhook-id")
+    );
+    assert_eq!(again[4].body, received[1].body);
+    redeliver("?event_id=evt_00000000000000000000000000000000").expect_error(
+        404,
+        "not_found",
+        Some("Event not found."),
+    );
 }
 
 #[test]
@@ -429,6 +456,22 @@ attempt_timeout = "2s"
         .map(|e| e["delivery_state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["retrying", "held", "held", "held"], "{before:#?}");
+    // A held event cannot be redelivered: it goes out after the ones before it.
+    for query in [
+        String::new(),
+        format!("?event_id={}", before[1]["event_id"].as_str().unwrap()),
+    ] {
+        let r = app.post_json(
+            &format!("/v1/runs/{id}/redeliver{query}"),
+            Some(&app.admin_key),
+            &json!({}),
+        );
+        let body = r.expect_error(409, "conflict", None);
+        assert!(
+            body["message"].as_str().unwrap().contains("earlier events"),
+            "{body}"
+        );
+    }
 
     app.kill();
     up.store(true, Ordering::SeqCst);
