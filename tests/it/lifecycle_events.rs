@@ -602,3 +602,40 @@ fn a_rerun_keeps_the_runs_choice_of_events_unless_given_a_new_async_object() {
     let body = r.expect_error(422, "validation_error", None);
     assert_eq!(body["field"], "async.events", "{body}");
 }
+
+#[test]
+fn an_inbound_trigger_takes_async_events_too() {
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let app = TestApp::start_with(FAST, &[], &[]);
+    app.deploy_ok("three", THREE);
+    let secret = signing_secret(&app, "three");
+    let trigger = |events: Value| {
+        let body = json!({"async": {"callback_url": format!("{}/hook", receiver.url()),
+                                    "events": events}})
+        .to_string();
+        app.request(
+            "POST",
+            "/v1/workflow/webhooks/three/variants/default",
+            None,
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Fetch-Hive-Webhook-Secret", &secret),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    let body = trigger(json!(["step.finished"])).expect_error(422, "validation_error", None);
+    assert_eq!(body["field"], "async.events", "{body}");
+    assert_eq!(app.admin_get("/v1/runs").json()["runs"], json!([]));
+
+    let r = trigger(json!(["step.completed"]));
+    r.expect_status(202);
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    let events = wait_all_delivered(&app, &id, 3);
+    let received = receiver.wait_for_requests(3);
+    assert_eq!(webhook_ids(&received), ids_of(&events));
+    for d in &received {
+        assert_eq!(d.json()["event_type"], "step.completed");
+        assert_eq!(signature_problem(&secret, d), None);
+    }
+}
