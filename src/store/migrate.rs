@@ -320,6 +320,25 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
                     ('req_1', 2, 'c', 'template', 'completed', 3, 0, 1, 'l', '1');",
         )
         .unwrap();
+        // Version 7: each old event is its run's first; a run may hold a second one, `held`,
+        // and the runs keep the default choice of events.
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM events WHERE seq = 1"),
+            2
+        );
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM runs WHERE events IS NOT NULL"),
+            0
+        );
+        conn.execute(
+            "INSERT INTO events (event_id, request_id, seq, deployment_key, event_type, callback_url,
+                                 body, state, created_at, updated_at)
+             SELECT 'evt_3', request_id, 2, deployment_key, 'step.completed', callback_url, body,
+                    'held', 9, 9
+             FROM events WHERE event_id = 'evt_2'",
+            [],
+        )
+        .unwrap();
         // The due index is back, and foreign keys work again: deleting a run cascades.
         assert_eq!(
             count(
