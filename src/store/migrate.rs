@@ -322,10 +322,7 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
         .unwrap();
         // Version 7: each old event is its run's first; a run may hold a second one, `held`,
         // and the runs keep the default choice of events.
-        assert_eq!(
-            count(&conn, "SELECT count(*) FROM events WHERE seq = 1"),
-            2
-        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE seq = 1"), 2);
         assert_eq!(
             count(&conn, "SELECT count(*) FROM runs WHERE events IS NOT NULL"),
             0

@@ -639,3 +639,47 @@ fn an_inbound_trigger_takes_async_events_too() {
         assert_eq!(signature_problem(&secret, d), None);
     }
 }
+
+#[test]
+fn a_run_recovered_after_a_kill_9_keeps_its_choice_of_events() {
+    let receiver = StubServer::threaded(|_, _| StubReply::text(200, "ok"));
+    let mut app = TestApp::start_with(FAST, &[], &[]);
+    app.deploy_ok("approve", APPROVE);
+    let id = invoke_with_events(
+        &app,
+        "approve",
+        &receiver,
+        Some(json!(["step.completed", "workflow.completed"])),
+    );
+    // The draft step's event is delivered while the approval waits.
+    let events = wait_all_delivered(&app, &id, 1);
+    assert_eq!(events[0]["event_type"], "step.completed");
+
+    app.kill();
+    app.spawn();
+    app.post_json(
+        &format!("/v1/runs/{id}/steps/ok/respond"),
+        Some(&app.admin_key),
+        &json!({"choice": "no"}),
+    )
+    .expect_success();
+
+    let events = wait_all_delivered(&app, &id, 4);
+    let received = receiver.wait_for_requests(4);
+    assert_eq!(webhook_ids(&received), ids_of(&events));
+    let seen: Vec<(Value, Value)> = received
+        .iter()
+        .map(Recorded::json)
+        .map(|b| (b["event_type"].clone(), b["data"]["step"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!("step.completed"), json!("draft")),
+            (json!("step.completed"), json!("ok")),
+            (json!("step.completed"), json!("done")),
+            (json!("workflow.completed"), Value::Null),
+        ]
+    );
+    assert_eq!(received[3].json()["data"]["output"], "no");
+}
