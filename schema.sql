@@ -60,7 +60,8 @@ CREATE TABLE runs (
     rerun_of       TEXT,                                -- the run this one reruns
     parent_request_id TEXT,                             -- the run whose workflow step started it
     schedule_id    TEXT,                                -- sch_…: the schedule that started it
-    scheduled_for  INTEGER                              -- the due time it serves; NULL for a trigger
+    scheduled_for  INTEGER,                             -- the due time it serves; NULL for a trigger
+    events         TEXT                                 -- JSON array: async.events; NULL = the default
 ) WITHOUT ROWID;
 CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
 CREATE INDEX runs_by_status ON runs (status, request_id);
@@ -133,19 +134,21 @@ CREATE TABLE idempotency_keys (
 -- The completion event of a callback run (transactional outbox: written with the run's end).
 CREATE TABLE events (
     event_id        TEXT PRIMARY KEY,                   -- evt_…: the webhook-id, stable across retries
-    request_id      TEXT NOT NULL UNIQUE REFERENCES runs(request_id) ON DELETE CASCADE,
+    request_id      TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    seq             INTEGER NOT NULL DEFAULT 1,         -- order within the run, from 1
     deployment_key  TEXT NOT NULL,
     event_type      TEXT NOT NULL,
     callback_url    TEXT NOT NULL,
     body            BLOB NOT NULL,                      -- the exact bytes sent on every attempt
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'delivered', 'failed')),
+    state           TEXT NOT NULL CHECK (state IN ('held', 'pending', 'retrying', 'delivered', 'failed')),
     series          INTEGER NOT NULL DEFAULT 1,         -- 1 + redeliveries
     attempts        INTEGER NOT NULL DEFAULT 0,         -- attempts in the current series
     total_attempts  INTEGER NOT NULL DEFAULT 0,         -- attempts ever made
     next_attempt_at INTEGER,                            -- due time while pending/retrying
     failure_reason  TEXT,                               -- e.g. 'gone', 'exhausted'
     created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (request_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
 

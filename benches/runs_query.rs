@@ -117,7 +117,7 @@ fn seed(db: &Path, runs: usize) -> i64 {
     conn.pragma_update(None, "synchronous", "OFF").unwrap();
     conn.execute_batch(include_str!("../schema.sql")).unwrap();
     // schema.sql is the whole schema of this version (see src/store/migrate.rs).
-    conn.pragma_update(None, "user_version", 4).unwrap();
+    conn.pragma_update(None, "user_version", 6).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

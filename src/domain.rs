@@ -104,6 +104,9 @@ states! {
 states! {
     /// Where a completion event stands in its delivery.
     pub enum EventState {
+        /// Waits for the run's earlier event to be delivered or to fail for good (SPEC §11:
+        /// a run's events go out in order); then it becomes `pending`.
+        Held = "held",
         /// Due for its first attempt of the series (also right after a redelivery).
         Pending = "pending",
         /// Failed at least once; due again at `next_attempt_at`.

@@ -253,6 +253,7 @@ mod tests {
                 metadata: Map::new(),
                 user: None,
                 callback_url: Some("http://127.0.0.1:1/hook".into()),
+                events: Default::default(),
                 source: crate::store::RunSource::Api,
                 api_key_id: None,
                 parent_request_id: None,

@@ -99,6 +99,7 @@ impl ChildRuns for ActorChildren {
                 user,
                 // Only the top run delivers a result; children answer their parent.
                 callback_url: None,
+                events: Default::default(),
                 source: RunSource::Workflow,
                 api_key_id,
                 parent_request_id: Some(start.parent_request_id),

@@ -48,6 +48,9 @@ pub struct AttemptFinished {
     /// Success or failure of the destination itself (None when the destination was never
     /// tried, e.g. no secret), for the circuit breaker.
     pub counts_for_breaker: Option<bool>,
+    /// The run's next event, made due by this attempt settling the event for good (it was
+    /// `held` behind it: SPEC §11 delivery order).
+    pub promoted: Option<DueEvent>,
 }
 
 pub struct DeliveryActor {
@@ -425,12 +428,12 @@ impl Handler<Deliver> for DeliveryActor {
                     .map(|reason| reason.as_str().to_string()),
             };
             let recorded = store.write(RecordAttempt { attempt, update }).await;
-            let (retry_at, recorded) = match recorded {
-                Ok(_) => (retry_at, true),
+            let (retry_at, recorded, promoted) = match recorded {
+                Ok(promoted) => (retry_at, true, promoted),
                 Err(err) => {
                     // The store still says the event is due: try again soon rather than lose it.
                     tracing::error!(%err, "could not record the attempt; will retry");
-                    (Some(ids::now_ms() + 1000), false)
+                    (Some(ids::now_ms() + 1000), false, None)
                 }
             };
             reply_to.do_send(AttemptFinished {
@@ -438,6 +441,7 @@ impl Handler<Deliver> for DeliveryActor {
                 retry_at,
                 recorded,
                 counts_for_breaker: reply.counts_for_breaker(),
+                promoted,
             });
         };
         ctx.spawn(tracing::Instrument::instrument(work, span).into_actor(self));

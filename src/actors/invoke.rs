@@ -499,6 +499,7 @@ impl InvokeActor {
             parent_request_id: run.parent_request_id.clone(),
             schedule_id: fire.as_ref().map(|f| f.schedule_id.clone()),
             scheduled_for: fire.as_ref().and_then(|f| f.scheduled_for),
+            events_json: run.events.to_stored(),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -730,6 +731,7 @@ impl Handler<StartChild> for InvokeActor {
             parent_request_id: run.parent_request_id.clone(),
             schedule_id: None,
             scheduled_for: None,
+            events_json: None,
         };
         let mut waiting = msg.waiting;
         waiting.child_request_id = Some(request_id.clone());

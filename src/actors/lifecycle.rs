@@ -13,10 +13,12 @@ use tokio::sync::oneshot;
 
 use super::retry::Enqueue;
 use crate::delivery::event::{self, EventFacts};
+use crate::delivery::lifecycle::EventSet;
 use crate::deployments::LiveDeployment;
 use crate::ids;
 use crate::store::{
-    DueEvent, FinishRun, FinishedRun, NewEvent, RunSource, RunStatus, StepRow, StepStatus, Store,
+    DueEvent, FinishRun, FinishedRun, NewEvent, RunFinish, RunSource, RunStatus, StepRow,
+    StepStatus, Store,
 };
 use crate::usage::Usage;
 use crate::workflow::engine::Resume;
@@ -30,6 +32,8 @@ pub struct PreparedRun {
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
     pub callback_url: Option<String>,
+    /// What is POSTed to `callback_url` (SPEC §11 `async.events`).
+    pub events: EventSet,
     pub source: RunSource,
     pub api_key_id: Option<String>,
     /// The run whose `workflow` step started this one (a child run, SPEC §10).
@@ -123,7 +127,7 @@ async fn write_until_stored(
     store: &Store,
     request_id: &str,
     done: FinishedRun,
-) -> Result<bool, crate::store::StoreError> {
+) -> Result<RunFinish, crate::store::StoreError> {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
         match store.write(FinishRun(done.clone())).await {
@@ -165,29 +169,35 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         ),
         _ => None,
     };
-    let event = prepared.callback_url.as_ref().map(|url| {
-        let body = event::render_body(&EventFacts {
-            request_id: &request_id,
-            run_status: status,
-            deployment: &prepared.deployment.key,
-            variant: &prepared.variant,
-            version: prepared.deployment.version,
-            output: &output,
-            error: error.clone(),
-            metadata: &prepared.metadata,
-            user: prepared.user.as_deref(),
-            started_at_ms: started_at,
-            ended_at_ms: ended_at,
-            usage: usage.as_ref(),
+    let event_type = event::event_type(status);
+    let wanted = prepared.events.wants(event_type);
+    let event = prepared
+        .callback_url
+        .as_ref()
+        .filter(|_| wanted)
+        .map(|url| {
+            let body = event::render_body(&EventFacts {
+                request_id: &request_id,
+                run_status: status,
+                deployment: &prepared.deployment.key,
+                variant: &prepared.variant,
+                version: prepared.deployment.version,
+                output: &output,
+                error: error.clone(),
+                metadata: &prepared.metadata,
+                user: prepared.user.as_deref(),
+                started_at_ms: started_at,
+                ended_at_ms: ended_at,
+                usage: usage.as_ref(),
+            });
+            NewEvent {
+                event_id: ids::event_id(),
+                deployment_key: prepared.deployment.key.clone(),
+                event_type: event_type.to_string(),
+                callback_url: url.clone(),
+                body,
+            }
         });
-        NewEvent {
-            event_id: ids::event_id(),
-            deployment_key: prepared.deployment.key.clone(),
-            event_type: event::event_type(status).to_string(),
-            callback_url: url.clone(),
-            body,
-        }
-    });
     let due = event.as_ref().map(|e| DueEvent {
         event_id: e.event_id.clone(),
         request_id: request_id.clone(),
@@ -216,15 +226,19 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
     match write_until_stored(&reporting.store, &request_id, done).await {
-        Ok(true) => {
+        Ok(RunFinish {
+            ended: true,
+            event_due,
+        }) => {
             let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);
             crate::metrics::get()
                 .run_ended(status.as_str(), std::time::Duration::from_millis(ran_ms));
-            if let Some(due) = due {
+            // A `held` event goes out when the run's earlier events are done.
+            if let Some(due) = due.filter(|_| event_due) {
                 reporting.supervisor.do_send(Enqueue(due));
             }
         }
-        Ok(false) => {
+        Ok(RunFinish { ended: false, .. }) => {
             tracing::info!(request_id = %request_id, "run had already ended (cancelled); result dropped");
         }
         Err(err) => {

@@ -11,6 +11,7 @@ pub mod children;
 pub mod delivery;
 pub mod invoke;
 pub mod lifecycle;
+mod notify;
 pub mod recovery;
 pub mod retention;
 pub mod retry;

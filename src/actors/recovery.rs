@@ -167,6 +167,9 @@ pub fn recover(
                 metadata: as_map(&run.metadata_json),
                 user: run.user,
                 callback_url: run.callback_url,
+                events: crate::delivery::lifecycle::EventSet::from_stored(
+                    run.events_json.as_deref(),
+                ),
                 source: run.source,
                 api_key_id: run.api_key_id,
                 parent_request_id: run.parent_request_id,

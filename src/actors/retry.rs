@@ -214,6 +214,9 @@ impl Handler<AttemptFinished> for RetrySupervisor {
             msg.counts_for_breaker,
             ids::now_ms(),
         );
+        if let Some(next) = msg.promoted {
+            self.schedule.insert(next);
+        }
         self.pump(ctx);
     }
 }

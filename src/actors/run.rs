@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, Reporting, RunEnded, RunPaused, Waiting,
 };
+use super::notify::Notifier;
 use crate::store::{RecordStep, StepRow};
 use crate::usage::Usage;
 use crate::workflow::engine::{Execution, Pause, StepStatus};
@@ -85,6 +86,8 @@ impl RunActor {
             return;
         }
         let row = step_row(&request_id, &pause.record);
+        let notify = Notifier::for_run(&request_id, &run.prepared, &self.reporting)
+            .and_then(|n| n.approval_event(&pause.record).map(|event| (n, event)));
         let Pause {
             record,
             timeout_at_ms,
@@ -92,7 +95,12 @@ impl RunActor {
             ..
         } = pause;
         ctx.spawn(
-            async move { store.write(RecordStep(row)).await }
+            async move {
+                match notify {
+                    Some((notifier, event)) => notifier.record(row, event).await,
+                    None => store.write(RecordStep(row)).await,
+                }
+            }
                 .into_actor(self)
                 .map(move |written, act, ctx| {
                     if let Err(err) = written {
@@ -202,9 +210,17 @@ impl Actor for RunActor {
         };
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let usage = self.usage.clone();
+        let notifier = Notifier::for_run(&request_id, &run.prepared, &self.reporting);
         let steps = async move {
             let mut on_step = |rec: &StepRecord| {
-                store.write_detached(RecordStep(step_row(&request_id, rec)));
+                let row = step_row(&request_id, rec);
+                match notifier
+                    .as_ref()
+                    .and_then(|n| Some((n, n.step_event(rec)?)))
+                {
+                    Some((notifier, event)) => notifier.record_detached(row, event),
+                    None => store.write_detached(RecordStep(row)),
+                }
                 if let Some(u) = rec.usage.as_ref().and_then(Usage::from_stored) {
                     usage
                         .borrow_mut()

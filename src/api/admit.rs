@@ -46,6 +46,7 @@ pub fn prepare(
         metadata: req.metadata,
         user: req.user,
         callback_url: req.callback_url,
+        events: req.events,
         source,
         api_key_id,
         parent_request_id: None,

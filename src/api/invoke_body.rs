@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::params::BLANK;
+use crate::delivery::lifecycle::EventSet;
 use crate::error::ApiError;
 
 /// The invoke body after shape checks (SPEC §2).
@@ -15,6 +16,8 @@ pub struct InvokeRequest {
     pub inputs: Map<String, Value>,
     /// Set when async delivery was asked for.
     pub callback_url: Option<String>,
+    /// `async.events`: what is POSTed to `callback_url` (SPEC §11).
+    pub events: EventSet,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
 }
@@ -47,6 +50,7 @@ pub fn parse_invoke(body: &Value) -> Result<InvokeRequest, ApiError> {
         Some(_) => return Err(ApiError::field("inputs", "inputs must be an object")),
     };
     let callback_url = parse_async(obj.get("async"))?;
+    let events = parse_events(obj.get("async"))?;
     let metadata = parse_metadata(obj.get("metadata"))?;
     let user = match obj.get("user") {
         None | Some(Value::Null) => None,
@@ -58,9 +62,17 @@ pub fn parse_invoke(body: &Value) -> Result<InvokeRequest, ApiError> {
         variant,
         inputs,
         callback_url,
+        events,
         metadata,
         user,
     })
+}
+
+/// `async.events` (SPEC §11), checked whether or not async is on, like `callback_url`: a
+/// name this daemon does not know is refused, never silently dropped.
+pub fn parse_events(async_value: Option<&Value>) -> Result<EventSet, ApiError> {
+    let events = async_value.and_then(|a| a.get("events"));
+    EventSet::parse(events).map_err(|message| ApiError::field("async.events", message))
 }
 
 /// The `async` object: `Some(url)` when async delivery is on. A `callback_url` without
@@ -227,6 +239,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.metadata.len(), 4);
+    }
+
+    #[test]
+    fn async_events_are_checked_and_name_the_field() {
+        let body = err(
+            json!({"deployment": "d", "async": {"callback_url": "http://x/cb",
+                                                           "events": ["step.completed", "nope"]}}),
+        );
+        assert_eq!(body["field"], "async.events");
+        assert_eq!(body["error_code"], "validation_error");
+        let ok = parse_invoke(
+            &json!({"deployment": "d", "async": {"callback_url": "http://x/cb",
+                                                                   "events": ["step.completed"]}}),
+        )
+        .unwrap();
+        assert!(ok.events.wants("step.completed") && !ok.events.wants("workflow.completed"));
+        assert_eq!(
+            parse_invoke(&json!({"deployment": "d"})).unwrap().events,
+            EventSet::default()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use utoipa::openapi::schema::{
-    AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
+    AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
@@ -60,6 +60,27 @@ fn given_callback_url() -> ObjectBuilder {
     ))
 }
 
+/// `async.events` (SPEC §11): what is POSTed to the callback URL; null or left out is the
+/// default, the run's end.
+fn async_events() -> AnyOfBuilder {
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(crate::delivery::lifecycle::NAMES)),
+                )
+                .min_items(Some(1)),
+        )
+        .description(Some(
+            "Which events are POSTed to `callback_url`: `workflow.completed`, `workflow.failed`, \
+             `workflow.cancelled` (the default: all three), `step.completed`, \
+             `approval.requested`. A run's events arrive in order.",
+        ))
+}
+
 /// Async delivery switched on: a callback URL, and `enabled` true or left out.
 pub struct AsyncOn;
 
@@ -71,6 +92,7 @@ impl PartialSchema for AsyncOn {
                 nullable_bool().enum_values(Some([Some(true), None])),
             )
             .property("callback_url", given_callback_url())
+            .property("events", async_events())
             .required("callback_url")
             .description(Some(
                 "Async delivery: the final result is POSTed, signed, to `callback_url`.",
@@ -101,6 +123,7 @@ impl PartialSchema for AsyncOptions {
                     .item(ObjectBuilder::new().schema_type(Type::Null))
                     .item(CallbackUrl::schema()),
             )
+            .property("events", async_events())
             .required("enabled");
         let unset = ObjectBuilder::new()
             .property("enabled", ObjectBuilder::new().schema_type(Type::Null))
@@ -113,7 +136,8 @@ impl PartialSchema for AsyncOptions {
                             .schema_type(Type::String)
                             .pattern(Some(BLANK_PATTERN)),
                     ),
-            );
+            )
+            .property("events", async_events());
         AnyOfBuilder::new()
             .item(AsyncOn::schema())
             .item(off)

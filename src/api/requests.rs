@@ -8,6 +8,7 @@ use super::extract::Authed;
 use super::routing::endpoint;
 use super::state::AppState;
 use super::views::{AsyncDetail, LegacyRun, PublicRequest, RunDetail};
+use crate::delivery::lifecycle::EventSet;
 use crate::error::ApiError;
 use crate::ids;
 use crate::keyring::Caller;
@@ -95,8 +96,9 @@ async fn run_detail(
     let async_detail = match run.callback_url.clone() {
         Some(url) => {
             let request_id = run.request_id.clone();
-            let (event, attempts) = state.store.delivery_of_run(request_id).await?;
-            Some(AsyncDetail::new(url, event.as_ref(), &attempts))
+            let (events, attempts) = state.store.events_of_run(request_id).await?;
+            let chosen = EventSet::from_stored(run.events_json.as_deref());
+            Some(AsyncDetail::new(url, chosen, &events, &attempts))
         }
         None => None,
     };

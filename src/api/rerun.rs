@@ -10,12 +10,13 @@ use utoipa::ToSchema;
 
 use super::admit::admit_as;
 use super::extract::{Authed, OptionalJsonBody};
-use super::invoke_body::parse_async;
+use super::invoke_body::{parse_async, parse_events};
 use super::requests::load_run;
 use super::routing::endpoint;
 use super::state::AppState;
 use crate::actors::recovery::rerun_lines;
 use crate::actors::{Mode, PreparedRun, Rerun};
+use crate::delivery::lifecycle::EventSet;
 use crate::error::ApiError;
 use crate::store::{RunRecord, RunSource, RunStatus, StepRow};
 use crate::workflow::check_inputs;
@@ -222,9 +223,13 @@ fn plan(
         })?
     };
 
-    let callback_url = match async_config {
-        Some(value) => parse_async(Some(&value))?,
-        None => earlier.callback_url.clone(),
+    // A new `async` object brings its own `events` (the default when it has none).
+    let (callback_url, events) = match async_config {
+        Some(value) => (parse_async(Some(&value))?, parse_events(Some(&value))?),
+        None => (
+            earlier.callback_url.clone(),
+            EventSet::from_stored(earlier.events_json.as_deref()),
+        ),
     };
     if callback_url.is_none() && def.requires_async() {
         return Err(ApiError::field(
@@ -240,6 +245,7 @@ fn plan(
             metadata: as_map(&earlier.metadata_json),
             user: earlier.user.clone(),
             callback_url,
+            events,
             source,
             api_key_id: Some(api_key_id),
             // A rerun stands on its own, even when the earlier run was a child.

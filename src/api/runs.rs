@@ -65,19 +65,22 @@ async fn cancel(
     }))
 }
 
-/// Starts a new attempt series for the run's event (same `webhook-id`), whatever its state.
+/// Starts a new attempt series for the run's event (same `webhook-id`), whatever its state:
+/// its last one (the run's end), or the lifecycle event `event_id` names (SPEC §11).
 #[utoipa::path(post, path = "/v1/runs/{id}/redeliver", operation_id = "redeliver_run", tag = "runs",
-    params(("id" = String, Path, description = "The run's `req_…` id")),
+    params(("id" = String, Path, description = "The run's `req_…` id"),
+           ("event_id" = Option<String>, Query, description = "One of the run's events (`evt_…`, see `async.events` of the run); left out: its last one")),
     responses(
         (status = 202, description = "Redelivery queued", body = RedeliverReply),
-        (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
-        (status = 409, description = "No callback URL, or the run has not ended yet", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`Run not found.` / `Event not found.`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "No callback URL, the run has no event yet, or the event still waits for the run's earlier ones", body = crate::error::ErrorEnvelope),
         super::responses::NeedsAdmin,
     ))]
 async fn redeliver(
     state: web::Data<AppState>,
     Admin(caller): Admin,
     id: web::Path<String>,
+    query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let (run, _) = load_run(&state, &caller, id.into_inner(), "Run not found.").await?;
     if run.callback_url.is_none() {
@@ -85,17 +88,41 @@ async fn redeliver(
             "This run has no callback URL, so there is no event to redeliver.".into(),
         ));
     }
+    let event_id = query
+        .into_inner()
+        .into_iter()
+        .find(|(name, _)| name == "event_id")
+        .map(|(_, value)| value);
+    let (events, _) = state.store.events_of_run(run.request_id.clone()).await?;
+    let target = match &event_id {
+        Some(wanted) => events
+            .iter()
+            .find(|e| &e.event_id == wanted)
+            .ok_or_else(|| ApiError::NotFound("Event not found.".into()))?,
+        None => events.last().ok_or_else(|| {
+            ApiError::Conflict("The run has not ended yet, so its event does not exist yet.".into())
+        })?,
+    };
+    let held = || {
+        ApiError::Conflict(format!(
+            "Event {} waits for the run's earlier events and goes out after them; there is nothing to redeliver yet.",
+            target.event_id
+        ))
+    };
+    if target.state == crate::store::EventState::Held {
+        return Err(held());
+    }
     let written = state
         .store
         .write(Redeliver {
             request_id: run.request_id.clone(),
+            event_id: Some(target.event_id.clone()),
             at: ids::now_ms(),
         })
         .await?;
+    // Its state may have moved since it was read; only `held` refuses.
     let Some(event) = written else {
-        return Err(ApiError::Conflict(
-            "The run has not ended yet, so its event does not exist yet.".into(),
-        ));
+        return Err(held());
     };
     tracing::info!(request_id = %run.request_id, event_id = %event.event_id, series = event.series, "redelivery requested");
     let body = RedeliverReply {

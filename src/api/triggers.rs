@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::admit::{admit, prepare};
 use super::extract::JsonBody;
-use super::invoke_body::{parse_async, parse_metadata, InvokeRequest};
+use super::invoke_body::{parse_async, parse_events, parse_metadata, InvokeRequest};
 use super::routing::endpoint;
 use super::state::AppState;
 use crate::error::ApiError;
@@ -65,6 +65,7 @@ fn trigger_request(
         variant,
         inputs,
         callback_url: Some(callback_url),
+        events: parse_events(obj.get("async"))?,
         metadata: parse_metadata(obj.get("metadata"))?,
         user,
     })

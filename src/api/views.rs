@@ -37,6 +37,8 @@ fn parse_obj(text: &str) -> Value {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Attempt {
     pub attempt_id: String,
+    /// The event this attempt sent (a run with lifecycle events has several).
+    pub event_id: String,
     /// 1-based over the event's whole life.
     pub attempt: i64,
     /// 1 + redeliveries.
@@ -66,6 +68,7 @@ impl Attempt {
     pub fn from_row(a: &AttemptRow) -> Attempt {
         Attempt {
             attempt_id: a.attempt_id.clone(),
+            event_id: a.event_id.clone(),
             attempt: a.attempt_number,
             series: a.series,
             url: a.url.clone(),
@@ -232,11 +235,49 @@ impl Step {
     }
 }
 
+/// One event of a callback run (SPEC §11: a run may post lifecycle events before its end).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventSummary {
+    /// `evt_…`: the `webhook-id`.
+    pub event_id: String,
+    pub event_type: String,
+    /// Its place in the run's delivery order, from 1.
+    pub seq: i64,
+    /// `held` (waits for the run's earlier events), `pending`, `retrying`, `delivered` or
+    /// `failed`.
+    pub delivery_state: String,
+    pub attempt_count: i64,
+    pub series: i64,
+    #[schema(format = DateTime)]
+    pub next_attempt_at: Option<String>,
+    pub failure_reason: Option<String>,
+}
+
+impl EventSummary {
+    pub fn from_record(e: &EventRecord) -> EventSummary {
+        EventSummary {
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.clone(),
+            seq: e.seq,
+            delivery_state: e.state.to_string(),
+            attempt_count: e.total_attempts,
+            series: e.series,
+            next_attempt_at: e.next_attempt_at.map(ids::rfc3339),
+            failure_reason: e.failure_reason.clone(),
+        }
+    }
+}
+
 /// The async configuration of a callback run and its delivery.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AsyncDetail {
     pub enabled: bool,
     pub callback_url: String,
+    /// `async.events`: what the run posts (SPEC §11).
+    pub events_chosen: Vec<String>,
+    /// Every event the run has posted or will post next, in delivery order; the fields
+    /// below describe the last one (the run's end once it ended).
+    pub events: Vec<EventSummary>,
     /// `evt_…`: the `webhook-id`, stable across retries; null until the run ends.
     pub event_id: Option<String>,
     pub event_type: Option<String>,
@@ -254,12 +295,16 @@ pub struct AsyncDetail {
 impl AsyncDetail {
     pub fn new(
         callback_url: String,
-        event: Option<&EventRecord>,
+        chosen: crate::delivery::lifecycle::EventSet,
+        events: &[EventRecord],
         attempts: &[AttemptRow],
     ) -> AsyncDetail {
+        let event = events.last();
         AsyncDetail {
             enabled: true,
             callback_url,
+            events_chosen: chosen.names().into_iter().map(str::to_string).collect(),
+            events: events.iter().map(EventSummary::from_record).collect(),
             event_id: event.map(|e| e.event_id.clone()),
             event_type: event.map(|e| e.event_type.clone()),
             // No event yet means the run has not ended; delivery starts when it does.

@@ -306,6 +306,8 @@ pub fn prepared_run(s: &ScheduleRecord, deployments: &Deployments) -> Result<Pre
         source: RunSource::Schedule,
         api_key_id: None,
         parent_request_id: None,
+        // A schedule's callback gets the default events: the run's end.
+        events: Default::default(),
     })
 }
 

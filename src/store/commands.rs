@@ -6,9 +6,10 @@
 //! second backend would implement its own application for the same types.
 
 use super::deployments::{Deployed, NewDeploymentVersion};
+use super::events::NewEvent;
 use super::events::{AttemptRow, DueEvent, EventUpdate};
 use super::keys::{KeyRecord, Revocation};
-use super::runs::{FinishedRun, NewRun, StepRow};
+use super::runs::{FinishedRun, NewRun, RunFinish, StepRow};
 
 /// A change to the store, and what it answers once committed.
 pub trait Command: Send + 'static {
@@ -53,6 +54,15 @@ pub struct MarkRunning {
 /// One line of a run's trace (replaces the line with the same step and start).
 #[derive(Debug, Clone)]
 pub struct RecordStep(pub StepRow);
+
+/// A trace line and the lifecycle event reporting it (SPEC §11), in one transaction. Answers
+/// whether the event is due now; `false`: it is `held` behind the run's earlier events.
+#[derive(Debug, Clone)]
+pub struct RecordStepEvent {
+    pub step: StepRow,
+    pub event: NewEvent,
+    pub at: i64,
+}
 
 /// The answer to a waiting approval step. Answers false when the run is not running, the
 /// step is not waiting, or it already has an answer.
@@ -133,11 +143,13 @@ pub struct RecordAttempt {
     pub update: EventUpdate,
 }
 
-/// A new attempt series for the run's event. Answers the event, due now, or `None` when the
-/// run has no event (it has not ended, or has no callback).
+/// A new attempt series for one of the run's events (`event_id`), or its last one (its end
+/// once it ended). Answers the event, due now, or `None` when there is no such event (the run
+/// has none yet, or no callback) or it is `held` behind the run's earlier events.
 #[derive(Debug, Clone)]
 pub struct Redeliver {
     pub request_id: String,
+    pub event_id: Option<String>,
     pub at: i64,
 }
 
@@ -168,7 +180,8 @@ outputs! {
     MarkRunning => bool,
     RecordStep => (),
     AnswerApproval => bool,
-    FinishRun => bool,
+    FinishRun => RunFinish,
+    RecordStepEvent => bool,
     PutDeployment => Deployed,
     DeleteDeployment => bool,
     RotateSecret => bool,
@@ -176,7 +189,7 @@ outputs! {
     RotateKey => bool,
     RevokeKey => Revocation,
     TouchKey => (),
-    RecordAttempt => (),
+    RecordAttempt => Option<DueEvent>,
     Redeliver => Option<DueEvent>,
     PurgeRuns => usize,
     SaveIdempotent => (),

@@ -1,11 +1,18 @@
-//! Completion events (the outbox) and their delivery attempts.
+//! Callback events (the outbox) and their delivery attempts.
+//!
+//! A run may have several events (SPEC §11 lifecycle webhooks), numbered by `seq`. Only the
+//! head of a run's queue is due (`pending`/`retrying`); the ones after it wait as `held`, and
+//! the write that settles the head for good (delivered or failed) makes the next one due in
+//! the same transaction. The due set the supervisor reads therefore never holds two events of
+//! one run, and a restart needs nothing but the table to keep the order.
 
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::domain::{AttemptOutcome, ErrorKind, EventState};
 
-/// An event written in the same transaction as its run's end.
+/// An event written in the same transaction as what it reports (the run's end, a step's
+/// trace line).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: String,
@@ -45,6 +52,8 @@ pub struct EventRecord {
     pub failure_reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The event's place in its run's delivery order, from 1.
+    pub seq: i64,
 }
 
 /// One recorded attempt.
@@ -78,34 +87,81 @@ pub struct EventUpdate {
     pub failure_reason: Option<String>,
 }
 
+/// Stores the run's next event, last in its queue. Answers whether it is due now: `false`
+/// when an earlier event of the run still waits for delivery, so this one is `held`.
 pub(super) fn insert(
     conn: &Connection,
     request_id: &str,
     event: &NewEvent,
     at: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
+    let (seq, waiting): (i64, bool) = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(seq), 0) + 1,
+                    COALESCE(MAX(state IN ('held', 'pending', 'retrying')), 0)
+             FROM events WHERE request_id = ?1",
+        )?
+        .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let (state, next_attempt_at) = if waiting {
+        (EventState::Held, None)
+    } else {
+        (EventState::Pending, Some(at))
+    };
     conn.prepare_cached(
-        "INSERT INTO events (event_id, request_id, deployment_key, event_type, callback_url, body, state,
-                             next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+        "INSERT INTO events (event_id, request_id, seq, deployment_key, event_type, callback_url, body,
+                             state, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
     )?
     .execute(rusqlite::params![
         event.event_id,
         request_id,
+        seq,
         event.deployment_key,
         event.event_type,
         event.callback_url,
         event.body,
+        state,
+        next_attempt_at,
         at
     ])?;
-    Ok(())
+    Ok(!waiting)
 }
 
+/// After the run's due event settled for good: its first `held` event becomes due at `at`,
+/// unless another of its events is still due (a redelivery). Answers that event.
+fn promote_next(
+    conn: &Connection,
+    request_id: &str,
+    at: i64,
+) -> rusqlite::Result<Option<DueEvent>> {
+    let next: Option<String> = conn
+        .prepare_cached(
+            "SELECT event_id FROM events WHERE request_id = ?1 AND state = 'held'
+               AND NOT EXISTS (SELECT 1 FROM events WHERE request_id = ?1
+                               AND state IN ('pending', 'retrying'))
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row([request_id], |row| row.get(0))
+        .optional()?;
+    let Some(event_id) = next else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "UPDATE events SET state = 'pending', next_attempt_at = ?2, updated_at = ?2 WHERE event_id = ?1",
+    )?
+    .execute((&event_id, at))?;
+    conn.prepare_cached(&format!("{DUE_SELECT} WHERE event_id = ?1"))?
+        .query_row([&event_id], due_from_row)
+        .optional()
+}
+
+/// Records an attempt and the event's new state. When that settles the event for good, the
+/// run's next event becomes due: answers it.
 pub(super) fn record_attempt(
     conn: &Connection,
     attempt: &AttemptRow,
     update: &EventUpdate,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<DueEvent>> {
     conn.prepare_cached(
         "INSERT INTO attempts (attempt_id, event_id, request_id, attempt_number, series, url, request_headers,
              status_code, error_kind, error_message, response_headers, response_body, started_at, duration_ms,
@@ -144,27 +200,52 @@ pub(super) fn record_attempt(
         update.failure_reason,
         attempt.started_at + attempt.duration_ms,
     ])?;
-    Ok(())
+    if update.state.is_due() {
+        return Ok(None);
+    }
+    promote_next(
+        conn,
+        &attempt.request_id,
+        attempt.started_at + attempt.duration_ms,
+    )
 }
 
-/// Starts a new attempt series for the run's event; returns it, due now.
+/// The run's last event (its terminal one once the run ended).
+const LAST_EVENT: &str =
+    "(SELECT event_id FROM events WHERE request_id = ?1 ORDER BY seq DESC LIMIT 1)";
+
+/// Starts a new attempt series for one of the run's events (`event_id`), or its last one;
+/// returns it, due now. A `held` event is left to wait for the ones before it (`None`).
 pub(super) fn redeliver(
     conn: &Connection,
     request_id: &str,
+    event_id: Option<&str>,
     at: i64,
 ) -> rusqlite::Result<Option<DueEvent>> {
+    let target: Option<String> = match event_id {
+        Some(id) => conn
+            .prepare_cached("SELECT event_id FROM events WHERE request_id = ?1 AND event_id = ?2")?
+            .query_row((request_id, id), |row| row.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached(&format!("SELECT {LAST_EVENT}"))?
+            .query_row([request_id], |row| row.get(0))?,
+    };
+    let Some(target) = target else {
+        return Ok(None);
+    };
     let changed = conn
         .prepare_cached(
             "UPDATE events SET state = 'pending', series = series + 1, attempts = 0, next_attempt_at = ?2,
                  failure_reason = NULL, updated_at = ?2
-             WHERE request_id = ?1",
+             WHERE event_id = ?1 AND state <> 'held'",
         )?
-        .execute((request_id, at))?;
+        .execute((&target, at))?;
     if changed == 0 {
         return Ok(None);
     }
-    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} WHERE request_id = ?1"))?;
-    stmt.query_row([request_id], due_from_row).optional()
+    let mut stmt = conn.prepare_cached(&format!("{DUE_SELECT} WHERE event_id = ?1"))?;
+    stmt.query_row([&target], due_from_row).optional()
 }
 
 const DUE_SELECT: &str =
@@ -186,32 +267,50 @@ fn due_from_row(row: &Row<'_>) -> rusqlite::Result<DueEvent> {
     })
 }
 
+const EVENT_RECORD_SELECT: &str = "SELECT event_id, request_id, event_type, callback_url, state,
+    series, attempts, total_attempts, next_attempt_at, failure_reason, created_at, updated_at, seq
+    FROM events";
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        event_id: row.get(0)?,
+        request_id: row.get(1)?,
+        event_type: row.get(2)?,
+        callback_url: row.get(3)?,
+        state: row.get(4)?,
+        series: row.get(5)?,
+        attempts: row.get(6)?,
+        total_attempts: row.get(7)?,
+        next_attempt_at: row.get(8)?,
+        failure_reason: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        seq: row.get(12)?,
+    })
+}
+
+/// The run's last event: its terminal one once the run ended.
 pub(super) fn event_for_run(
     conn: &Connection,
     request_id: &str,
 ) -> rusqlite::Result<Option<EventRecord>> {
-    conn.prepare_cached(
-        "SELECT event_id, request_id, event_type, callback_url, state, series, attempts, total_attempts,
-                next_attempt_at, failure_reason, created_at, updated_at
-         FROM events WHERE request_id = ?1",
-    )?
-    .query_row([request_id], |row| {
-        Ok(EventRecord {
-            event_id: row.get(0)?,
-            request_id: row.get(1)?,
-            event_type: row.get(2)?,
-            callback_url: row.get(3)?,
-            state: row.get(4)?,
-            series: row.get(5)?,
-            attempts: row.get(6)?,
-            total_attempts: row.get(7)?,
-            next_attempt_at: row.get(8)?,
-            failure_reason: row.get(9)?,
-            created_at: row.get(10)?,
-            updated_at: row.get(11)?,
-        })
-    })
+    conn.prepare_cached(&format!(
+        "{EVENT_RECORD_SELECT} WHERE event_id = {LAST_EVENT}"
+    ))?
+    .query_row([request_id], record_from_row)
     .optional()
+}
+
+/// Every event of the run, in delivery order.
+pub(super) fn events_for_run(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Vec<EventRecord>> {
+    conn.prepare_cached(&format!(
+        "{EVENT_RECORD_SELECT} WHERE request_id = ?1 ORDER BY seq"
+    ))?
+    .query_map([request_id], record_from_row)?
+    .collect()
 }
 
 pub(super) fn attempts_for_run(
@@ -222,7 +321,7 @@ pub(super) fn attempts_for_run(
         "SELECT attempt_id, event_id, request_id, attempt_number, series, url, request_headers, status_code,
                 error_kind, error_message, response_headers, response_body, started_at, duration_ms, outcome,
                 next_attempt_at
-         FROM attempts WHERE request_id = ?1 ORDER BY attempt_number",
+         FROM attempts WHERE request_id = ?1 ORDER BY started_at, attempt_number",
     )?;
     let rows = stmt.query_map([request_id], |row| {
         Ok(AttemptRow {

@@ -213,8 +213,51 @@ CREATE TABLE schedules (
 CREATE UNIQUE INDEX schedules_by_name ON schedules (deployment_key, name) WHERE name IS NOT NULL;
 ";
 
+/// Version 6 (SPEC §11, lifecycle webhooks): a run may have several events (`step.completed`,
+/// `approval.requested`, then its terminal one), numbered by `seq` within the run; an event
+/// waits as `held` until the one before it is delivered or has failed for good, so only the
+/// head of each run's queue is ever due. `runs.events` keeps the run's `async.events` choice
+/// (NULL: the default, the terminal events). `events` loses its `UNIQUE (request_id)` and
+/// gets a new `CHECK`, so it is rebuilt as in version 2.
+const V6_LIFECYCLE_EVENTS: &str = "
+ALTER TABLE runs ADD COLUMN events TEXT;
+CREATE TABLE events_v6 (
+    event_id        TEXT PRIMARY KEY,
+    request_id      TEXT NOT NULL REFERENCES runs(request_id) ON DELETE CASCADE,
+    seq             INTEGER NOT NULL DEFAULT 1,
+    deployment_key  TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    callback_url    TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('held', 'pending', 'retrying', 'delivered', 'failed')),
+    series          INTEGER NOT NULL DEFAULT 1,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    total_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    failure_reason  TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (request_id, seq)
+) WITHOUT ROWID;
+INSERT INTO events_v6 (event_id, request_id, seq, deployment_key, event_type, callback_url, body,
+                       state, series, attempts, total_attempts, next_attempt_at, failure_reason,
+                       created_at, updated_at)
+    SELECT event_id, request_id, 1, deployment_key, event_type, callback_url, body, state,
+           series, attempts, total_attempts, next_attempt_at, failure_reason, created_at, updated_at
+    FROM events;
+DROP TABLE events;
+ALTER TABLE events_v6 RENAME TO events;
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS, V5_SCHEDULES];
+const MIGRATIONS: &[&str] = &[
+    V2_STATES,
+    V3_KEY_OVERLAP,
+    V4_WORKFLOWS,
+    V5_SCHEDULES,
+    V6_LIFECYCLE_EVENTS,
+];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -354,6 +397,22 @@ VALUES ('att_1', 'evt_2', 'req_2', 1, 1, 'http://x', '{}', 2, 1, 'retrying');
         // Version 5: a run started by a schedule.
         conn.execute(
             "UPDATE runs SET source = 'schedule', schedule_id = 'sch_1', scheduled_for = 5 WHERE request_id = 'req_2'",
+            [],
+        )
+        .unwrap();
+        // Version 6: each old event is its run's first; a run may hold a second one, `held`,
+        // and the runs keep the default choice of events.
+        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE seq = 1"), 2);
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM runs WHERE events IS NOT NULL"),
+            0
+        );
+        conn.execute(
+            "INSERT INTO events (event_id, request_id, seq, deployment_key, event_type, callback_url,
+                                 body, state, created_at, updated_at)
+             SELECT 'evt_3', request_id, 2, deployment_key, 'step.completed', callback_url, body,
+                    'held', 9, 9
+             FROM events WHERE event_id = 'evt_2'",
             [],
         )
         .unwrap();

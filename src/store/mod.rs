@@ -35,7 +35,9 @@ pub use commands::*;
 pub use deployments::{Deployed, DeploymentRecord, NewDeploymentVersion, VersionInfo};
 pub use events::{AttemptRow, DueEvent, EventRecord, EventUpdate, NewEvent};
 pub use keys::{KeyRecord, Revocation, Role};
-pub use runs::{FinishedRun, NewRun, RunFilter, RunListItem, RunRecord, StepRow, StoredTrace};
+pub use runs::{
+    FinishedRun, NewRun, RunFilter, RunFinish, RunListItem, RunRecord, StepRow, StoredTrace,
+};
 pub use schedules::{
     Advance, DeleteSchedule, FireSchedule, InsertSchedule, ScheduleRecord, UpdateSchedule,
 };
@@ -179,6 +181,15 @@ impl Store {
         self.inner.writer.submit(cmd).await
     }
 
+    /// Queues a write now, in order with every write queued after it, and answers a future
+    /// of its result: for a caller that must not wait but needs the answer.
+    pub fn write_queued<C: Apply>(
+        &self,
+        cmd: C,
+    ) -> impl std::future::Future<Output = StoreResult<C::Output>> {
+        self.inner.writer.submit_queued(cmd)
+    }
+
     /// Queues a write without waiting. It still commits in order with every other write;
     /// used for records whose loss on a crash is acceptable (step traces, last-used times).
     pub fn write_detached<C: Apply>(&self, cmd: C) {
@@ -249,6 +260,21 @@ impl Store {
         self.read(move |conn| {
             Ok((
                 events::event_for_run(conn, &request_id)?,
+                events::attempts_for_run(conn, &request_id)?,
+            ))
+        })
+        .await
+    }
+
+    /// Every event of a run in delivery order, and every attempt to deliver them, oldest
+    /// first. The events are read first, so the attempts they count are all there.
+    pub async fn events_of_run(
+        &self,
+        request_id: String,
+    ) -> StoreResult<(Vec<EventRecord>, Vec<AttemptRow>)> {
+        self.read(move |conn| {
+            Ok((
+                events::events_for_run(conn, &request_id)?,
                 events::attempts_for_run(conn, &request_id)?,
             ))
         })

@@ -29,6 +29,18 @@ pub struct NewRun {
     /// for a trigger).
     pub schedule_id: Option<String>,
     pub scheduled_for: Option<i64>,
+    /// `async.events` (JSON array) when the caller chose other than the default.
+    pub events_json: Option<String>,
+}
+
+/// What storing a run's end did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunFinish {
+    /// False when the run had already ended (a cancel won the race); nothing was stored.
+    pub ended: bool,
+    /// The run's event was stored and is due now; false when there is none or it is `held`
+    /// behind the run's earlier events (their delivery makes it due).
+    pub event_due: bool,
 }
 
 /// The terminal state of a run.
@@ -120,16 +132,18 @@ pub struct RunRecord {
     pub parent_request_id: Option<String>,
     pub schedule_id: Option<String>,
     pub scheduled_for: Option<i64>,
+    /// `async.events` (JSON array); `None`: the default.
+    pub events_json: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
                            callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
-                           rerun_of, parent_request_id, schedule_id, scheduled_for)
+                           rerun_of, parent_request_id, schedule_id, scheduled_for, events)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
                  :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
-                 :rerun_of, :parent_request_id, :schedule_id, :scheduled_for)",
+                 :rerun_of, :parent_request_id, :schedule_id, :scheduled_for, :events)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -150,6 +164,7 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":parent_request_id": run.parent_request_id,
         ":schedule_id": run.schedule_id,
         ":scheduled_for": run.scheduled_for,
+        ":events": run.events_json,
     })?;
     Ok(())
 }
@@ -283,7 +298,7 @@ pub(super) fn approval_responses(
 }
 
 /// Writes the terminal state unless the run already ended (a cancel may have won the race).
-pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<bool> {
+pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<RunFinish> {
     let mut stmt = conn.prepare_cached(
         "UPDATE runs SET status = ?2, output = ?3, error = ?4, ended_at = ?5,
              duration_ms = ?5 - COALESCE(started_at, created_at), usage = ?6
@@ -297,12 +312,26 @@ pub(super) fn finish(conn: &Connection, done: &FinishedRun) -> rusqlite::Result<
         done.ended_at,
         done.usage_json,
     ])? == 1;
+    let mut event_due = false;
     if ended {
         if let Some(event) = &done.event {
-            super::events::insert(conn, &done.request_id, event, done.ended_at)?;
+            event_due = super::events::insert(conn, &done.request_id, event, done.ended_at)?;
         }
     }
-    Ok(ended)
+    Ok(RunFinish { ended, event_due })
+}
+
+/// A trace line with the event reporting it (SPEC §11 `step.completed`,
+/// `approval.requested`), in the caller's transaction: a crash keeps both or neither.
+/// Answers whether the event is due now (not `held` behind the run's earlier events).
+pub(super) fn record_step_event(
+    conn: &Connection,
+    step: &StepRow,
+    event: &super::events::NewEvent,
+    at: i64,
+) -> rusqlite::Result<bool> {
+    record_step(conn, step)?;
+    super::events::insert(conn, &step.request_id, event, at)
 }
 
 pub(super) fn save_idempotent(
@@ -323,7 +352,8 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms, usage, rerun_of, parent_request_id, schedule_id, scheduled_for";
+    ended_at, duration_ms, usage, rerun_of, parent_request_id, schedule_id, scheduled_for,
+    events";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -350,6 +380,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         parent_request_id: row.get(20)?,
         schedule_id: row.get(21)?,
         scheduled_for: row.get(22)?,
+        events_json: row.get(23)?,
     })
 }
 
@@ -430,7 +461,7 @@ pub(super) fn purge_finished(
                    AND r.status IN ('completed', 'failed', 'cancelled')
                    AND r.ended_at < ?2
                    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.request_id
-                                   AND e.state IN ('pending', 'retrying'))
+                                   AND e.state IN ('held', 'pending', 'retrying'))
                  ORDER BY r.request_id LIMIT ?3)",
         )?
         .execute(rusqlite::params![
@@ -503,8 +534,14 @@ pub(super) fn list_runs(
 ) -> rusqlite::Result<Vec<RunListItem>> {
     use rusqlite::types::Value as Sql;
     let mut sql = format!(
-        "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.request_id = r.request_id WHERE 1 = 1",
-        RUN_COLUMNS.split(',').map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
+        "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.event_id =
+             (SELECT event_id FROM events WHERE request_id = r.request_id ORDER BY seq DESC LIMIT 1)
+         WHERE 1 = 1",
+        RUN_COLUMNS
+            .split(',')
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut args: Vec<Sql> = Vec::new();
     let mut eq = |sql: &mut String, column: &str, value: Option<&str>| {
@@ -563,8 +600,8 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(23)?,
-            attempts: row.get(24)?,
+            delivery_state: row.get(24)?,
+            attempts: row.get(25)?,
         })
     })?;
     rows.collect()

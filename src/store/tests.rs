@@ -40,6 +40,7 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         parent_request_id: None,
         schedule_id: None,
         scheduled_for: None,
+        events_json: None,
     }
 }
 
@@ -164,15 +165,16 @@ async fn a_finished_callback_run_stores_its_event_once() {
         .write(InsertRun(new_run(&id, true, 2_000)))
         .await
         .unwrap();
-    assert!(f
+    let first = f
         .store
         .write(FinishRun(finished(&id, 2_010, true)))
         .await
-        .unwrap());
+        .unwrap();
+    assert!(first.ended && first.event_due);
     // A second end (a cancel that lost the race) changes nothing, and adds no event.
     let mut again = finished(&id, 2_020, true);
     again.status = RunStatus::Cancelled;
-    assert!(!f.store.write(FinishRun(again)).await.unwrap());
+    assert!(!f.store.write(FinishRun(again)).await.unwrap().ended);
     let due = f.store.due_events_after_blocking(None, 10_000).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].request_id, id);
@@ -228,6 +230,7 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
 
     let again = Redeliver {
         request_id: id.clone(),
+        event_id: None,
         at: 5_000,
     };
     let event = f
@@ -253,6 +256,7 @@ async fn attempts_move_the_event_and_redeliver_starts_a_new_series() {
 
     let no_event = Redeliver {
         request_id: req(3_000, 9),
+        event_id: None,
         at: 5_000,
     };
     assert!(f.store.write(no_event).await.unwrap().is_none());
@@ -676,7 +680,7 @@ async fn a_rerun_is_stored_with_its_reused_lines_or_not_at_all() {
     // Finishing stores the summed usage.
     let mut done = finished(&id, 2_500, false);
     done.usage_json = Some(r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#.into());
-    assert!(f.store.write(FinishRun(done)).await.unwrap());
+    assert!(f.store.write(FinishRun(done)).await.unwrap().ended);
     let (stored, _) = f.store.run_with_steps(id).await.unwrap().unwrap();
     assert_eq!(
         stored.usage_json.as_deref(),
@@ -713,6 +717,16 @@ fn scheduled_run(request_id: &str, scheduled_for: Option<i64>) -> NewRun {
         schedule_id: Some("sch_1".into()),
         scheduled_for,
         ..new_run(request_id, false, 5_000)
+    }
+}
+
+fn step_event(request_id: &str, n: u32) -> NewEvent {
+    NewEvent {
+        event_id: format!("evt_{}_{n}", &request_id[4..]),
+        deployment_key: "hello".into(),
+        event_type: "step.completed".into(),
+        callback_url: "http://127.0.0.1:9/hook".into(),
+        body: format!("{{\"n\":{n}}}").into_bytes(),
     }
 }
 
@@ -820,4 +834,123 @@ async fn a_fire_stores_its_run_and_the_next_fire_together_or_not_at_all() {
         .await
         .unwrap()
         .is_some());
+}
+
+#[actix_rt::test]
+async fn a_runs_events_are_due_one_at_a_time_in_order() {
+    let f = open();
+    let id = req(60_000, 1);
+    f.store
+        .write(InsertRun(new_run(&id, true, 60_000)))
+        .await
+        .unwrap();
+    let mut due_now = Vec::new();
+    for n in 0..2 {
+        due_now.push(
+            f.store
+                .write(RecordStepEvent {
+                    step: step(&id, n, &format!("s{n}"), StepStatus::Completed, 60_001 + n),
+                    event: step_event(&id, n as u32),
+                    at: 60_001 + n,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let end = f
+        .store
+        .write(FinishRun(finished(&id, 60_010, true)))
+        .await
+        .unwrap();
+    assert_eq!(due_now, [true, false], "the second waits for the first");
+    assert!(end.ended && !end.event_due, "the end waits too");
+    assert_eq!(f.store.trace_blocking(&id).unwrap().steps.len(), 2);
+    let states = |f: &Fixture| -> Vec<(i64, String, EventState)> {
+        f.store
+            .read_blocking(|conn| events::events_for_run(conn, &id))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.event_type, e.state))
+            .collect()
+    };
+    use EventState::*;
+    assert_eq!(
+        states(&f).iter().map(|s| s.2).collect::<Vec<_>>(),
+        [Pending, Held, Held]
+    );
+    // Only the head is in the due set the supervisor reads.
+    let due = f.store.due_events_after_blocking(None, 100).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].body.as_ref(), b"{\"n\":0}");
+
+    // A failed attempt that will be retried keeps the others held.
+    let promoted = f
+        .store
+        .write(attempt(&due[0], AttemptOutcome::Retrying, 60_020))
+        .await
+        .unwrap();
+    assert!(promoted.is_none());
+    let mut retried = due[0].clone();
+    retried.attempts += 1;
+    retried.total_attempts += 1;
+    // Delivered: the next one becomes due, in the same write.
+    let promoted = f
+        .store
+        .write(attempt(&retried, AttemptOutcome::Delivered, 60_030))
+        .await
+        .unwrap()
+        .expect("the second event is due now");
+    assert_eq!(promoted.body.as_ref(), b"{\"n\":1}");
+    assert_eq!(promoted.next_attempt_at, 60_033);
+    // Failing for good also lets the next one go.
+    let last = f
+        .store
+        .write(attempt(&promoted, AttemptOutcome::Failed, 60_040))
+        .await
+        .unwrap()
+        .expect("the end is due now");
+    assert_eq!(
+        states(&f),
+        [
+            (1, "step.completed".into(), Delivered),
+            (2, "step.completed".into(), Failed),
+            (3, "workflow.completed".into(), Pending),
+        ]
+    );
+    assert!(f
+        .store
+        .write(attempt(&last, AttemptOutcome::Delivered, 60_050))
+        .await
+        .unwrap()
+        .is_none());
+    // The run's view and a redelivery concern its last event, its end.
+    let (event, attempts) = f.store.delivery_of_run(id.clone()).await.unwrap();
+    assert_eq!(event.unwrap().event_type, "workflow.completed");
+    assert_eq!(attempts.len(), 4);
+    assert_eq!(
+        attempts[3].event_id, last.event_id,
+        "in the order they were made"
+    );
+    let again = f
+        .store
+        .write(Redeliver {
+            request_id: id.clone(),
+            event_id: None,
+            at: 60_060,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.event_id, last.event_id);
+    assert_eq!(again.series, 2);
+    let listed = f
+        .store
+        .list_runs(RunFilter {
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "one row per run, however many events");
+    assert_eq!(listed[0].delivery_state, Some(Pending));
 }

@@ -184,6 +184,22 @@ impl WriterHandle {
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Sends the command at once; the returned future waits for its result.
+    pub(super) fn submit_queued<C: Apply>(
+        &self,
+        cmd: C,
+    ) -> impl std::future::Future<Output = StoreResult<C::Output>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let sent = self.send(Box::new(Pending {
+            cmd,
+            reply: Some(reply_tx),
+        }));
+        async move {
+            sent?;
+            reply_rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
     pub(super) fn submit_detached<C: Apply>(&self, cmd: C) {
         if let Err(err) = self.send(Box::new(Pending { cmd, reply: None })) {
             tracing::warn!(%err, "write dropped");
@@ -351,6 +367,7 @@ apply! {
     InsertChildRun, several: true, |c, conn| runs::insert_child(conn, &c.run, &c.step);
     MarkRunning, several: false, |c, conn| runs::mark_running(conn, &c.request_id, c.started_at);
     RecordStep, several: false, |c, conn| runs::record_step(conn, &c.0);
+    RecordStepEvent, several: true, |c, conn| runs::record_step_event(conn, &c.step, &c.event, c.at);
     AnswerApproval, several: true, |c, conn| {
         runs::answer_approval(conn, &c.request_id, &c.step_id, &c.response_json, c.at)
     };
@@ -365,7 +382,7 @@ apply! {
     RevokeKey, several: false, |c, conn| keys::revoke(conn, &c.id, c.at);
     TouchKey, several: false, |c, conn| keys::touch(conn, &c.id, c.at);
     RecordAttempt, several: true, |c, conn| events::record_attempt(conn, &c.attempt, &c.update);
-    Redeliver, several: true, |c, conn| events::redeliver(conn, &c.request_id, c.at);
+    Redeliver, several: true, |c, conn| events::redeliver(conn, &c.request_id, c.event_id.as_deref(), c.at);
     PurgeRuns, several: true, |c, conn| {
         runs::purge_finished(conn, c.ended_before, c.limit, c.at)
     };

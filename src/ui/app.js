@@ -6,7 +6,7 @@
 (() => {
   const KEY_STORE = 'hivelet.adminKey';
   const LIVE_RUN = new Set(['queued', 'running']);
-  const LIVE_DELIVERY = new Set(['pending', 'sending', 'retrying']);
+  const LIVE_DELIVERY = new Set(['held', 'pending', 'sending', 'retrying']);
   const PAGE_SIZE = 50;
 
   // ---------------------------------------------------------------------------------------
@@ -594,7 +594,8 @@
       Object.entries(headers).map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', { class: 'mono' }, Array.isArray(v) ? v.join(', ') : String(v))))));
   }
 
-  function attemptItem(a) {
+  /** `eventType`: set when the run posts several events (SPEC §11), to tell them apart. */
+  function attemptItem(a, eventType) {
     const ok = a.status_code >= 200 && a.status_code < 300;
     return h('details', {
       class: `attempt ${ok ? 'ok' : 'bad'}`, testid: 'attempt',
@@ -603,6 +604,7 @@
     h('summary', {},
       h('span', { class: 'att-n' }, `#${a.attempt}`),
       h('span', { class: 'muted small-text' }, `series ${a.series}`),
+      eventType ? h('span', { class: 'mono small-text', testid: 'attempt-event' }, eventType) : null,
       h('span', { class: 'nowrap' }, timeEl(a.started_at, true)),
       httpBadge(a),
       h('span', { class: 'num' }, fmtDuration(a.duration_ms)),
@@ -640,12 +642,15 @@
       }
     });
     const attempts = a.attempts || [];
+    const eventTypes = new Map((a.events || []).map((e) => [e.event_id, e.event_type]));
+    const several = eventTypes.size > 1;
     return [
       section('Async Configuration', 'async-config',
         dl([
           ['Callback URL', h('span', { class: 'mono break' }, a.callback_url), 'async-callback-url'],
           ['Event id', a.event_id ? h('span', { class: 'mono' }, a.event_id) : h('span', { class: 'muted' }, 'created when the run ends'), 'async-event-id'],
           a.event_type ? ['Event type', h('span', { class: 'mono' }, a.event_type)] : null,
+          a.events_chosen ? ['Events posted', h('span', { class: 'mono' }, a.events_chosen.join(', ')), 'async-events'] : null,
           ['Delivery state', deliveryBadge(a.delivery_state), 'async-delivery-state'],
           ['Attempts', String(a.attempt_count ?? attempts.length)],
           a.series ? ['Series', String(a.series)] : null,
@@ -658,7 +663,7 @@
           ? h('div', { class: 'attempts', id: 'attempts' }, attempts.map((att, i) => [
             i > 0 && att.series !== attempts[i - 1].series
               ? h('div', { class: 'series-break', testid: 'series-break' }, `Redelivery · series ${att.series}`) : null,
-            attemptItem(att),
+            attemptItem(att, several ? eventTypes.get(att.event_id) : null),
           ]))
           : h('p', { class: 'muted', id: 'no-attempts' }, a.event_id ? 'No attempt yet; the first one is on its way.' : 'Delivery starts when the run ends.')),
     ];

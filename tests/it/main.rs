@@ -22,6 +22,7 @@ mod invoke;
 mod keys;
 mod layout;
 mod lifecycle;
+mod lifecycle_events;
 mod ops;
 mod prompt;
 mod rerun;
