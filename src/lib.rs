@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod ids;
 pub mod keyring;
+pub mod live;
 pub mod metrics;
 pub mod signing;
 pub mod store;
@@ -72,12 +73,14 @@ pub async fn run(
     let supervisor =
         RetrySupervisor::new(store.clone(), config.clone(), deployments.clone())?.start();
     let recovered = actors::recovery::recover(&store, &deployments)?;
+    let live = live::Hub::default();
     let invoker = InvokeActor::new(
         store.clone(),
         config.clone(),
         supervisor.clone().recipient(),
         recovered,
     )
+    .with_live(live.clone())
     .start();
     let keep_runs = config.file.retention.runs.0;
     if !keep_runs.is_zero() {
@@ -93,6 +96,7 @@ pub async fn run(
         supervisor,
         idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
+        live,
     });
 
     let addr = listener.local_addr()?;

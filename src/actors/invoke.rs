@@ -27,6 +27,7 @@ use super::retry::Enqueue;
 use super::run::{CancelRun, RunActor};
 use crate::config::Config;
 use crate::ids;
+use crate::live::Hub;
 use crate::store::{
     AnswerApproval, InsertRun, MarkRunning, NewRun, RecordStep, RunStatus, Store, StoreError,
 };
@@ -121,6 +122,8 @@ pub struct InvokeActor {
     cancelling: HashSet<String>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Where runs publish their live events (SPEC §11).
+    live: Hub,
 }
 
 impl InvokeActor {
@@ -145,7 +148,14 @@ impl InvokeActor {
             cancelling: HashSet::new(),
             draining: false,
             drain_waiters: Vec::new(),
+            live: Hub::default(),
         }
+    }
+
+    /// Publishes the runs' live events to `hub` (the one the HTTP handlers subscribe to).
+    pub fn with_live(mut self, hub: Hub) -> Self {
+        self.live = hub;
+        self
     }
 
     /// Ends a run waiting at its approval step as cancelled: the trace shows the step failed,
@@ -176,6 +186,7 @@ impl InvokeActor {
         Reporting {
             store: self.store.clone(),
             supervisor: self.supervisor.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -254,7 +265,7 @@ impl Actor for InvokeActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.env = Some(Rc::new(workflow_environment(&self.config)));
+        self.env = Some(Rc::new(workflow_environment(&self.config, &self.live)));
         if !self.queue.is_empty() {
             tracing::info!(
                 runs = self.queue.len(),
@@ -275,7 +286,7 @@ impl Actor for InvokeActor {
 }
 
 /// The engine's view of the configuration: HTTP client, providers, command policy.
-fn workflow_environment(config: &Config) -> workflow::Environment {
+fn workflow_environment(config: &Config, live: &Hub) -> workflow::Environment {
     let providers = config
         .file
         .providers
@@ -299,7 +310,7 @@ fn workflow_environment(config: &Config) -> workflow::Environment {
         http: awc::Client::builder().disable_redirects().finish(),
         providers,
         allow_command_steps: config.file.security.allow_command_steps,
-        deltas: workflow::DeltaSink::default(),
+        deltas: workflow::DeltaSink::new(live.clone()),
     }
 }
 

@@ -84,6 +84,8 @@ pub(super) enum Ending {
 pub(super) struct Reporting {
     pub store: Store,
     pub supervisor: Recipient<Enqueue>,
+    /// Live streams of the run get its final event once the end is stored.
+    pub live: crate::live::Hub,
 }
 
 /// The trace line of an approval step whose run was cancelled while it waited.
@@ -200,7 +202,8 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         None => tracing::info!(status = status.as_str(), "run ended"),
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
-    match write_until_stored(&reporting.store, &request_id, done).await {
+    let stored = write_until_stored(&reporting.store, &request_id, done).await;
+    match &stored {
         Ok(true) => {
             let ran_ms = u64::try_from(ended_at - started_at).unwrap_or(0);
             crate::metrics::get()
@@ -215,6 +218,12 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         Err(err) => {
             tracing::error!(request_id = %request_id, %err, "could not store the run's end; it will run again at the next start");
         }
+    }
+    // Not when a cancel ended the run first: that one announces its own end.
+    if !matches!(stored, Ok(false)) {
+        reporting.live.run_ended(&request_id, || {
+            crate::live::events::finished(&request_id, status, &output, error.as_ref(), None)
+        });
     }
     if let Some(tx) = completion {
         let _ = tx.send(RunOutcome {

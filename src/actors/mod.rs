@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod delivery;
 pub mod invoke;
 pub mod lifecycle;
+pub mod live;
 pub mod recovery;
 pub mod retention;
 pub mod retry;

@@ -94,6 +94,8 @@ impl RunActor {
                         // this step again and waits there.
                         tracing::error!(request_id = %request_id, %err, "could not store the waiting approval step");
                     }
+                    // Stored first, so a client that comes now finds it in the trace.
+                    act.env.deltas.hub().approval_requested(&request_id, &record);
                     let waiting = Waiting {
                         step_id: record.step_id,
                         step_index: record.index,
@@ -178,9 +180,13 @@ impl Actor for RunActor {
             resume,
         };
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
+        let recovered = run.resume.is_some();
         let steps = async move {
+            let live = env.deltas.hub().clone();
+            super::live::run_started(&live, &store, &request_id, recovered).await;
             let mut on_step = |rec: &StepRecord| {
                 store.write_detached(RecordStep(step_row(&request_id, rec)));
+                live.step_completed(&request_id, rec);
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };

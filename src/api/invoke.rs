@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::admit::{admit, admit_reply, prepare};
 use super::extract::{Authed, JsonBody};
-use super::invoke_body::parse_invoke;
+use super::invoke_body::{parse_invoke, InvokeRequest};
 use super::routing::endpoint;
 use super::state::AppState;
 use crate::error::ApiError;
@@ -82,12 +82,19 @@ async fn invoke(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency_key(&http)?;
     let req = parse_invoke(&body.0)?;
+    let streamed = super::stream::stream_flag(&body.0)?;
+    if streamed {
+        check_streamable(&req, idempotency.as_deref())?;
+    }
     let run = prepare(
         &state,
         req,
         invoke_source(&http),
         Some(caller.key_id.clone()),
     )?;
+    if streamed {
+        return super::stream::invoke_streamed(&state, run).await;
+    }
     let Some(key) = idempotency else {
         return admit(&state, run).await;
     };
@@ -129,6 +136,24 @@ async fn invoke(
         })
         .await?;
     Ok(reply.into_response())
+}
+
+/// `"stream": true` is for sync calls, and answers events, not a reply to keep for repeats.
+fn check_streamable(req: &InvokeRequest, idempotency: Option<&str>) -> Result<(), ApiError> {
+    if req.callback_url.is_some() {
+        return Err(ApiError::field(
+            "stream",
+            "stream: true needs a sync invoke; an async run reports to its callback_url \
+             (watch it with GET /v1/runs/{request_id}/stream)",
+        ));
+    }
+    if idempotency.is_some() {
+        return Err(ApiError::field(
+            "stream",
+            "stream: true cannot be combined with an Idempotency-Key",
+        ));
+    }
+    Ok(())
 }
 
 /// `cli` or `ui` when our own client says so (`X-Hivelet-Source`), else `api`.

@@ -24,6 +24,7 @@ pub mod responses;
 pub mod routing;
 pub mod runs;
 pub mod state;
+pub mod stream;
 pub mod triggers;
 pub mod views;
 
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     keys::configure(cfg);
     // Before `requests`: `/v1/runs/purge` must not be taken for `/v1/runs/{id}`.
     runs::configure(cfg);
+    stream::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);
 }
