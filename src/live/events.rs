@@ -203,14 +203,11 @@ pub fn finished_count(steps: &[StepRow]) -> u64 {
 /// first), position in the definition, loop passes.
 type FinishOrder = (i64, std::cmp::Reverse<usize>, i64, Vec<u64>);
 
-/// The events of a stored run for a client that comes now: its status (unless it ended),
+/// The events of a stored run for a client that comes now: its status,
 /// every finished step in the order they finished, the approval it waits for, and the final
 /// event of an ended run. Sorted by id.
 pub fn replay(run: &RunRecord, steps: &[StepRow]) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    if run.status.is_live() {
-        frames.push(run_status(&run.request_id, run.status));
-    }
+    let mut frames = vec![run_status(&run.request_id, run.status)];
     let parents: HashMap<&str, Option<&str>> = steps
         .iter()
         .map(|s| (s.step_id.as_str(), s.parent.as_deref()))

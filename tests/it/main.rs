@@ -30,5 +30,6 @@ mod security;
 mod steps;
 mod storage;
 mod storm;
+mod stream;
 mod ui;
 mod webhooks;
