@@ -115,6 +115,9 @@ pub async fn run(
             .default_service(web::to(api::not_found))
     })
     .disable_signals()
+    // Live streams write many small chunks; with Nagle's algorithm each one after the first
+    // waited for the client's delayed ACK (~40 ms).
+    .tcp_nodelay(true)
     // Explicit (these are actix-web's defaults) so a slow or stalled client is bounded on
     // purpose: a request head must arrive within 5 s or the connection is closed
     // (slowloris), and a closing connection gets 1 s to go away.

@@ -64,7 +64,10 @@ impl Drop for Claim<'_> {
     params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[\t -~]*[!-~][\t -~]*$",
         description = "A repeat with the same key and API key within 24 h returns the first response (`Idempotent-Replayed: true`) and starts nothing; at most 255 characters")),
     responses(
-        (status = 200, description = "A sync run completed", body = super::views::InvokeCompleted),
+        (status = 200, description = "A sync run completed; with `\"stream\": true`, the run's live events as `text/event-stream` (see `GET /v1/runs/{id}/stream`)", content(
+            (super::views::InvokeCompleted = "application/json"),
+            (super::stream::StreamEvent = "text/event-stream"),
+        )),
         (status = 202, description = "An async run was accepted (running or queued)", body = super::views::InvokeAccepted),
         (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = crate::error::ErrorEnvelope),
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = crate::error::ErrorEnvelope),

@@ -31,6 +31,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/runs/{id}/stream").get(stream));
 }
 
+/// One message of a live stream, as an SSE reader sees it (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // described, never built: the frames are written by `live::events`
+pub struct StreamEvent {
+    /// The event's sequence number in its run (see the README's Streaming section).
+    #[schema(pattern = r"^[0-9]+$")]
+    id: String,
+    #[schema(
+        pattern = r"^(run\.status|step\.started|output\.delta|step\.completed|approval\.requested|run\.completed|run\.failed|run\.cancelled)$"
+    )]
+    event: String,
+    /// The event's JSON object, on one line.
+    data: String,
+}
+
 /// How often an idle stream gets a `: keep-alive` comment. `HIVELET_STREAM_KEEPALIVE_MS`
 /// shortens it for tests.
 fn keep_alive() -> Duration {
@@ -52,7 +67,7 @@ fn keep_alive() -> Duration {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id: only events with a greater id are sent"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `run.status`, `step.started`, `output.delta`, `step.completed`, `approval.requested`, then `run.completed` / `run.failed` / `run.cancelled`; `: keep-alive` every 15 s", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `run.status`, `step.started`, `output.delta`, `step.completed`, `approval.requested`, then `run.completed` / `run.failed` / `run.cancelled`; `: keep-alive` every 15 s", content_type = "text/event-stream", body = StreamEvent),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]

@@ -251,7 +251,7 @@
 
   let liveAbort = null;
   /** The text a streamed prompt step has produced so far, shown while the run is live. */
-  const liveText = { run: null, step: null, text: '' };
+  const liveText = { run: null, step: null, text: '', open: false };
 
   function stopLive() {
     if (liveAbort) liveAbort.abort();
@@ -262,7 +262,7 @@
    * Reads the run's SSE stream and calls onEvent(name, data) per event. Resolves true when
    * the run's final event came, false when the stream ended or failed before it.
    */
-  async function readLive(id, onEvent) {
+  async function readLive(id, onEvent, onOpen) {
     stopLive();
     const ctrl = new AbortController();
     liveAbort = ctrl;
@@ -273,6 +273,7 @@
         signal: ctrl.signal,
       });
       if (!res.ok || !res.body) return false;
+      onOpen();
       const reader = res.body.getReader();
       const decoder = new TextDecoder();
       let buf = '';
@@ -307,10 +308,12 @@
   function liveSection(run) {
     if (!LIVE_RUN.has(run.run_status)) return null;
     const mine = liveText.run === run.request_id;
-    return section('Live output', 'run-live',
+    const panel = section('Live output', 'run-live',
       h('p', { class: 'muted', id: 'live-step', testid: 'live-step' },
         mine && liveText.step ? `Streaming from step ${liveText.step}` : 'Text from streamed prompt steps appears here as it comes.'),
       h('pre', { class: 'json', id: 'live-text', testid: 'live-text' }, mine ? liveText.text : ''));
+    panel.dataset.stream = mine && liveText.open ? 'open' : 'closed';
+    return panel;
   }
 
   /** Runs `fn` after `ms` unless the page moved on meanwhile. */
@@ -820,7 +823,7 @@
   }
 
   async function runView(token, id) {
-    if (liveText.run !== id) Object.assign(liveText, { run: id, step: null, text: '' });
+    if (liveText.run !== id) Object.assign(liveText, { run: id, step: null, text: '', open: false });
     // While the run's stream works, it drives the page: steps and status are reloaded when
     // they change, deltas are appended as they come. Polling is the fallback.
     let streaming = false;
@@ -847,8 +850,14 @@
     };
     const startStream = () => {
       streaming = true;
-      readLive(id, onEvent).then((ended) => {
+      const onOpen = () => {
+        liveText.open = true;
+        const panel = document.getElementById('run-live');
+        if (panel) panel.dataset.stream = 'open';
+      };
+      readLive(id, onEvent, onOpen).then((ended) => {
         streaming = false;
+        liveText.open = false;
         if (token !== routeToken) return;
         if (!ended) streamFailed = true;
         reloadSoon();

@@ -786,3 +786,42 @@ fn cli_invoke_stream_prints_deltas_as_they_come() {
         "the output follows the deltas: {out}"
     );
 }
+
+#[test]
+fn the_run_page_follows_a_live_run_over_its_stream() {
+    let model = SlowModel::start();
+    let app = TestApp::start_with(&model.config(), &[], &[]);
+    app.deploy_ok("chat", CHAT);
+    let (id, call) = start_chat(&app, &model, 1);
+    let ready = app.dir.join("ui-ready");
+    let done = app.dir.join("ui-done");
+    let pieces = model.pieces.clone();
+    let (ready_at, done_at) = (ready.clone(), done.clone());
+    // Streams only once the page shows the run, and finishes once the page shows the text.
+    let feeder = std::thread::spawn(move || {
+        let wait_file = |path: &std::path::Path| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            while !path.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        wait_file(&ready_at);
+        let _ = pieces.send(Piece::Text("Hello".into()));
+        let _ = pieces.send(Piece::Text(" browser".into()));
+        wait_file(&done_at);
+        let _ = pieces.send(Piece::Done);
+    });
+    crate::ui::run_browser(
+        &app,
+        "ui_stream.py",
+        &[
+            ("RUN_ID", &id),
+            ("READY_FILE", ready.to_str().unwrap()),
+            ("DONE_FILE", done.to_str().unwrap()),
+        ],
+    );
+    feeder.join().unwrap();
+    call.join().unwrap().expect_status(200);
+    let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+    assert_eq!(run["output"], "Hello browser!", "{run}");
+}

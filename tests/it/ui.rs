@@ -115,7 +115,7 @@ fn run_with_deadline(mut cmd: Command, scratch: &std::path::Path, limit: Duratio
 
 /// Runs `tests/python/<script>` (Selenium driving headless Chromium) against `app` and
 /// asserts it passed. It gets BASE_URL, ADMIN_KEY, SCREENSHOT_DIR and `extra`.
-fn run_browser(app: &TestApp, script: &str, extra: &[(&str, &str)]) {
+pub(crate) fn run_browser(app: &TestApp, script: &str, extra: &[(&str, &str)]) {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         assert!(
             std::path::Path::new(tool).exists(),
