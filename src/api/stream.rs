@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::keyring::Caller;
 use crate::live::{events, Closed, Frame, Subscription};
 use crate::store::runs::{RunRecord, StepRow};
+use crate::store::RunStatus;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/runs/{id}/stream").get(stream));
@@ -84,7 +85,10 @@ async fn stream(
     }
     // Subscribed before reading the store: nothing that happens in between is lost.
     let mut sub = state.live.subscribe(&id);
-    let (run, steps) = stored_run(&state, &caller, &id, &sub).await?;
+    let (mut run, steps) = stored_run(&state, &caller, &id, &sub).await?;
+    if run.status == RunStatus::Queued && sub.seen().running {
+        run.status = RunStatus::Running;
+    }
     let mut frames = events::replay(&run, &steps);
     if run.status.is_live() {
         frames.extend(sub.take_open());
@@ -217,6 +221,6 @@ pub async fn invoke_streamed(state: &AppState, run: PreparedRun) -> Result<HttpR
         .await
         .map_err(|e| ApiError::internal(format!("invoke actor unavailable: {e}")))??;
     // Subscribed before the run's steps started: every event is live; the first names the run.
-    let first = events::run_status(&request_id, crate::store::RunStatus::Running);
+    let first = events::run_status(&request_id, RunStatus::Running);
     Ok(sse(sub, vec![first], 0))
 }

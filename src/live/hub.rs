@@ -220,6 +220,7 @@ impl Hub {
         let seen = Seen {
             finished: feed.finished,
             waiting: feed.waiting,
+            running: feed.status == Some(RunStatus::Running),
         };
         feed.subs.push(Sub {
             token,
@@ -280,6 +281,8 @@ pub struct Seen {
     pub finished: u64,
     /// Whether the run waits at an approval step.
     pub waiting: bool,
+    /// Whether its steps started (the store may still say `queued`).
+    pub running: bool,
 }
 
 /// Why a subscription yields nothing more.

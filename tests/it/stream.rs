@@ -825,3 +825,60 @@ fn the_run_page_follows_a_live_run_over_its_stream() {
     let run = app.admin_get(&format!("/v1/runs/{id}")).json();
     assert_eq!(run["output"], "Hello browser!", "{run}");
 }
+
+#[test]
+fn a_queued_run_streams_its_status_changes_and_a_cancel_ends_the_stream() {
+    let model = SlowModel::start();
+    let hook = StubServer::start(|_, _| StubReply::text(200, "ok"));
+    let config = format!("{}[runs]\nmax_concurrent = 1\n", model.config());
+    let app = TestApp::start_with(&config, &[], &[]);
+    app.deploy_ok("chat", CHAT);
+    // `chat` holds the only run slot while its model waits.
+    let (_, call) = start_chat(&app, &model, 1);
+    let queue = |name: &str| {
+        let r = app.invoke(&json!({
+            "deployment": "hello", "inputs": {"name": name},
+            "async": {"enabled": true, "callback_url": format!("{}/hook", hook.url())},
+        }));
+        r.expect_status(202);
+        assert_eq!(r.json()["run_status"], "queued", "{r}");
+        r.json()["request_id"].as_str().unwrap().to_string()
+    };
+    let waits = queue("Ada");
+    let dropped = queue("Bob");
+
+    let mut s = Sse::get(
+        &app,
+        &format!("/v1/runs/{waits}/stream"),
+        &app.admin_key,
+        None,
+    );
+    let queued = s.expect("run.status");
+    assert_eq!(queued.data["run_status"], "queued");
+    let mut c = Sse::get(
+        &app,
+        &format!("/v1/runs/{dropped}/stream"),
+        &app.admin_key,
+        None,
+    );
+    assert_eq!(c.expect("run.status").data["run_status"], "queued");
+    let r = app.post_json(
+        &format!("/v1/runs/{dropped}/cancel"),
+        Some(&app.admin_key),
+        &json!({}),
+    );
+    r.expect_status(202);
+    let cancelled = c.rest();
+    assert_eq!(names(&cancelled), ["run.cancelled"], "{cancelled:?}");
+    assert_eq!(cancelled[0].data["run_status"], "cancelled");
+    assert_eq!(cancelled[0].data["error"]["error_code"], "cancelled");
+
+    model.finish();
+    call.join().unwrap().expect_status(200);
+    let rest = s.rest();
+    assert_eq!(rest[0].name, "run.status", "{rest:?}");
+    assert_eq!(rest[0].data["run_status"], "running");
+    assert!(rest[0].id > queued.id);
+    assert_eq!(rest.last().unwrap().name, "run.completed", "{rest:?}");
+    assert_increasing(&rest);
+}
