@@ -83,11 +83,13 @@ pub fn run_status(request_id: &str, status: RunStatus) -> Frame {
     )
 }
 
-pub fn step_started(id: u64, step: &str, step_type: &str) -> Frame {
+/// `started_at` is beyond SPEC §11's `{step, type}`: a client that joins while the step runs
+/// can show how long it has been running.
+pub fn step_started(id: u64, step: &str, step_type: &str, at_ms: i64) -> Frame {
     Frame::new(
         id,
         "step.started",
-        &json!({"step": step, "type": step_type}),
+        &json!({"step": step, "type": step_type, "started_at": crate::ids::rfc3339(at_ms)}),
     )
 }
 

@@ -127,9 +127,9 @@ impl Hub {
         self.feeds().get(request_id).is_some_and(|f| f.owned)
     }
 
-    pub fn step_started(&self, request_id: &str, step: &str, step_type: &str) {
+    pub fn step_started(&self, request_id: &str, step: &str, step_type: &str, at_ms: i64) {
         self.with_feed(request_id, |feed, watchers| {
-            let frame = events::step_started(feed.next_between(), step, step_type);
+            let frame = events::step_started(feed.next_between(), step, step_type, at_ms);
             if !feed.subs.is_empty() {
                 feed.send(&frame, watchers);
             }
@@ -360,7 +360,7 @@ mod tests {
     async fn events_reach_subscribers_in_order_with_increasing_ids() {
         let hub = Hub::default();
         hub.run_started("r", 0);
-        hub.step_started("r", "a", "template");
+        hub.step_started("r", "a", "template", 0);
         let mut sub = hub.subscribe("r");
         assert_eq!(sub.take_open().len(), 1);
         hub.delta("r", "a", "he");

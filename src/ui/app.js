@@ -251,7 +251,7 @@
 
   let liveAbort = null;
   /** The text a streamed prompt step has produced so far, shown while the run is live. */
-  const liveText = { run: null, step: null, text: '', open: false };
+  const liveText = { run: null, step: null, text: '', open: false, running: [] };
 
   function stopLive() {
     if (liveAbort) liveAbort.abort();
@@ -580,7 +580,15 @@
   }
 
   function waterfall(run) {
-    const steps = run.steps || [];
+    const steps = (run.steps || []).slice();
+    // A live run's running steps, as its stream announced them.
+    if (LIVE_RUN.has(run.run_status) && liveText.run === run.request_id) {
+      for (const r of liveText.running) {
+        if (!steps.some((s) => s.id === r.id && s.status === 'running')) {
+          steps.push({ id: r.id, type: r.type, status: 'running', started_at: r.started_at, duration_ms: null, attempts: 1 });
+        }
+      }
+    }
     if (!steps.length) return h('p', { class: 'muted' }, 'No steps ran yet.');
     const now = Date.now();
     const startOf = (s) => new Date(s.started_at).getTime();
@@ -823,7 +831,7 @@
   }
 
   async function runView(token, id) {
-    if (liveText.run !== id) Object.assign(liveText, { run: id, step: null, text: '', open: false });
+    if (liveText.run !== id) Object.assign(liveText, { run: id, step: null, text: '', open: false, running: [] });
     // While the run's stream works, it drives the page: steps and status are reloaded when
     // they change, deltas are appended as they come. Polling is the fallback.
     let streaming = false;
@@ -845,6 +853,15 @@
         if (pre) pre.textContent = liveText.text;
         if (label) label.textContent = `Streaming from step ${liveText.step}`;
         return;
+      }
+      // Steps started but not finished are not in the stored trace yet: shown from here.
+      if (name === 'step.started' && data) {
+        liveText.running.push({ id: data.step, type: data.type, started_at: data.started_at });
+      } else if (name === 'step.completed' && data) {
+        const at = liveText.running.map((r) => r.id).lastIndexOf(data.step);
+        if (at >= 0) liveText.running.splice(at, 1);
+      } else if (name === 'approval.requested' || /^run\./.test(name)) {
+        liveText.running = [];
       }
       reloadSoon();
     };

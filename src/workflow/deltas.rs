@@ -51,7 +51,14 @@ impl DeltaSink {
         self.hub.delta(request_id, step, text);
     }
 
-    pub(crate) fn step_started(&self, request_id: &str, step: &str, step_type: &str) {
-        self.hub.step_started(request_id, step, step_type);
+    pub(crate) fn step_started(
+        &self,
+        request_id: &str,
+        step: &str,
+        step_type: &str,
+        started_at_ms: i64,
+    ) {
+        self.hub
+            .step_started(request_id, step, step_type, started_at_ms);
     }
 }

@@ -138,9 +138,12 @@ impl Shared<'_> {
     }
 
     fn start_running(&self, mut running: Running) -> u64 {
-        self.env
-            .deltas
-            .step_started(&self.request_id, &running.id, running.step_type);
+        self.env.deltas.step_started(
+            &self.request_id,
+            &running.id,
+            running.step_type,
+            running.started_at_ms,
+        );
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         running.token = token;

@@ -61,6 +61,10 @@ def run(driver):
         "the streamed text on the page",
     )
     check(text_of(driver, "#run-status") == "running", "the text came while the run ran")
+    running = driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=step]')].map(s => s.dataset.step + ':' + s.dataset.status)"
+    )
+    check(running == ["intro:completed", "ask:running"], f"step progress while live: {running}")
     label = text_of(driver, "#live-step")
     check("ask" in (label or ""), f"the panel names the step: {label!r}")
     screenshot(driver, "12-live-run")
