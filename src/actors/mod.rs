@@ -3,7 +3,8 @@
 //! `DeliveryActor`s sign and send them.
 //!
 //! Imports go one way: `lifecycle` (the types a run carries between the InvokeActor and its
-//! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `invoke`.
+//! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `invoke`,
+//! then `live` (sync invokes watched over their live stream, SPEC §11).
 
 pub mod approvals;
 pub mod delivery;

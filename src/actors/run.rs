@@ -183,7 +183,7 @@ impl Actor for RunActor {
         let recovered = run.resume.is_some();
         let steps = async move {
             let live = env.deltas.hub().clone();
-            super::live::run_started(&live, &store, &request_id, recovered).await;
+            crate::live::run_started(&live, &store, &request_id, recovered).await;
             let mut on_step = |rec: &StepRecord| {
                 store.write_detached(RecordStep(step_row(&request_id, rec)));
                 live.step_completed(&request_id, rec);

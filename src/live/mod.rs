@@ -17,3 +17,20 @@ mod hub;
 
 pub use events::{Frame, FINAL_ID};
 pub use hub::{Closed, Hub, Seen, Subscription};
+
+/// Tells the hub a run's steps start. A run recovered at start (or resumed after its
+/// approval in another process) counts its finished steps from the stored trace, so the
+/// ids of its next events follow those a client may already have seen.
+pub async fn run_started(hub: &Hub, store: &crate::store::Store, request_id: &str, resumed: bool) {
+    let mut finished = 0;
+    if resumed && !hub.is_running(request_id) {
+        match store.run_with_steps(request_id.to_owned()).await {
+            Ok(Some((_, steps))) => finished = events::finished_count(&steps),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(request_id = %request_id, %err, "cannot count the run's finished steps for its live stream");
+            }
+        }
+    }
+    hub.run_started(request_id, finished);
+}
