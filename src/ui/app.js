@@ -863,7 +863,23 @@
       } else if (name === 'approval.requested' || /^run\./.test(name)) {
         liveText.running = [];
       }
-      reloadSoon();
+      // The replay at the start of the stream repeats what the page shows: re-rendering for
+      // it would only replace the elements under the user's cursor.
+      if (changesPage(name, data)) reloadSoon();
+    };
+    let shown = null;
+    let shownRunning = new Set();
+    const changesPage = (name, data) => {
+      if (!shown || !data) return true;
+      const steps = shown.steps || [];
+      switch (name) {
+        case 'run.status': return data.run_status !== shown.run_status;
+        case 'step.started': return !shownRunning.has(data.step);
+        case 'step.completed':
+          return !steps.some((st) => st.id === data.step && (st.passes || '') === (data.passes || '') && st.status === data.status);
+        case 'approval.requested': return !steps.some((st) => st.id === data.step && st.status === 'waiting');
+        default: return true;
+      }
     };
     const startStream = () => {
       streaming = true;
@@ -884,6 +900,8 @@
       const run = await api('GET', `/v1/runs/${encodeURIComponent(id)}`);
       if (token !== routeToken) return;
       preservingState(() => render(runBody(run, token, reload)));
+      shown = run;
+      shownRunning = new Set(liveText.running.map((r) => r.id));
       const runLive = LIVE_RUN.has(run.run_status);
       const live = runLive || (run.async && LIVE_DELIVERY.has(run.async.delivery_state));
       if (runLive && !streamFailed) {
