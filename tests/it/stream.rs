@@ -886,3 +886,46 @@ fn a_queued_run_streams_its_status_changes_and_a_cancel_ends_the_stream() {
     assert_eq!(rest.last().unwrap().name, "run.completed", "{rest:?}");
     assert_increasing(&rest);
 }
+
+#[test]
+fn a_long_step_output_is_cut_to_64_kib_in_step_completed() {
+    let app = TestApp::start();
+    app.deploy_ok(
+        "echo",
+        "key = \"echo\"\n[[inputs]]\nname = \"text\"\ntype = \"text\"\n[[steps]]\nid = \"say\"\ntype = \"template\"\ntemplate = \"{{ text }}\"\n",
+    );
+    let long = "é".repeat(40_000); // 80 000 bytes
+    let mut s = Sse::post(
+        &app,
+        "/v1/workflow/invoke",
+        &app.admin_key,
+        &json!({"deployment": "echo", "inputs": {"text": long}, "stream": true}),
+    );
+    let events = s.rest();
+    let done = events.iter().find(|e| e.name == "step.completed").unwrap();
+    let cut = done.data["output"].as_str().unwrap();
+    assert_eq!(done.data["truncated"], true, "{}", cut.len());
+    assert!(
+        cut.len() <= 64 * 1024 && cut.len() > 64 * 1024 - 4,
+        "{}",
+        cut.len()
+    );
+    assert!(long.starts_with(cut));
+    let last = events.last().unwrap();
+    assert_eq!(last.name, "run.completed");
+    assert_eq!(
+        last.data["output"].as_str().unwrap().len(),
+        long.len(),
+        "the run's output is whole"
+    );
+
+    // The same cut when the finished run is replayed from the store.
+    let id = events[0].data["request_id"].as_str().unwrap();
+    let mut r = Sse::get(&app, &format!("/v1/runs/{id}/stream"), &app.admin_key, None);
+    let replayed = r.rest();
+    let again = replayed
+        .iter()
+        .find(|e| e.name == "step.completed")
+        .unwrap();
+    assert_eq!((again.id, &again.data), (done.id, &done.data));
+}
