@@ -96,7 +96,7 @@ pub async fn run(
         supervisor,
         idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
-        live,
+        live: live.clone(),
     });
 
     let addr = listener.local_addr()?;
@@ -151,6 +151,9 @@ pub async fn run(
                 "runs still running after the grace period; they resume at the next start"
             );
         }
+        // Live streams of runs that did not end would hold the stop for the whole grace
+        // period again; their clients reconnect with Last-Event-ID after the restart.
+        live.close_all();
         handle.stop(true).await;
     });
     server.await?;

@@ -70,6 +70,7 @@ fn keep_alive() -> Duration {
     responses(
         (status = 200, description = "`text/event-stream`: `run.status`, `step.started`, `output.delta`, `step.completed`, `approval.requested`, then `run.completed` / `run.failed` / `run.cancelled`; `: keep-alive` every 15 s", content_type = "text/event-stream", body = StreamEvent),
         (status = 404, description = "`Run not found.`", body = crate::error::ErrorEnvelope),
+        (status = 503, description = "The daemon is stopping", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
 async fn stream(
@@ -78,6 +79,11 @@ async fn stream(
     Authed(caller): Authed,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    if state.stopping.load(Ordering::Relaxed) {
+        return Err(ApiError::Unavailable(
+            "hivelet is shutting down; reconnect shortly.".into(),
+        ));
+    }
     let after = last_event_id(&http);
     let id = id.into_inner();
     if !crate::ids::is_request_id(&id) {

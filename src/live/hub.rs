@@ -254,6 +254,16 @@ impl Hub {
         }
     }
 
+    /// Ends every subscriber's stream (the daemon is stopping). Their clients see the stream
+    /// end without a final event.
+    pub fn close_all(&self) {
+        let mut feeds = self.feeds();
+        for feed in feeds.values_mut() {
+            self.0.watchers.fetch_sub(feed.subs.len(), Ordering::AcqRel);
+            feed.subs.clear();
+        }
+    }
+
     /// Runs with a feed, and subscribers of all runs (for tests and metrics).
     pub fn counts(&self) -> (usize, usize) {
         (self.feeds().len(), self.0.watchers.load(Ordering::Acquire))

@@ -767,6 +767,27 @@ choices = ["yes", "no"]
     let mut s = Sse::get(&app, &format!("/v1/runs/{own}/stream"), &invoke_key, None);
     assert_eq!(s.status, 200);
     assert_eq!(s.expect("run.status").data["request_id"], own.as_str());
+    // Live or replayed, depending on how far the run got: the draft, then the question.
+    let mut seen = Vec::new();
+    while let Some(e) = s.next() {
+        seen.push(e.name.clone());
+        if e.name == "approval.requested" {
+            break;
+        }
+    }
+    assert!(seen.contains(&"step.completed".to_string()), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("approval.requested"));
+
+    // Stopping the daemon ends the stream of a run that goes on waiting, instead of waiting
+    // for it until the grace period runs out.
+    let mut app = app;
+    let status = app.stop().expect("the daemon ran");
+    assert!(status.success(), "the daemon stopped cleanly: {status}");
+    let rest = s.rest();
+    assert!(
+        rest.iter().all(|e| !e.name.starts_with("run.")),
+        "the run did not end: {rest:?}"
+    );
 }
 
 #[test]
