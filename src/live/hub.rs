@@ -41,11 +41,25 @@ struct Feed {
     finished: u64,
     /// Events since the last finished step (`k` of the ids).
     since: u64,
-    /// `step.started` of the steps now running, for a client that comes in the middle.
-    open: Vec<(Arc<str>, Frame)>,
+    /// The steps now running, for a client that comes in the middle (their `step.started`
+    /// is framed only then: nobody may ever ask).
+    open: Vec<OpenStep>,
     /// Waits at an approval step.
     waiting: bool,
     subs: Vec<Sub>,
+}
+
+struct OpenStep {
+    id: u64,
+    step: String,
+    step_type: &'static str,
+    at_ms: i64,
+}
+
+impl OpenStep {
+    fn frame(&self) -> Frame {
+        events::step_started(self.id, &self.step, self.step_type, self.at_ms)
+    }
 }
 
 struct Sub {
@@ -127,13 +141,18 @@ impl Hub {
         self.feeds().get(request_id).is_some_and(|f| f.owned)
     }
 
-    pub fn step_started(&self, request_id: &str, step: &str, step_type: &str, at_ms: i64) {
+    pub fn step_started(&self, request_id: &str, step: &str, step_type: &'static str, at_ms: i64) {
         self.with_feed(request_id, |feed, watchers| {
-            let frame = events::step_started(feed.next_between(), step, step_type, at_ms);
+            let open = OpenStep {
+                id: feed.next_between(),
+                step: step.to_owned(),
+                step_type,
+                at_ms,
+            };
             if !feed.subs.is_empty() {
-                feed.send(&frame, watchers);
+                feed.send(&open.frame(), watchers);
             }
-            feed.open.push((step.into(), frame));
+            feed.open.push(open);
         });
     }
 
@@ -154,7 +173,7 @@ impl Hub {
         self.with_feed(request_id, |feed, watchers| {
             feed.finished += 1;
             feed.since = 0;
-            if let Some(at) = feed.open.iter().rposition(|(s, _)| **s == *rec.step_id) {
+            if let Some(at) = feed.open.iter().rposition(|o| o.step == rec.step_id) {
                 feed.open.remove(at);
             }
             if feed.subs.is_empty() {
@@ -216,7 +235,7 @@ impl Hub {
         let token = self.0.next_token.fetch_add(1, Ordering::Relaxed);
         let mut feeds = self.feeds();
         let feed = feeds.entry(request_id.to_owned()).or_default();
-        let open = feed.open.iter().map(|(_, f)| f.clone()).collect();
+        let open = feed.open.iter().map(OpenStep::frame).collect();
         let seen = Seen {
             finished: feed.finished,
             waiting: feed.waiting,

@@ -55,7 +55,7 @@ impl DeltaSink {
         &self,
         request_id: &str,
         step: &str,
-        step_type: &str,
+        step_type: &'static str,
         started_at_ms: i64,
     ) {
         self.hub
