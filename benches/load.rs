@@ -1,6 +1,8 @@
 //! Load benchmarks (issue 6). `cargo bench --bench load -- SCENARIO [...]` with scenarios
 //! `accept`, `e2e`, `sync`, `slow-receiver`, `recovery`, `memory`, or `all` (the default),
-//! and, not in `all`, the workflow scenarios `steps20` (a 20-step workflow) and `loop1000` (a
+//! `streams` (sync invoke throughput with and without `STREAMS` (1000) open live streams, with
+//! `FANOUT` (1000) clients reading one busy run's stream, and sync invokes with
+//! `"stream": true`), and, not in `all`, the workflow scenarios `steps20` (a 20-step workflow) and `loop1000` (a
 //! loop of 1 000 passes), run sync with `WORKFLOW_RUNS` (default 2000 / 200) runs.
 //! Each starts the release daemon on a temp data dir (`synchronous=FULL`), drives it over
 //! loopback HTTP with keep-alive from a load generator written here, with a webhook receiver
@@ -477,6 +479,268 @@ fn sync(total: usize, concurrency: usize) {
     daemon.stop();
 }
 
+/// An approval step: async runs of it wait (holding no run slot) with their streams open.
+const WAITING_DEFINITION: &str = r#"key = "waiting"
+[[steps]]
+id = "approve"
+type = "approval"
+question = "Go on?"
+choices = ["yes", "no"]
+"#;
+
+/// Opens a live stream and reads its head and first event; the socket stays open.
+fn open_stream(base: &str, key: &str, request_id: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        socket,
+        "GET /v1/runs/{request_id}/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("approval.requested") {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream of {request_id} closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    socket
+}
+
+/// Sync invoke throughput with no live stream open, then with `streams` open (each on a run
+/// waiting at an approval step), and sync invokes answered as streams (`"stream": true`);
+/// the daemon's RSS at each point.
+fn streams(total: usize, concurrency: usize, streams: usize) {
+    let daemon = Daemon::start(&config());
+    deploy(&daemon, "waiting", WAITING_DEFINITION);
+    let sync_rate = |label: &str, body: Value| {
+        let body = serde_json::to_vec(&body).unwrap();
+        let load = drive(
+            &daemon.base,
+            &daemon.key,
+            total,
+            concurrency,
+            Arc::new(move |_| body.clone()),
+        );
+        let rate = total as f64 / load.elapsed.as_secs_f64();
+        let l = &load.latencies_ms;
+        println!(
+            "streams     {label}: {total} sync invokes, concurrency {concurrency}: {rate:.0} req/s · p50 {:.2} ms p99 {:.2} ms · errors {} · statuses {:?}",
+            percentile(l, 0.5), percentile(l, 0.99), load.errors, load.statuses
+        );
+        (rate, percentile(l, 0.5), percentile(l, 0.99), load.errors)
+    };
+    let hello = json!({"deployment": "hello", "inputs": {"name": "Ada"}});
+    let (before_rss, _) = rss_mib(daemon.pid());
+    let without = sync_rate("no streams open", hello.clone());
+
+    // Runs that wait at their approval step, each with a stream open on it.
+    let agent = ureq::agent();
+    let mut sockets = Vec::new();
+    let opened = Instant::now();
+    for _ in 0..streams {
+        let reply: Value = agent
+            .post(&format!("{}/v1/workflow/invoke", daemon.base))
+            .set("Authorization", &format!("Bearer {}", daemon.key))
+            .send_json(json!({"deployment": "waiting", "async": {"enabled": true, "callback_url": "http://127.0.0.1:9/hook"}}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let id = reply["request_id"].as_str().unwrap().to_string();
+        // Wait until the run is paused, so its stream replays the approval.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let run: Value = agent
+                .get(&format!("{}/v1/runs/{id}", daemon.base))
+                .set("Authorization", &format!("Bearer {}", daemon.key))
+                .call()
+                .unwrap()
+                .into_json()
+                .unwrap();
+            if run["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} did not pause");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sockets.push(open_stream(&daemon.base, &daemon.key, &id));
+    }
+    let opened = opened.elapsed();
+    let (open_rss, _) = rss_mib(daemon.pid());
+    println!(
+        "streams     {streams} streams open (runs waiting at an approval) in {:.1} s · RSS {before_rss:.1} MiB before, {open_rss:.1} MiB with them open",
+        opened.as_secs_f64()
+    );
+    let with = sync_rate(&format!("{streams} streams open"), hello.clone());
+    let mut streamed = hello;
+    streamed["stream"] = json!(true);
+    let as_stream = sync_rate("each invoke answered as a stream", streamed);
+    let (after_rss, peak_rss) = rss_mib(daemon.pid());
+    // Again without them: how much the machine itself drifted between the runs.
+    drop(sockets);
+    std::thread::sleep(Duration::from_millis(500));
+    let again = sync_rate(
+        "streams closed again",
+        json!({"deployment": "hello", "inputs": {"name": "Ada"}}),
+    );
+    println!(
+        "streams     throughput with {streams} streams open is {:.0} % of without ({:.0} % of the run after closing them) · RSS after {after_rss:.1} MiB, peak {peak_rss:.1} MiB",
+        with.0 / without.0 * 100.0,
+        with.0 / again.0 * 100.0
+    );
+    report(
+        "streams",
+        json!({"requests": total, "concurrency": concurrency, "streams": streams,
+        "without": {"req_per_s": without.0, "p50_ms": without.1, "p99_ms": without.2, "errors": without.3},
+        "with_streams": {"req_per_s": with.0, "p50_ms": with.1, "p99_ms": with.2, "errors": with.3},
+        "without_again": {"req_per_s": again.0, "p50_ms": again.1, "p99_ms": again.2, "errors": again.3},
+        "sync_stream_invokes": {"req_per_s": as_stream.0, "p50_ms": as_stream.1, "p99_ms": as_stream.2, "errors": as_stream.3},
+        "rss_mib": {"before": before_rss, "streams_open": open_rss, "after": after_rss, "peak": peak_rss}}),
+    );
+    daemon.stop();
+}
+
+/// A run that keeps publishing for about a minute: a loop of 10 000 short delay steps (two
+/// events per pass).
+const TICKER_DEFINITION: &str = r#"key = "ticker"
+[[inputs]]
+name = "items"
+type = "array"
+
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "items"
+max_iterations = 10000
+  [[steps.steps]]
+  id = "tick"
+  type = "delay"
+  ms = 5
+"#;
+
+/// Sync invoke throughput while `fanout` clients read one busy run's stream (a few hundred
+/// step events a second, each sent to every client), against the same load without them.
+fn fanout(total: usize, concurrency: usize, fanout: usize) {
+    use std::io::Read;
+    let daemon = Daemon::start(&config());
+    deploy(&daemon, "ticker", TICKER_DEFINITION);
+    let sync_rate = |label: &str| {
+        let body =
+            serde_json::to_vec(&json!({"deployment": "hello", "inputs": {"name": "Ada"}})).unwrap();
+        let load = drive(
+            &daemon.base,
+            &daemon.key,
+            total,
+            concurrency,
+            Arc::new(move |_| body.clone()),
+        );
+        let rate = total as f64 / load.elapsed.as_secs_f64();
+        let l = &load.latencies_ms;
+        println!(
+            "fanout      {label}: {total} sync invokes, concurrency {concurrency}: {rate:.0} req/s · p50 {:.2} ms p99 {:.2} ms · errors {}",
+            percentile(l, 0.5), percentile(l, 0.99), load.errors
+        );
+        (rate, percentile(l, 0.5), percentile(l, 0.99))
+    };
+    // Runs for minutes: far longer than the load below.
+    let items: Vec<usize> = (0..10_000).collect();
+    let reply: Value = ureq::post(&format!("{}/v1/workflow/invoke", daemon.base))
+        .set("Authorization", &format!("Bearer {}", daemon.key))
+        .send_json(json!({"deployment": "ticker", "inputs": {"items": items},
+            "async": {"enabled": true, "callback_url": "http://127.0.0.1:9/hook"}}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = reply["request_id"].as_str().unwrap().to_string();
+    let without = sync_rate("busy run, nobody watching");
+    let (rss_busy, _) = rss_mib(daemon.pid());
+
+    let addr = daemon.base.trim_start_matches("http://").to_string();
+    let mut sockets = Vec::new();
+    for _ in 0..fanout {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            socket,
+            "GET /v1/runs/{id}/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+            daemon.key
+        )
+        .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        sockets.push(socket);
+    }
+    // Every client reads all the time, so none falls behind and is dropped.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, received, closed) = (stop.clone(), received.clone(), closed.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut open = vec![true; sockets.len()];
+            while !stop.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for (socket, open) in sockets.iter_mut().zip(open.iter_mut()) {
+                    if !*open {
+                        continue;
+                    }
+                    match socket.read(&mut buf) {
+                        Ok(0) => {
+                            *open = false;
+                            closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(n) => {
+                            idle = false;
+                            received.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            *open = false;
+                            closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss_open, _) = rss_mib(daemon.pid());
+    let before = received.load(Ordering::Relaxed);
+    let watched = sync_rate(&format!("busy run, {fanout} clients reading its stream"));
+    let bytes = received.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let dropped = closed.load(Ordering::Relaxed);
+    println!(
+        "fanout      throughput with {fanout} readers of one run is {:.0} % of without · they received {:.1} MiB meanwhile · {dropped} streams closed (dropped as too slow) · RSS {rss_busy:.1} MiB without readers, {rss_open:.1} MiB with them",
+        watched.0 / without.0 * 100.0,
+        bytes as f64 / 1024.0 / 1024.0
+    );
+    report(
+        "fanout",
+        json!({"requests": total, "concurrency": concurrency, "fanout": fanout,
+        "without": {"req_per_s": without.0, "p50_ms": without.1, "p99_ms": without.2},
+        "with_readers": {"req_per_s": watched.0, "p50_ms": watched.1, "p99_ms": watched.2},
+        "stream_bytes": bytes, "streams_closed": dropped, "rss_mib": {"busy": rss_busy, "with_readers": rss_open}}),
+    );
+    daemon.stop();
+}
+
 fn recovery(due_events: usize) {
     // Empty database: time from spawn until the address file is written (listening).
     let mut empty = Vec::new();
@@ -677,6 +941,10 @@ fn main() {
     }
     if wants("recovery") {
         recovery(env_usize("DUE_EVENTS", 100_000));
+    }
+    if wants("streams") {
+        streams(total, concurrency, env_usize("STREAMS", 1000));
+        fanout(total, concurrency, env_usize("FANOUT", 1000));
     }
     if scenarios.contains(&"steps20") {
         let runs = env_usize("WORKFLOW_RUNS", 2000);

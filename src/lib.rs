@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod ids;
 pub mod keyring;
+pub mod live;
 pub mod metrics;
 pub mod schedules;
 pub mod signing;
@@ -74,6 +75,7 @@ pub async fn run(
     let supervisor =
         RetrySupervisor::new(store.clone(), config.clone(), deployments.clone())?.start();
     let recovered = actors::recovery::recover(&store, &deployments)?;
+    let live = live::Hub::default();
     let invoker = InvokeActor::new(
         store.clone(),
         config.clone(),
@@ -81,6 +83,7 @@ pub async fn run(
         deployments.clone(),
         recovered,
     )
+    .with_live(live.clone())
     .start();
     let scheduler =
         actors::scheduler::Scheduler::new(store.clone(), deployments.clone(), invoker.clone())
@@ -100,6 +103,7 @@ pub async fn run(
         scheduler,
         idempotency_in_flight: Default::default(),
         stopping: stopping.clone(),
+        live: live.clone(),
     });
 
     let addr = listener.local_addr()?;
@@ -118,6 +122,9 @@ pub async fn run(
             .default_service(web::to(api::not_found))
     })
     .disable_signals()
+    // Live streams write many small chunks; with Nagle's algorithm each one after the first
+    // waited for the client's delayed ACK (~40 ms).
+    .tcp_nodelay(true)
     // Explicit (these are actix-web's defaults) so a slow or stalled client is bounded on
     // purpose: a request head must arrive within 5 s or the connection is closed
     // (slowloris), and a closing connection gets 1 s to go away.
@@ -151,6 +158,9 @@ pub async fn run(
                 "runs still running after the grace period; they resume at the next start"
             );
         }
+        // Live streams of runs that did not end would hold the stop for the whole grace
+        // period again; their clients reconnect with Last-Event-ID after the restart.
+        live.close_all();
         handle.stop(true).await;
     });
     server.await?;

@@ -29,6 +29,7 @@ use super::run::{CancelRun, RunActor};
 use crate::config::Config;
 use crate::deployments::Deployments;
 use crate::ids;
+use crate::live::Hub;
 use crate::store::{
     Advance, AnswerApproval, FireSchedule, InsertChildRun, InsertRerun, InsertRun, MarkRunning,
     NewRun, RecordStep, RunStatus, StepRow, Store, StoreError,
@@ -146,6 +147,8 @@ pub struct InvokeActor {
     parents: HashMap<String, String>,
     /// Who waits for a run to end (parents of child runs), by request id.
     watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Where runs publish their live events (SPEC §11).
+    live: Hub,
 }
 
 impl InvokeActor {
@@ -183,7 +186,14 @@ impl InvokeActor {
             deployments,
             parents,
             watchers: HashMap::new(),
+            live: Hub::default(),
         }
+    }
+
+    /// Publishes the runs' live events to `hub` (the one the HTTP handlers subscribe to).
+    pub fn with_live(mut self, hub: Hub) -> Self {
+        self.live = hub;
+        self
     }
 
     /// Tells whoever waits for the run that it has ended (its end is stored, or could not
@@ -246,6 +256,7 @@ impl InvokeActor {
         Reporting {
             store: self.store.clone(),
             supervisor: self.supervisor.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -358,6 +369,7 @@ impl Actor for InvokeActor {
         self.env = Some(Rc::new(workflow_environment(
             &self.config,
             Rc::new(children),
+            &self.live,
         )));
         if !self.queue.is_empty() {
             tracing::info!(
@@ -382,6 +394,7 @@ impl Actor for InvokeActor {
 fn workflow_environment(
     config: &Config,
     children: Rc<dyn workflow::ChildRuns>,
+    live: &Hub,
 ) -> workflow::Environment {
     let providers = config
         .file
@@ -411,7 +424,7 @@ fn workflow_environment(
         http: awc::Client::builder().disable_redirects().finish(),
         providers,
         allow_command_steps: config.file.security.allow_command_steps,
-        deltas: workflow::DeltaSink::default(),
+        deltas: workflow::DeltaSink::new(live.clone()),
         children: Some(children),
     }
 }

@@ -97,6 +97,8 @@ pub(super) enum Ending {
 pub(super) struct Reporting {
     pub store: Store,
     pub supervisor: Recipient<Enqueue>,
+    /// Live streams of the run get its final event once the end is stored.
+    pub live: crate::live::Hub,
 }
 
 /// The trace line of an approval step whose run was cancelled while it waited.
@@ -225,7 +227,8 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         None => tracing::info!(status = status.as_str(), "run ended"),
         Some(f) => tracing::info!(step = ?f.step, error = %f.message, "run failed"),
     });
-    match write_until_stored(&reporting.store, &request_id, done).await {
+    let stored = write_until_stored(&reporting.store, &request_id, done).await;
+    match &stored {
         Ok(RunFinish {
             ended: true,
             event_due,
@@ -234,7 +237,7 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
             crate::metrics::get()
                 .run_ended(status.as_str(), std::time::Duration::from_millis(ran_ms));
             // A `held` event goes out when the run's earlier events are done.
-            if let Some(due) = due.filter(|_| event_due) {
+            if let Some(due) = due.filter(|_| *event_due) {
                 reporting.supervisor.do_send(Enqueue(due));
             }
         }
@@ -244,6 +247,18 @@ pub(super) async fn finish(reporting: &Reporting, run: AdmittedRun, ending: Endi
         Err(err) => {
             tracing::error!(request_id = %request_id, %err, "could not store the run's end; it will run again at the next start");
         }
+    }
+    // Not when a cancel ended the run first: that one announces its own end.
+    if !matches!(stored, Ok(RunFinish { ended: false, .. })) {
+        reporting.live.run_ended(&request_id, || {
+            crate::live::events::finished(
+                &request_id,
+                status,
+                &output,
+                error.as_ref(),
+                usage.as_ref(),
+            )
+        });
     }
     if let Some(tx) = completion {
         let _ = tx.send(RunOutcome {

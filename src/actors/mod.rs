@@ -4,13 +4,15 @@
 //!
 //! Imports go one way: `lifecycle` (the types a run carries between the InvokeActor and its
 //! RunActor) at the bottom, `approvals` and `recovery` above it, then `run`, then `children`
-//! (what `workflow` steps ask for, sent to the InvokeActor as messages), then `invoke`.
+//! (what `workflow` steps ask for, sent to the InvokeActor as messages), then `invoke`, then
+//! `live` (sync invokes watched over their live stream, SPEC §11).
 
 pub mod approvals;
 pub mod children;
 pub mod delivery;
 pub mod invoke;
 pub mod lifecycle;
+pub mod live;
 mod notify;
 pub mod recovery;
 pub mod retention;

@@ -108,6 +108,8 @@ impl RunActor {
                         // this step again and waits there.
                         tracing::error!(request_id = %request_id, %err, "could not store the waiting approval step");
                     }
+                    // Stored first, so a client that comes now finds it in the trace.
+                    act.env.deltas.hub().approval_requested(&request_id, &record);
                     let waiting = Waiting {
                         step_id: record.step_id,
                         step_index: record.index,
@@ -211,7 +213,10 @@ impl Actor for RunActor {
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let usage = self.usage.clone();
         let notifier = Notifier::for_run(&request_id, &run.prepared, &self.reporting);
+        let recovered = run.resume.is_some();
         let steps = async move {
+            let live = env.deltas.hub().clone();
+            crate::live::run_started(&live, &store, &request_id, recovered).await;
             let mut on_step = |rec: &StepRecord| {
                 let row = step_row(&request_id, rec);
                 match notifier
@@ -227,6 +232,7 @@ impl Actor for RunActor {
                         .get_or_insert_with(Usage::default)
                         .add(&u);
                 }
+                live.step_completed(&request_id, rec);
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };

@@ -30,6 +30,9 @@ pub struct InvokeBody {
     pub metadata: Option<Value>,
     /// Opaque caller id, stored and filterable.
     pub user: Option<String>,
+    /// Sync only: answer `text/event-stream` with the run's live events (SPEC §11) instead
+    /// of one JSON reply. Refused with `async` or an `Idempotency-Key`.
+    pub stream: Option<bool>,
 }
 
 /// An inbound trigger: `{"inputs", "async", "metadata", "user"}`, or a plain object that is

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::admit::{admit, admit_reply, prepare};
 use super::extract::{Authed, JsonBody};
-use super::invoke_body::parse_invoke;
+use super::invoke_body::{parse_invoke, InvokeRequest};
 use super::routing::endpoint;
 use super::state::AppState;
 use crate::error::ApiError;
@@ -64,7 +64,10 @@ impl Drop for Claim<'_> {
     params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[\t -~]*[!-~][\t -~]*$",
         description = "A repeat with the same key and API key within 24 h returns the first response (`Idempotent-Replayed: true`) and starts nothing; at most 255 characters")),
     responses(
-        (status = 200, description = "A sync run completed", body = super::views::InvokeCompleted),
+        (status = 200, description = "A sync run completed; with `\"stream\": true`, the run's live events as `text/event-stream` (see `GET /v1/runs/{id}/stream`)", content(
+            (super::views::InvokeCompleted = "application/json"),
+            (super::stream::StreamEvent = "text/event-stream"),
+        )),
         (status = 202, description = "An async run was accepted (running or queued)", body = super::views::InvokeAccepted),
         (status = 404, description = "`Deployment not found.` or `Variant not found.`", body = crate::error::ErrorEnvelope),
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = crate::error::ErrorEnvelope),
@@ -82,12 +85,19 @@ async fn invoke(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency_key(&http)?;
     let req = parse_invoke(&body.0)?;
+    let streamed = super::stream::stream_flag(&body.0)?;
+    if streamed {
+        check_streamable(&req, idempotency.as_deref())?;
+    }
     let run = prepare(
         &state,
         req,
         invoke_source(&http),
         Some(caller.key_id.clone()),
     )?;
+    if streamed {
+        return super::stream::invoke_streamed(&state, run).await;
+    }
     let Some(key) = idempotency else {
         return admit(&state, run).await;
     };
@@ -129,6 +139,24 @@ async fn invoke(
         })
         .await?;
     Ok(reply.into_response())
+}
+
+/// `"stream": true` is for sync calls, and answers events, not a reply to keep for repeats.
+fn check_streamable(req: &InvokeRequest, idempotency: Option<&str>) -> Result<(), ApiError> {
+    if req.callback_url.is_some() {
+        return Err(ApiError::field(
+            "stream",
+            "stream: true needs a sync invoke; an async run reports to its callback_url \
+             (watch it with GET /v1/runs/{request_id}/stream)",
+        ));
+    }
+    if idempotency.is_some() {
+        return Err(ApiError::field(
+            "stream",
+            "stream: true cannot be combined with an Idempotency-Key",
+        ));
+    }
+    Ok(())
 }
 
 /// `cli` or `ui` when our own client says so (`X-Hivelet-Source`), else `api`.

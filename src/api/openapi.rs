@@ -31,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         super::triggers::trigger,
         super::runs::list,
         super::requests::run_detail,
+        super::stream::stream,
         super::runs::attempts,
         super::runs::redeliver,
         super::runs::cancel,

@@ -28,4 +28,6 @@ pub struct AppState {
     pub idempotency_in_flight: Mutex<HashSet<(String, String)>>,
     /// Set when a stop was asked for: new work gets 503.
     pub stopping: Arc<AtomicBool>,
+    /// Runs' live events, for `GET /v1/runs/{id}/stream` and streamed invokes.
+    pub live: crate::live::Hub,
 }

@@ -103,6 +103,11 @@ impl Client {
         })
     }
 
+    /// The key requests are sent with.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     pub fn get(&self, path: &str) -> anyhow::Result<Reply> {
         self.request("GET", path, None, None)
     }

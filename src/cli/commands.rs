@@ -157,6 +157,10 @@ fn invoke(client: &Client, args: InvokeArgs, json_out: bool) -> anyhow::Result<u
     if args.async_mode {
         body["async"] = json!({"enabled": true, "callback_url": args.callback_url});
     }
+    if args.stream {
+        body["stream"] = json!(true);
+        return super::stream::invoke(client, &body, json_out);
+    }
     let reply = client.post_json("/v1/workflow/invoke", &body)?;
     finish(reply, json_out, |body| match body.get("output") {
         Some(Value::String(text)) => println!("{text}"),

@@ -10,6 +10,7 @@ mod runs;
 mod schedules;
 mod secret;
 pub mod service;
+mod stream;
 mod verify;
 
 use std::path::PathBuf;
@@ -159,6 +160,9 @@ pub struct InvokeArgs {
     /// Where the signed result is POSTed (with --async)
     #[arg(long, requires = "async_mode")]
     pub callback_url: Option<String>,
+    /// Print the run's text as it streams (sync only); with --json, every event as a JSON line
+    #[arg(long, conflicts_with = "async_mode")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +195,9 @@ pub struct SnippetArgs {
     /// Callback URL to put in the command
     #[arg(long, requires = "async_mode")]
     pub callback_url: Option<String>,
+    /// Print the run's text as it streams (sync only); with --json, every event as a JSON line
+    #[arg(long, conflicts_with = "async_mode")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -242,6 +242,78 @@
   function stopTimers() {
     clearTimeout(pollTimer);
     pollTimer = null;
+    stopLive();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Live runs: GET /v1/runs/{id}/stream read with fetch() (EventSource cannot send the key)
+  // ---------------------------------------------------------------------------------------
+
+  let liveAbort = null;
+  /** The text a streamed prompt step has produced so far, shown while the run is live. */
+  const liveText = { run: null, step: null, text: '', open: false, running: [] };
+
+  function stopLive() {
+    if (liveAbort) liveAbort.abort();
+    liveAbort = null;
+  }
+
+  /**
+   * Reads the run's SSE stream and calls onEvent(name, data) per event. Resolves true when
+   * the run's final event came, false when the stream ended or failed before it.
+   */
+  async function readLive(id, onEvent, onOpen) {
+    stopLive();
+    const ctrl = new AbortController();
+    liveAbort = ctrl;
+    try {
+      const res = await fetch(`/v1/runs/${encodeURIComponent(id)}/stream`, {
+        headers: { Authorization: `Bearer ${getKey()}`, Accept: 'text/event-stream' },
+        cache: 'no-store',
+        signal: ctrl.signal,
+      });
+      if (!res.ok || !res.body) return false;
+      onOpen();
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return false;
+        buf += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+        let end;
+        while ((end = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let name = 'message';
+          const data = [];
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event:')) name = line.slice(6).trim();
+            else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+          }
+          if (!data.length) continue; // a keep-alive comment
+          let parsed = null;
+          try { parsed = JSON.parse(data.join('\n')); } catch (_) { parsed = null; }
+          onEvent(name, parsed);
+          if (/^run\.(completed|failed|cancelled)$/.test(name)) return true;
+        }
+      }
+    } catch (_) {
+      return false;
+    } finally {
+      if (liveAbort === ctrl) liveAbort = null;
+    }
+  }
+
+  function liveSection(run) {
+    if (!LIVE_RUN.has(run.run_status)) return null;
+    const mine = liveText.run === run.request_id;
+    const panel = section('Live output', 'run-live',
+      h('p', { class: 'muted', id: 'live-step', testid: 'live-step' },
+        mine && liveText.step ? `Streaming from step ${liveText.step}` : 'Text from streamed prompt steps appears here as it comes.'),
+      h('pre', { class: 'json', id: 'live-text', testid: 'live-text' }, mine ? liveText.text : ''));
+    panel.dataset.stream = mine && liveText.open ? 'open' : 'closed';
+    return panel;
   }
 
   /** Runs `fn` after `ms` unless the page moved on meanwhile. */
@@ -509,7 +581,15 @@
   }
 
   function waterfall(run) {
-    const steps = run.steps || [];
+    const steps = (run.steps || []).slice();
+    // A live run's running steps, as its stream announced them.
+    if (LIVE_RUN.has(run.run_status) && liveText.run === run.request_id) {
+      for (const r of liveText.running) {
+        if (!steps.some((s) => s.id === r.id && s.status === 'running')) {
+          steps.push({ id: r.id, type: r.type, status: 'running', started_at: r.started_at, duration_ms: null, attempts: 1 });
+        }
+      }
+    }
     if (!steps.length) return h('p', { class: 'muted' }, 'No steps ran yet.');
     const now = Date.now();
     const startOf = (s) => new Date(s.started_at).getTime();
@@ -739,6 +819,7 @@
         ['Usage', usageText(run.usage), 'run-usage'],
       ])),
       approvalBox(run, token, reload),
+      liveSection(run),
       result,
       h('div', { class: 'two-col' },
         section('Inputs', 'run-inputs', jsonBlock(run.inputs)),
@@ -799,11 +880,84 @@
   }
 
   async function runView(token, id) {
+    if (liveText.run !== id) Object.assign(liveText, { run: id, step: null, text: '', open: false, running: [] });
+    // While the run's stream works, it drives the page: steps and status are reloaded when
+    // they change, deltas are appended as they come. Polling is the fallback.
+    let streaming = false;
+    let streamFailed = false;
+    let reloadTimer = null;
+    const reloadSoon = () => {
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(() => {
+        if (token === routeToken) reload().catch(() => schedule(token, 5000, tick));
+      }, 150);
+    };
+    const onEvent = (name, data) => {
+      if (token !== routeToken) { stopLive(); return; }
+      if (name === 'output.delta' && data) {
+        if (liveText.step !== data.step) Object.assign(liveText, { step: data.step, text: '' });
+        liveText.text += data.text || '';
+        const pre = document.getElementById('live-text');
+        const label = document.getElementById('live-step');
+        if (pre) pre.textContent = liveText.text;
+        if (label) label.textContent = `Streaming from step ${liveText.step}`;
+        return;
+      }
+      // Steps started but not finished are not in the stored trace yet: shown from here.
+      if (name === 'step.started' && data) {
+        liveText.running.push({ id: data.step, type: data.type, started_at: data.started_at });
+      } else if (name === 'step.completed' && data) {
+        const at = liveText.running.map((r) => r.id).lastIndexOf(data.step);
+        if (at >= 0) liveText.running.splice(at, 1);
+      } else if (name === 'approval.requested' || /^run\./.test(name)) {
+        liveText.running = [];
+      }
+      // The replay at the start of the stream repeats what the page shows: re-rendering for
+      // it would only replace the elements under the user's cursor.
+      if (changesPage(name, data)) reloadSoon();
+    };
+    let shown = null;
+    let shownRunning = new Set();
+    const changesPage = (name, data) => {
+      if (!shown || !data) return true;
+      const steps = shown.steps || [];
+      switch (name) {
+        case 'run.status': return data.run_status !== shown.run_status;
+        case 'step.started': return !shownRunning.has(data.step);
+        case 'step.completed':
+          return !steps.some((st) => st.id === data.step && (st.passes || '') === (data.passes || '') && st.status === data.status);
+        case 'approval.requested': return !steps.some((st) => st.id === data.step && st.status === 'waiting');
+        default: return true;
+      }
+    };
+    const startStream = () => {
+      streaming = true;
+      const onOpen = () => {
+        liveText.open = true;
+        const panel = document.getElementById('run-live');
+        if (panel) panel.dataset.stream = 'open';
+      };
+      readLive(id, onEvent, onOpen).then((ended) => {
+        streaming = false;
+        liveText.open = false;
+        if (token !== routeToken) return;
+        if (!ended) streamFailed = true;
+        reloadSoon();
+      });
+    };
     const reload = async () => {
       const run = await api('GET', `/v1/runs/${encodeURIComponent(id)}`);
       if (token !== routeToken) return;
       preservingState(() => render(runBody(run, token, reload)));
-      const live = LIVE_RUN.has(run.run_status) || (run.async && LIVE_DELIVERY.has(run.async.delivery_state));
+      shown = run;
+      shownRunning = new Set(liveText.running.map((r) => r.id));
+      const runLive = LIVE_RUN.has(run.run_status);
+      const live = runLive || (run.async && LIVE_DELIVERY.has(run.async.delivery_state));
+      if (runLive && !streamFailed) {
+        clearTimeout(pollTimer);
+        if (!streaming) startStream();
+        return;
+      }
       // A run paused at an approval can wait for hours: look less often.
       const waiting = (run.steps || []).some((st) => st.status === 'waiting');
       if (live) schedule(token, waiting ? 3000 : 1500, tick);

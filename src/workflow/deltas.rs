@@ -1,18 +1,15 @@
-//! Text deltas of streamed prompt steps, for the run's live stream (SPEC §11).
+//! What a running workflow tells the run's live stream (SPEC §11) as it happens: the text
+//! deltas of streamed prompt steps and the start of each step.
 //!
 //! The engine's [`Environment`](super::Environment) holds one [`DeltaSink`]; a prompt step
 //! reading its provider's SSE stream publishes every piece of text it receives there, tagged
-//! with the run and the step. Nothing subscribes yet: the live stream (`GET
-//! /v1/runs/{id}/stream`, `output.delta` events) will call [`DeltaSink::subscribe`] and filter
-//! by `request_id`. Publishing without subscribers costs next to nothing; a subscriber that
-//! falls behind loses the oldest deltas (`broadcast` semantics), never slows the step.
+//! with the run and the step, and the engine says when a step starts. The sink hands both to
+//! the [`live::Hub`](crate::live::Hub), where publishing for a run nobody watches costs next
+//! to nothing and a subscriber that falls behind is dropped, never slowing the step.
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
-
-/// Deltas kept for a slow subscriber before it starts losing the oldest.
-const CAPACITY: usize = 1024;
+use crate::live::Hub;
 
 /// One piece of text a streamed prompt step received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,28 +20,45 @@ pub struct Delta {
     pub text: String,
 }
 
-/// Where streamed prompt steps publish their [`Delta`]s.
-#[derive(Debug, Clone)]
+/// Where the engine and streamed prompt steps publish what a run is doing.
+#[derive(Clone, Default)]
 pub struct DeltaSink {
-    tx: broadcast::Sender<Delta>,
+    hub: Hub,
 }
 
-impl Default for DeltaSink {
-    fn default() -> Self {
-        DeltaSink {
-            tx: broadcast::channel(CAPACITY).0,
-        }
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaSink").finish_non_exhaustive()
     }
 }
 
 impl DeltaSink {
-    /// Receives every delta published from now on, of every run.
-    pub fn subscribe(&self) -> broadcast::Receiver<Delta> {
-        self.tx.subscribe()
+    /// A sink publishing to `hub`.
+    pub fn new(hub: Hub) -> Self {
+        DeltaSink { hub }
     }
 
-    pub(crate) fn publish(&self, delta: Delta) {
-        // No subscriber is not an error: nobody is watching this run.
-        let _ = self.tx.send(delta);
+    /// The hub it publishes to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn publish(&self, delta: Delta) {
+        self.publish_text(&delta.request_id, &delta.step, &delta.text);
+    }
+
+    pub(crate) fn publish_text(&self, request_id: &str, step: &str, text: &str) {
+        self.hub.delta(request_id, step, text);
+    }
+
+    pub(crate) fn step_started(
+        &self,
+        request_id: &str,
+        step: &str,
+        step_type: &'static str,
+        started_at_ms: i64,
+    ) {
+        self.hub
+            .step_started(request_id, step, step_type, started_at_ms);
     }
 }

@@ -127,6 +127,8 @@ struct Running {
 /// steps now running, and what earlier executions already finished.
 struct Shared<'a> {
     env: &'a Environment,
+    /// For the live stream's `step.started`.
+    request_id: String,
     on_step: RefCell<&'a mut dyn FnMut(&StepRecord)>,
     running: RefCell<Vec<Running>>,
     next_token: Cell<u64>,
@@ -147,6 +149,12 @@ impl Shared<'_> {
     }
 
     fn start_running(&self, mut running: Running) -> u64 {
+        self.env.deltas.step_started(
+            &self.request_id,
+            &running.id,
+            running.step_type,
+            running.started_at_ms,
+        );
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         running.token = token;
@@ -234,6 +242,7 @@ pub async fn execute(
     } = std::mem::take(&mut ctx.resume);
     let shared = Shared {
         env,
+        request_id: ctx.request_id.clone(),
         on_step: RefCell::new(on_step),
         running: RefCell::new(Vec::new()),
         next_token: Cell::new(0),

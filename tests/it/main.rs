@@ -34,6 +34,7 @@ mod security;
 mod steps;
 mod storage;
 mod storm;
+mod stream;
 mod ui;
 mod usage;
 mod webhooks;

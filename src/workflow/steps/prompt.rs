@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use super::{snippet, status_is_retryable, StepError, StepOutput, StepResult};
 use crate::usage::Usage;
 use crate::workflow::definition::{ChatRole, Messages, ResponseFormat};
-use crate::workflow::deltas::{Delta, DeltaSink};
+use crate::workflow::deltas::DeltaSink;
 use crate::workflow::engine::ProviderConfig;
 use crate::workflow::template::render_with;
 use crate::workflow::validate::schema_problem;
@@ -59,11 +59,7 @@ pub(crate) struct Publish<'a> {
 
 impl Publish<'_> {
     fn text(&self, text: &str) {
-        self.sink.publish(Delta {
-            request_id: self.request_id.clone(),
-            step: self.step.clone(),
-            text: text.to_owned(),
-        });
+        self.sink.publish_text(&self.request_id, &self.step, text);
     }
 }
 
@@ -675,7 +671,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_stream_is_assembled_and_its_deltas_published() {
         let sink = DeltaSink::default();
-        let mut rx = sink.subscribe();
+        sink.hub().run_started("req_1", 0);
+        let mut sub = sink.hub().subscribe("req_1");
         let publish = Publish {
             sink: &sink,
             request_id: "req_1".into(),
@@ -693,9 +690,14 @@ mod tests {
         assert_eq!(content, "Hello Ada");
         assert_eq!(usage.unwrap()["total_tokens"], 5);
         let mut got = Vec::new();
-        while let Ok(d) = rx.try_recv() {
-            assert_eq!((&*d.request_id, &*d.step), ("req_1", "ask"));
-            got.push(d.text);
+        for _ in 0..2 {
+            let frame = sub.next().await.unwrap();
+            let text = std::str::from_utf8(&frame.bytes).unwrap();
+            let data: Value =
+                serde_json::from_str(text.lines().nth(2).unwrap().strip_prefix("data: ").unwrap())
+                    .unwrap();
+            assert_eq!(data["step"], "ask");
+            got.push(data["text"].as_str().unwrap().to_owned());
         }
         assert_eq!(got, vec!["Hello", " Ada"]);
 

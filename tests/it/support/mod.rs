@@ -770,6 +770,11 @@ pub struct Background {
 }
 
 impl Background {
+    /// Waits for the command to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
