@@ -61,10 +61,14 @@ def run(driver):
         "the streamed text on the page",
     )
     check(text_of(driver, "#run-status") == "running", "the text came while the run ran")
-    running = driver.execute_script(
-        "return [...document.querySelectorAll('[data-testid=step]')].map(s => s.dataset.step + ':' + s.dataset.status)"
+    # The steps are redrawn a moment after the stream's `step.started` (the deltas may come
+    # first), so wait for them rather than read them at once.
+    progress = "return [...document.querySelectorAll('[data-testid=step]')].map(s => s.dataset.step + ':' + s.dataset.status)"
+    wait_until(
+        driver,
+        lambda d: d.execute_script(progress) == ["intro:completed", "ask:running"],
+        "step progress while live: intro completed, ask running",
     )
-    check(running == ["intro:completed", "ask:running"], f"step progress while live: {running}")
     label = text_of(driver, "#live-step")
     check("ask" in (label or ""), f"the panel names the step: {label!r}")
     screenshot(driver, "12-live-run")
