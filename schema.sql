@@ -58,7 +58,9 @@ CREATE TABLE runs (
     duration_ms    INTEGER,
     usage          TEXT,                                -- JSON: summed token usage (SPEC §10)
     rerun_of       TEXT,                                -- the run this one reruns
-    parent_request_id TEXT                              -- the run whose workflow step started it
+    parent_request_id TEXT,                             -- the run whose workflow step started it
+    priority       INTEGER NOT NULL DEFAULT 5,          -- 0–9: higher leaves the queue first
+    concurrency_key TEXT                                -- the rendered [concurrency] key
 ) WITHOUT ROWID;
 CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
 CREATE INDEX runs_by_status ON runs (status, request_id);

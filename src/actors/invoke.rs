@@ -413,6 +413,7 @@ fn workflow_environment(
         allow_command_steps: config.file.security.allow_command_steps,
         deltas: workflow::DeltaSink::default(),
         children: Some(children),
+        capacity: Some(Rc::new(crate::flow::ProviderLimits::new(&config.file.providers))),
     }
 }
 
@@ -452,6 +453,8 @@ impl Handler<Admit> for InvokeActor {
             started_at: (status == RunStatus::Running).then_some(now),
             rerun_of: msg.rerun.as_ref().map(|r| r.of.clone()),
             parent_request_id: run.parent_request_id.clone(),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -654,6 +657,8 @@ impl Handler<StartChild> for InvokeActor {
             started_at: Some(now),
             rerun_of: None,
             parent_request_id: run.parent_request_id.clone(),
+            priority: run.priority,
+            concurrency_key: None,
         };
         let mut waiting = msg.waiting;
         waiting.child_request_id = Some(request_id.clone());

@@ -170,6 +170,8 @@ pub fn recover(
                 source: run.source,
                 api_key_id: run.api_key_id,
                 parent_request_id: run.parent_request_id,
+                priority: run.priority,
+                concurrency_key: run.concurrency_key,
             },
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),

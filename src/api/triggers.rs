@@ -67,6 +67,7 @@ fn trigger_request(
         callback_url: Some(callback_url),
         metadata: parse_metadata(obj.get("metadata"))?,
         user,
+        priority: crate::flow::DEFAULT_PRIORITY,
     })
 }
 

@@ -145,8 +145,16 @@ DROP TABLE run_steps;
 ALTER TABLE run_steps_v4 RENAME TO run_steps;
 ";
 
+/// Flow control (SPEC §12): a run's `priority` (0–9, higher starts first from the queue) and
+/// its rendered `concurrency_key`, so a restart queues it again in the same order and under
+/// the same key. Numbered after whatever migration is last when merged.
+const V6_FLOW_CONTROL: &str = "
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE runs ADD COLUMN concurrency_key TEXT;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
-const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS];
+const MIGRATIONS: &[&str] = &[V2_STATES, V3_KEY_OVERLAP, V4_WORKFLOWS, V6_FLOW_CONTROL];
 
 /// The schema version this binary writes.
 pub const LATEST_VERSION: i64 = 1 + MIGRATIONS.len() as i64;

@@ -25,6 +25,10 @@ pub struct NewRun {
     pub rerun_of: Option<String>,
     /// The run whose `workflow` step started this one (source `workflow`).
     pub parent_request_id: Option<String>,
+    /// 0–9: queued runs start highest first.
+    pub priority: u8,
+    /// The rendered `[concurrency] key`, when the deployment has one.
+    pub concurrency_key: Option<String>,
 }
 
 /// The terminal state of a run.
@@ -114,16 +118,18 @@ pub struct RunRecord {
     pub rerun_of: Option<String>,
     /// The run whose `workflow` step started this one.
     pub parent_request_id: Option<String>,
+    pub priority: u8,
+    pub concurrency_key: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
                            callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
-                           rerun_of, parent_request_id)
+                           rerun_of, parent_request_id, priority, concurrency_key)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
                  :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
-                 :rerun_of, :parent_request_id)",
+                 :rerun_of, :parent_request_id, :priority, :concurrency_key)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -142,6 +148,8 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":started_at": run.started_at,
         ":rerun_of": run.rerun_of,
         ":parent_request_id": run.parent_request_id,
+        ":priority": run.priority,
+        ":concurrency_key": run.concurrency_key,
     })?;
     Ok(())
 }
@@ -315,7 +323,7 @@ pub(super) fn save_idempotent(
 
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
-    ended_at, duration_ms, usage, rerun_of, parent_request_id";
+    ended_at, duration_ms, usage, rerun_of, parent_request_id, priority, concurrency_key";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -340,6 +348,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         usage_json: row.get(18)?,
         rerun_of: row.get(19)?,
         parent_request_id: row.get(20)?,
+        priority: row.get(21)?,
+        concurrency_key: row.get(22)?,
     })
 }
 

@@ -38,6 +38,8 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         started_at: None,
         rerun_of: None,
         parent_request_id: None,
+        priority: 5,
+        concurrency_key: None,
     }
 }
 

@@ -27,6 +27,19 @@ pub struct Definition {
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "is_false")]
     pub async_only: bool,
+    /// `[concurrency]`: runs whose key renders the same run at most `limit` at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyDef>,
+}
+
+/// A deployment's `[concurrency]` table (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConcurrencyDef {
+    /// A template over the invoke's `inputs`, `metadata`, `user` and `vars`, rendered at
+    /// invoke time.
+    pub key: String,
+    /// How many runs with the same rendered key may run at once (at least 1).
+    pub limit: u32,
 }
 
 /// One declared start input.

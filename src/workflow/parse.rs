@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::definition::{
-    ApprovalChoice, BranchCase, ChatRole, Definition, DefinitionError, InputSpec, InputType,
-    Message, Messages, OutputDef, ResponseFormat, StepDef, StepKind, VariantDef,
+    ApprovalChoice, BranchCase, ChatRole, ConcurrencyDef, Definition, DefinitionError, InputSpec,
+    InputType, Message, Messages, OutputDef, ResponseFormat, StepDef, StepKind, VariantDef,
 };
 
 impl Definition {
@@ -252,6 +252,16 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
     }
     let timeout_ms = f.opt("timeout_ms")?;
     let async_only = f.opt("async_only")?.unwrap_or(false);
+    let concurrency = match f.map.remove("concurrency") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let mut c = Fields::new(v, "concurrency", None, "concurrency.".to_owned())?;
+            let key = c.req("key")?;
+            let limit = c.opt("limit")?.unwrap_or(1);
+            c.finish("[concurrency]", &["key", "limit"])?;
+            Some(ConcurrencyDef { key, limit })
+        }
+    };
     f.finish(
         "a workflow",
         &[
@@ -263,6 +273,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
             "variants",
             "timeout_ms",
             "async_only",
+            "concurrency",
         ],
     )?;
     Ok(Definition {
@@ -274,6 +285,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
         variants,
         timeout_ms,
         async_only,
+        concurrency,
     })
 }
 
