@@ -8,7 +8,7 @@
 //!
 //! It answers in its own terms (`AdmitError`, `RespondError`); `api/` maps them to HTTP.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::approvals::{Approvals, PausedRun, Respond, RespondError};
 use super::children::{ActorChildren, StartChild, WatchRun};
+use super::flow::FlowQueue;
 use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, PreparedRun, Reporting, RunEnded,
     RunOutcome, RunPaused,
@@ -131,7 +132,8 @@ pub struct InvokeActor {
     running: HashMap<String, Addr<RunActor>>,
     /// Slots promised to runs whose row is still being written.
     starting: usize,
-    queue: VecDeque<AdmittedRun>,
+    /// Queued runs, by priority and concurrency key (SPEC §12).
+    queue: FlowQueue,
     /// Runs waiting at an approval step, by request id; they hold no slot.
     paused: Approvals,
     /// Running runs asked to cancel. A run can hand itself back as paused after its
@@ -175,7 +177,7 @@ impl InvokeActor {
             env: None,
             running: HashMap::new(),
             starting: 0,
-            queue: recovered.runs.into(),
+            queue: FlowQueue::recovered(recovered.runs),
             paused: recovered.paused.into_iter().collect(),
             cancelling: HashSet::new(),
             draining: false,
@@ -210,7 +212,7 @@ impl InvokeActor {
     fn holds(&self, request_id: &str) -> bool {
         self.running.contains_key(request_id)
             || self.paused.contains(request_id)
-            || self.queue.iter().any(|r| r.request_id == request_id)
+            || self.queue.contains(request_id)
     }
 
     /// Ends a run waiting at its approval step as cancelled: the trace shows the step failed,
@@ -266,34 +268,26 @@ impl InvokeActor {
         self.running.insert(request_id, actor);
     }
 
-    /// Fills free slots from the queue, oldest first. Child runs (queued only when
-    /// recovered after a restart) start at once without a slot: their parents, which hold
-    /// the slots, wait for them.
+    /// Fills free slots from the queue: highest priority first, then oldest, skipping runs
+    /// whose concurrency key is at its limit. Child runs (queued only when recovered after
+    /// a restart) start at once without a slot: their parents, which hold the slots, wait
+    /// for them.
     fn start_queued(&mut self, ctx: &mut Context<Self>) {
-        if self
-            .queue
-            .iter()
-            .any(|r| r.prepared.parent_request_id.is_some())
-        {
-            let (children, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue)
-                .into_iter()
-                .partition(|r| r.prepared.parent_request_id.is_some());
-            self.queue = rest;
-            for mut run in children {
-                if run.resume.is_none() {
-                    run.started_at = ids::now_ms();
-                }
-                self.store.write_detached(MarkRunning {
-                    request_id: run.request_id.clone(),
-                    started_at: run.started_at,
-                });
-                self.start_run(run, ctx);
+        for mut run in self.queue.take_children() {
+            if run.resume.is_none() {
+                run.started_at = ids::now_ms();
             }
+            self.store.write_detached(MarkRunning {
+                request_id: run.request_id.clone(),
+                started_at: run.started_at,
+            });
+            self.start_run(run, ctx);
         }
         while !self.draining && self.slots_in_use() < self.config.file.runs.max_concurrent {
-            let Some(mut run) = self.queue.pop_front() else {
+            let Some(mut run) = self.queue.pop_ready() else {
                 break;
             };
+            self.queue.hold(&run.request_id, &run.prepared);
             if run.resume.is_none() {
                 run.started_at = ids::now_ms();
             }
@@ -422,7 +416,10 @@ impl Handler<Admit> for InvokeActor {
 
     fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
         let limits = &self.config.file.runs;
-        let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
+        // A run whose concurrency key is at its limit waits like one without a slot.
+        let slot_free = !self.draining
+            && self.slots_in_use() < limits.max_concurrent
+            && self.queue.has_room(&msg.run);
         let status = match (msg.mode, slot_free) {
             (_, true) => RunStatus::Running,
             (Mode::Sync, false) => return Box::pin(fut::ready(Err(AdmitError::ConcurrencyLimit))),
@@ -492,6 +489,8 @@ impl Handler<Admit> for InvokeActor {
         });
         if status == RunStatus::Running {
             self.starting += 1;
+            // Counted now: another run with the same key admitted meanwhile must see it.
+            self.queue.hold(&request_id, &admitted.prepared);
         }
         let store = self.store.clone();
         Box::pin(
@@ -506,7 +505,11 @@ impl Handler<Admit> for InvokeActor {
                 if status == RunStatus::Running {
                     act.starting -= 1;
                 }
-                stored?;
+                if let Err(err) = stored {
+                    act.queue.release(&request_id);
+                    act.start_queued(ctx);
+                    return Err(err.into());
+                }
                 let mode = match completion_rx {
                     Some(_) => "sync",
                     None => "async",
@@ -538,6 +541,7 @@ impl Handler<RunEnded> for InvokeActor {
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
+        self.queue.release(&msg.request_id);
         self.cancelling.remove(&msg.request_id);
         self.run_gone(&msg.request_id, ctx);
         self.start_queued(ctx);
@@ -551,6 +555,7 @@ impl Handler<RunPaused> for InvokeActor {
     fn handle(&mut self, msg: RunPaused, ctx: &mut Context<Self>) {
         let request_id = msg.run.request_id.clone();
         self.running.remove(&request_id);
+        self.queue.release(&request_id);
         self.paused.insert(msg.run, msg.waiting);
         if self.cancelling.remove(&request_id) {
             if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
@@ -613,14 +618,9 @@ impl Handler<Cancel> for InvokeActor {
                 true
             }));
         }
-        let Some(pos) = self
-            .queue
-            .iter()
-            .position(|r| r.request_id == msg.request_id)
-        else {
+        let Some(run) = self.queue.remove(&msg.request_id) else {
             return Box::pin(fut::ready(false));
         };
-        let run = self.queue.remove(pos).expect("position is in range");
         let reporting = self.reporting();
         let request_id = msg.request_id;
         Box::pin(

@@ -9,6 +9,7 @@
 pub mod approvals;
 pub mod children;
 pub mod delivery;
+mod flow;
 pub mod invoke;
 pub mod lifecycle;
 pub mod recovery;

@@ -30,6 +30,9 @@ pub struct InvokeBody {
     pub metadata: Option<Value>,
     /// Opaque caller id, stored and filterable.
     pub user: Option<String>,
+    /// 0–9, default 5: queued runs start highest priority first, then oldest first.
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<u8>,
 }
 
 /// An inbound trigger: `{"inputs", "async", "metadata", "user"}`, or a plain object that is

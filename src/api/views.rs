@@ -127,6 +127,10 @@ pub struct RunSummary {
     pub usage: Value,
     /// The run this one reruns; null otherwise.
     pub rerun_of: Option<String>,
+    /// 0–9: queued runs start highest first, then oldest (SPEC §12).
+    pub priority: u8,
+    /// The deployment's `[concurrency] key` as rendered for this run; null without one.
+    pub concurrency_key: Option<String>,
 }
 
 impl RunSummary {
@@ -158,6 +162,8 @@ impl RunSummary {
             duration_ms: run.duration_ms,
             usage: json_or_null(&run.usage_json),
             rerun_of: run.rerun_of.clone(),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
         }
     }
 }
@@ -306,6 +312,10 @@ pub struct RunDetail {
     pub usage: Value,
     /// The run this one reruns; null otherwise.
     pub rerun_of: Option<String>,
+    /// 0–9: queued runs start highest first, then oldest (SPEC §12).
+    pub priority: u8,
+    /// The deployment's `[concurrency] key` as rendered for this run; null without one.
+    pub concurrency_key: Option<String>,
     pub steps: Vec<Step>,
     /// Only for callback runs, and never in the legacy shape.
     #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
@@ -334,6 +344,8 @@ impl RunDetail {
             duration_ms: run.duration_ms,
             usage: json_or_null(&run.usage_json),
             rerun_of: run.rerun_of.clone(),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
             steps: steps.iter().map(Step::from_row).collect(),
             async_detail,
         }
