@@ -407,7 +407,9 @@ fn workflow_environment(
         allow_command_steps: config.file.security.allow_command_steps,
         deltas: workflow::DeltaSink::default(),
         children: Some(children),
-        capacity: Some(Rc::new(crate::flow::ProviderLimits::new(&config.file.providers))),
+        capacity: Some(Rc::new(crate::flow::ProviderLimits::new(
+            &config.file.providers,
+        ))),
     }
 }
 

@@ -56,20 +56,34 @@ fn record_interrupted_step(
     {
         return;
     }
-    // It started when the step before it ended (or when the run started).
-    let started_at = rows
-        .iter()
-        .filter(|r| r.step_index < index)
-        .map(|r| r.started_at + r.duration_ms)
-        .max()
-        .or(run.started_at)
-        .unwrap_or(run.created_at);
-    if rows
-        .iter()
-        .any(|r| r.step_index == index && r.passes.is_empty() && r.started_at == started_at)
-    {
-        return; // already marked by an earlier restart
-    }
+    // A prompt step cut off while it waited for provider capacity: its `waiting` line
+    // becomes the interrupted one (same key), so no line stays `waiting` for good.
+    let capacity_wait = rows.iter().find(|r| {
+        r.step_index == index
+            && r.passes.is_empty()
+            && r.status == StepStatus::Waiting
+            && r.reason.as_deref() == Some("provider_capacity")
+    });
+    let started_at = match capacity_wait {
+        Some(row) => row.started_at,
+        None => {
+            // It started when the step before it ended (or when the run started).
+            let started_at = rows
+                .iter()
+                .filter(|r| r.step_index < index)
+                .map(|r| r.started_at + r.duration_ms)
+                .max()
+                .or(run.started_at)
+                .unwrap_or(run.created_at);
+            if rows
+                .iter()
+                .any(|r| r.step_index == index && r.passes.is_empty() && r.started_at == started_at)
+            {
+                return; // already marked by an earlier restart
+            }
+            started_at
+        }
+    };
     store.write_detached(RecordStep(StepRow {
         request_id: run.request_id.clone(),
         step_index: index,

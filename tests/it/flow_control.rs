@@ -122,10 +122,7 @@ fn one_customers_runs_go_one_at_a_time_while_another_customers_run_alongside() {
         })
     };
     let app = TestApp::start_with("[runs]\nmax_concurrent = 8\n", &[], &[]);
-    app.deploy_ok(
-        "per_customer",
-        &PER_CUSTOMER.replace("STUB", &stub.url()),
-    );
+    app.deploy_ok("per_customer", &PER_CUSTOMER.replace("STUB", &stub.url()));
     let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
     for _ in 0..3 {
         for customer in ["A", "B"] {
@@ -207,13 +204,7 @@ prompt = "Say hi"
 fn ask_lines(run: &Value) -> Vec<Value> {
     run["steps"]
         .as_array()
-        .map(|steps| {
-            steps
-                .iter()
-                .filter(|s| s["id"] == "ask")
-                .cloned()
-                .collect()
-        })
+        .map(|steps| steps.iter().filter(|s| s["id"] == "ask").cloned().collect())
         .unwrap_or_default()
 }
 
@@ -279,11 +270,7 @@ fn a_provider_limited_to_two_never_has_a_third_request_in_flight() {
 #[test]
 fn a_third_request_within_the_minute_waits_for_requests_per_minute() {
     let stub = StubServer::openai("hi");
-    let app = TestApp::start_with(
-        &provider_config(&stub, "requests_per_minute = 2"),
-        &[],
-        &[],
-    );
+    let app = TestApp::start_with(&provider_config(&stub, "requests_per_minute = 2"), &[], &[]);
     app.deploy_ok("ask", ASK);
     let ids: Vec<String> = (0..3)
         .map(|_| invoke_async(&app, json!({"deployment": "ask"}), &stub))
@@ -301,8 +288,12 @@ fn a_third_request_within_the_minute_waits_for_requests_per_minute() {
         2,
         "only two requests went out this minute"
     );
-    app.post_json(&format!("/v1/runs/{waiting}/cancel"), Some(&app.admin_key), &json!({}))
-        .expect_success();
+    app.post_json(
+        &format!("/v1/runs/{waiting}/cancel"),
+        Some(&app.admin_key),
+        &json!({}),
+    )
+    .expect_success();
 }
 
 const WORK: &str = r#"key = "work"
@@ -375,10 +366,7 @@ fn queued_runs_start_highest_priority_first() {
 fn a_key_that_does_not_render_and_a_bad_priority_are_refused_and_store_nothing() {
     let stub = StubServer::json(json!({"ok": true}));
     let app = TestApp::start();
-    app.deploy_ok(
-        "per_customer",
-        &PER_CUSTOMER.replace("STUB", &stub.url()),
-    );
+    app.deploy_ok("per_customer", &PER_CUSTOMER.replace("STUB", &stub.url()));
     let before = run_count(&app);
 
     // No `metadata.customer`: the key renders empty, which groups nothing.
@@ -388,7 +376,10 @@ fn a_key_that_does_not_render_and_a_bad_priority_are_refused_and_store_nothing()
     // A filter that fails on this value.
     let broken = PER_CUSTOMER
         .replace("key = \"per_customer\"", "key = \"broken\"")
-        .replace("{{ metadata.customer }}", "{{ metadata.customer | int + [] }}")
+        .replace(
+            "{{ metadata.customer }}",
+            "{{ metadata.customer | int + [] }}",
+        )
         .replace("STUB", &stub.url());
     app.deploy_ok("broken", &broken);
     let r = app.invoke(&json!({"deployment": "broken", "inputs": {"customer": "A"},
@@ -397,8 +388,10 @@ fn a_key_that_does_not_render_and_a_bad_priority_are_refused_and_store_nothing()
     assert_eq!(body["field"], "concurrency.key", "{body}");
 
     for priority in [json!(10), json!(-1), json!("high"), json!(2.5), json!(true)] {
-        let r = app.invoke(&json!({"deployment": "per_customer", "inputs": {"customer": "A"},
-                                   "metadata": {"customer": "A"}, "priority": priority}));
+        let r = app.invoke(
+            &json!({"deployment": "per_customer", "inputs": {"customer": "A"},
+                                   "metadata": {"customer": "A"}, "priority": priority}),
+        );
         let body = r.expect_error(422, "validation_error", None);
         assert_eq!(body["field"], "priority", "priority {priority}: {body}");
         assert!(
@@ -429,7 +422,83 @@ fn a_key_that_does_not_render_and_a_bad_priority_are_refused_and_store_nothing()
         assert_eq!(body["field"], field, "{body}");
     }
     // The invoke that is right still runs.
-    let r = app.invoke(&json!({"deployment": "per_customer", "inputs": {"customer": "A"},
-                               "metadata": {"customer": "A"}, "priority": 9}));
+    let r = app.invoke(
+        &json!({"deployment": "per_customer", "inputs": {"customer": "A"},
+                               "metadata": {"customer": "A"}, "priority": 9}),
+    );
     r.expect_status(200);
+}
+
+#[test]
+fn a_restart_keeps_the_queue_order_by_priority() {
+    let gate = Gate::new();
+    let stub = {
+        let gate = gate.clone();
+        StubServer::threaded(move |req, _| {
+            if req.path.starts_with("/block") {
+                gate.wait();
+            }
+            StubReply::json(200, &json!({"ok": true}))
+        })
+    };
+    let mut app = TestApp::start_with("[runs]\nmax_concurrent = 1\n", &[], &[]);
+    app.deploy_ok("blocker", &BLOCKER.replace("STUB", &stub.url()));
+    app.deploy_ok("work", &WORK.replace("STUB", &stub.url()));
+    let blocker = invoke_async(&app, json!({"deployment": "blocker"}), &stub);
+    wait_for("the blocker at the stand-in", || {
+        stub.requests()
+            .iter()
+            .any(|r| r.path.starts_with("/block"))
+            .then_some(())
+    });
+    let mut ids = Vec::new();
+    for p in [2, 8, 0, 4] {
+        ids.push(invoke_async(
+            &app,
+            json!({"deployment": "work", "inputs": {"p": p}, "priority": p}),
+            &stub,
+        ));
+    }
+    app.kill();
+    gate.open();
+    app.spawn();
+    ids.push(blocker);
+    wait_completed(&app, &ids);
+    let order: Vec<String> = stub
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/work"))
+        .map(|r| query_value(&r.path, "p"))
+        .collect();
+    assert_eq!(order, ["8", "4", "2", "0"]);
+}
+
+#[test]
+fn a_step_cut_off_while_it_waited_for_capacity_is_marked_interrupted_and_runs_again() {
+    let gate = Gate::new();
+    let stub = {
+        let gate = gate.clone();
+        StubServer::threaded(move |req, _| {
+            if req.path.starts_with("/v1/chat/completions") {
+                gate.wait();
+                return StubReply::json(200, &chat_completion("hi"));
+            }
+            StubReply::json(200, &json!({}))
+        })
+    };
+    let mut app = TestApp::start_with(&provider_config(&stub, "max_concurrent = 1"), &[], &[]);
+    app.deploy_ok("ask", ASK);
+    let ids: Vec<String> = (0..2)
+        .map(|_| invoke_async(&app, json!({"deployment": "ask"}), &stub))
+        .collect();
+    let waiting = wait_for_capacity_wait(&app, &ids);
+    app.kill();
+    gate.open();
+    app.spawn();
+    wait_completed(&app, &ids);
+    let lines = ask_lines(&detail(&app, &waiting));
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert_eq!(statuses.len(), 2, "{lines:#?}");
+    assert!(statuses.contains(&"interrupted"), "{lines:#?}");
+    assert!(statuses.contains(&"completed"), "{lines:#?}");
 }
