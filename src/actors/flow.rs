@@ -204,3 +204,118 @@ impl FlowQueue {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::deployments::LiveDeployment;
+    use crate::workflow::Definition;
+
+    fn deployment(limit: u32) -> Arc<LiveDeployment> {
+        let src = format!(
+            "key = \"d\"\n[concurrency]\nkey = \"{{{{ metadata.c }}}}\"\nlimit = {limit}\n\
+             [[steps]]\nid = \"t\"\ntype = \"template\"\ntemplate = \"x\"\n"
+        );
+        Arc::new(LiveDeployment {
+            key: "d".into(),
+            id: "dep_1".into(),
+            version: 1,
+            definition: Arc::new(Definition::from_toml_str(&src).unwrap()),
+            signing_secret: "whsec_x".into(),
+            previous_secret: None,
+            previous_secret_until: None,
+            created_at: 0,
+            updated_at: 0,
+        })
+    }
+
+    fn run(id: &str, priority: u8, key: Option<&str>, limit: u32) -> AdmittedRun {
+        AdmittedRun {
+            request_id: id.into(),
+            prepared: PreparedRun {
+                deployment: deployment(limit),
+                variant: "default".into(),
+                inputs: Map::new(),
+                metadata: Map::new(),
+                user: None,
+                callback_url: None,
+                source: crate::store::RunSource::Api,
+                api_key_id: None,
+                parent_request_id: None,
+                priority,
+                concurrency_key: key.map(str::to_owned),
+            },
+            completion: None,
+            started_at: 0,
+            resume: None,
+            takeover: None,
+            usage: None,
+        }
+    }
+
+    /// Takes every run that may start now, holding each one's key as it starts.
+    fn start_all(q: &mut FlowQueue) -> Vec<String> {
+        let mut started = Vec::new();
+        while let Some(r) = q.pop_ready() {
+            q.hold(&r.request_id, &r.prepared);
+            started.push(r.request_id);
+        }
+        started
+    }
+
+    #[test]
+    fn priority_first_then_admission_order_and_the_front_before_all() {
+        let mut q = FlowQueue::default();
+        q.push_back(run("a1", 1, None, 1));
+        q.push_back(run("b9", 9, None, 1));
+        q.push_back(run("c5", 5, None, 1));
+        q.push_back(run("d9", 9, None, 1));
+        q.push_front(run("f0", 0, None, 1));
+        assert_eq!(q.len(), 5);
+        assert_eq!(start_all(&mut q), ["f0", "b9", "d9", "c5", "a1"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_key_at_its_limit_lets_other_keys_pass_and_its_next_run_starts_on_release() {
+        let mut q = FlowQueue::default();
+        for (id, key) in [
+            ("a1", "A"),
+            ("a2", "A"),
+            ("a3", "A"),
+            ("b1", "B"),
+            ("n1", ""),
+        ] {
+            let key = (!key.is_empty()).then_some(key);
+            q.push_back(run(id, 5, key, 1));
+        }
+        assert_eq!(start_all(&mut q), ["a1", "b1", "n1"]);
+        assert!(!q.has_room(&run("a4", 5, Some("A"), 1).prepared));
+        assert!(q.has_room(&run("c1", 5, Some("C"), 1).prepared));
+        q.release("b1");
+        assert_eq!(start_all(&mut q), Vec::<String>::new());
+        q.release("a1");
+        assert_eq!(start_all(&mut q), ["a2"]);
+        // A cancelled queued run leaves no trace in the order.
+        assert!(q.remove("a3").is_some());
+        assert!(!q.contains("a3"));
+        q.release("a2");
+        assert_eq!(start_all(&mut q), Vec::<String>::new());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_limit_of_two_starts_two() {
+        let mut q = FlowQueue::default();
+        for id in ["a1", "a2", "a3"] {
+            q.push_back(run(id, 5, Some("A"), 2));
+        }
+        assert_eq!(start_all(&mut q), ["a1", "a2"]);
+        q.release("a2");
+        assert_eq!(start_all(&mut q), ["a3"]);
+    }
+}

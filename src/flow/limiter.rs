@@ -94,7 +94,10 @@ struct Held {
 
 impl Permit for Held {
     fn charge_tokens(&self, tokens: u64) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(bucket) = &mut buckets.tokens {
             bucket.refill(Instant::now());
             bucket.level -= tokens as f64;
@@ -148,7 +151,11 @@ impl ProviderCapacity for ProviderLimits {
             Some(sem) => Some(sem.clone().try_acquire_owned().ok()?),
             None => None,
         };
-        let taken = p.buckets.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = p
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         taken.ok()?;
         Some(CapacityPermit(Box::new(Held {
             _in_flight: in_flight,
@@ -173,7 +180,10 @@ impl ProviderCapacity for ProviderLimits {
                 None => None,
             };
             loop {
-                let taken = buckets.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let taken = buckets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
                 match taken {
                     Ok(()) => {
                         return CapacityPermit(Box::new(Held {

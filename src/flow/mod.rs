@@ -36,7 +36,7 @@ pub fn concurrency_key(
     let mut scope = inputs.clone();
     scope.insert("inputs".into(), Value::Object(inputs.clone()));
     scope.insert("metadata".into(), Value::Object(metadata.clone()));
-    scope.insert("user".into(), user.map_or(Value::Null, |u| Value::from(u)));
+    scope.insert("user".into(), user.map_or(Value::Null, Value::from));
     scope.insert(
         "vars".into(),
         Value::Object(vars.cloned().unwrap_or_default()),

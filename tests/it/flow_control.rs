@@ -50,9 +50,12 @@ fn wait_completed(app: &TestApp, ids: &[String]) {
     }
 }
 
+/// Requests in flight now, and the most ever seen at once, per label.
+type Counts = (HashMap<String, usize>, HashMap<String, usize>);
+
 /// Counts requests in flight at a stand-in, per label, and the most ever seen at once.
 #[derive(Clone, Default)]
-struct InFlight(Arc<Mutex<(HashMap<String, usize>, HashMap<String, usize>)>>);
+struct InFlight(Arc<Mutex<Counts>>);
 
 impl InFlight {
     fn enter(&self, label: &str) {
@@ -162,6 +165,18 @@ fn one_customers_runs_go_one_at_a_time_while_another_customers_run_alongside() {
             .filter(|r| r.path.starts_with("/work"))
             .count(),
         2
+    );
+    // A sync caller cannot wait in the queue: A's key is at its limit.
+    let before = run_count(&app);
+    let r = app.invoke(
+        &json!({"deployment": "per_customer", "inputs": {"customer": "A"},
+                               "metadata": {"customer": "A"}}),
+    );
+    r.expect_error(429, "concurrency_limit", None);
+    assert_eq!(
+        run_count(&app),
+        before,
+        "nothing stored for the refused call"
     );
 
     gate.open();
