@@ -325,6 +325,9 @@ const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
     ended_at, duration_ms, usage, rerun_of, parent_request_id, priority, concurrency_key";
 
+/// How many columns `RUN_COLUMNS` names (what a query adds comes after them).
+const RUN_COLUMN_COUNT: usize = 23;
+
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
         request_id: row.get(0)?,
@@ -500,6 +503,7 @@ pub(super) fn list_runs(
     filter: &RunFilter,
 ) -> rusqlite::Result<Vec<RunListItem>> {
     use rusqlite::types::Value as Sql;
+    debug_assert_eq!(RUN_COLUMNS.split(',').count(), RUN_COLUMN_COUNT);
     let mut sql = format!(
         "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.request_id = r.request_id WHERE 1 = 1",
         RUN_COLUMNS.split(',').map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
@@ -560,8 +564,9 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(21)?,
-            attempts: row.get(22)?,
+            // After the run's own columns.
+            delivery_state: row.get(RUN_COLUMN_COUNT)?,
+            attempts: row.get(RUN_COLUMN_COUNT + 1)?,
         })
     })?;
     rows.collect()
