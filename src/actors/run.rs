@@ -36,6 +36,9 @@ pub struct RunActor {
     /// The token usage of the steps this execution ran; added to the run's when it ends
     /// or pauses.
     usage: Rc<RefCell<Option<Usage>>>,
+    /// Trace lines of steps waiting for provider capacity that no end line has replaced
+    /// yet: a cancel ends them as failed, so none stays `waiting` for good.
+    capacity_waits: Rc<RefCell<Vec<StepRow>>>,
 }
 
 impl RunActor {
@@ -54,6 +57,7 @@ impl RunActor {
             paused,
             steps: None,
             usage: Rc::default(),
+            capacity_waits: Rc::default(),
         }
     }
 
@@ -202,9 +206,12 @@ impl Actor for RunActor {
         };
         let span = tracing::info_span!("run", request_id = %request_id, deployment = %run.prepared.deployment.key);
         let usage = self.usage.clone();
+        let capacity_waits = self.capacity_waits.clone();
         let steps = async move {
             let mut on_step = |rec: &StepRecord| {
-                store.write_detached(RecordStep(step_row(&request_id, rec)));
+                let row = step_row(&request_id, rec);
+                track_capacity_wait(&mut capacity_waits.borrow_mut(), &row);
+                store.write_detached(RecordStep(row));
                 if let Some(u) = rec.usage.as_ref().and_then(Usage::from_stored) {
                     usage
                         .borrow_mut()
@@ -234,6 +241,28 @@ impl Handler<CancelRun> for RunActor {
         if let Some(handle) = self.steps.take() {
             ctx.cancel_future(handle);
         }
+        for row in self.capacity_waits.take() {
+            self.reporting.store.write_detached(RecordStep(StepRow {
+                status: StepStatus::Failed,
+                duration_ms: (crate::ids::now_ms() - row.started_at).max(0),
+                error: Some(
+                    "the run was cancelled while the step waited for provider capacity".into(),
+                ),
+                reason: None,
+                ..row
+            }));
+        }
         self.end(Ending::Cancelled, ctx);
+    }
+}
+
+/// Keeps the `waiting` lines of steps waiting for provider capacity until the same step's
+/// next line (same step, passes and start) replaces them.
+fn track_capacity_wait(waits: &mut Vec<StepRow>, row: &StepRow) {
+    waits.retain(|w| {
+        (w.step_index, &w.passes, w.started_at) != (row.step_index, &row.passes, row.started_at)
+    });
+    if row.status == StepStatus::Waiting && row.reason.as_deref() == Some("provider_capacity") {
+        waits.push(row.clone());
     }
 }

@@ -309,6 +309,57 @@ fn a_third_request_within_the_minute_waits_for_requests_per_minute() {
         &json!({}),
     )
     .expect_success();
+    assert_cancelled_while_waiting(&app, &waiting);
+}
+
+#[test]
+fn a_spent_token_budget_holds_the_next_request() {
+    // Each reply reports 18 tokens: the first request spends a budget of 10 a minute.
+    let stub = StubServer::openai("hi");
+    let app = TestApp::start_with(&provider_config(&stub, "tokens_per_minute = 10"), &[], &[]);
+    app.deploy_ok("ask", ASK);
+    let first = invoke_async(&app, json!({"deployment": "ask"}), &stub);
+    wait_completed(&app, std::slice::from_ref(&first));
+    let second = invoke_async(&app, json!({"deployment": "ask"}), &stub);
+    assert_eq!(
+        wait_for_capacity_wait(&app, std::slice::from_ref(&second)),
+        second
+    );
+    assert_eq!(
+        stub.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/chat/completions"))
+            .count(),
+        1
+    );
+    app.post_json(
+        &format!("/v1/runs/{second}/cancel"),
+        Some(&app.admin_key),
+        &json!({}),
+    )
+    .expect_success();
+    assert_cancelled_while_waiting(&app, &second);
+}
+
+/// A run cancelled while its prompt step waited: the step's line ends as failed, saying so,
+/// instead of staying `waiting`.
+fn assert_cancelled_while_waiting(app: &TestApp, id: &str) {
+    let run = wait_for("the cancelled run's trace", || {
+        let run = detail(app, id);
+        let lines = ask_lines(&run);
+        (run["run_status"] == "cancelled" && lines.iter().all(|l| l["status"] != "waiting"))
+            .then_some(run)
+    });
+    let lines = ask_lines(&run);
+    assert_eq!(lines.len(), 1, "{run:#}");
+    assert_eq!(lines[0]["status"], "failed", "{run:#}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("provider capacity"),
+        "{run:#}"
+    );
 }
 
 const WORK: &str = r#"key = "work"
