@@ -1,6 +1,8 @@
 //! Admission. The InvokeActor assigns request ids, counts run slots, keeps the queue of
 //! async runs waiting for a slot, and answers only after the run row is durable. Runs it
-//! starts report back with `RunEnded`, which frees the slot for the next queued run.
+//! starts report back with `RunEnded`, which frees the slot for the next queued run. The
+//! queue ([`FlowQueue`]) orders runs by priority and holds back those whose concurrency key
+//! is at its limit (SPEC §12).
 //!
 //! It also keeps the runs paused at an approval step (`RunPaused`) in its `Approvals` book:
 //! they hold no slot, stay `running` in the store, and go back to the front of the queue when
