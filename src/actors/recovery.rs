@@ -103,6 +103,24 @@ fn record_interrupted_step(
     }));
 }
 
+/// Nested prompt steps cut off while they waited for provider capacity: their `waiting`
+/// lines become `interrupted` (same key), as the top-level one does in
+/// [`record_interrupted_step`]; the steps run again in their pass.
+fn interrupt_nested_capacity_waits(store: &Store, rows: &[StepRow]) {
+    for row in rows.iter().filter(|r| {
+        r.parent.is_some()
+            && r.status == StepStatus::Waiting
+            && r.reason.as_deref() == Some("provider_capacity")
+    }) {
+        store.write_detached(RecordStep(StepRow {
+            status: StepStatus::Interrupted,
+            error: Some("interrupted: hivelet stopped while this step waited for provider capacity; the run was resumed at the next start".into()),
+            reason: None,
+            ..row.clone()
+        }));
+    }
+}
+
 /// The `step_index` (depth first) of the top-level step at `position`.
 fn top_index(def: &Definition, position: usize) -> Option<usize> {
     def.walk()
@@ -157,6 +175,7 @@ pub fn recover(
             let point = trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() && run.status == RunStatus::Running {
                 record_interrupted_step(store, &deployment.definition, &run, &rows, point.open);
+                interrupt_nested_capacity_waits(store, &rows);
             }
             Some(point)
         } else {

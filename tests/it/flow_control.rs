@@ -568,3 +568,60 @@ fn a_step_cut_off_while_it_waited_for_capacity_is_marked_interrupted_and_runs_ag
     assert!(statuses.contains(&"interrupted"), "{lines:#?}");
     assert!(statuses.contains(&"completed"), "{lines:#?}");
 }
+
+#[test]
+fn a_nested_prompt_step_cut_off_while_waiting_is_marked_interrupted_too() {
+    let gate = Gate::new();
+    let stub = {
+        let gate = gate.clone();
+        StubServer::threaded(move |req, _| {
+            if req.path.starts_with("/v1/chat/completions") {
+                gate.wait();
+                return StubReply::json(200, &chat_completion("hi"));
+            }
+            StubReply::json(200, &json!({}))
+        })
+    };
+    let mut app = TestApp::start_with(&provider_config(&stub, "max_concurrent = 1"), &[], &[]);
+    app.deploy_ok(
+        "many",
+        r#"key = "many"
+
+[[steps]]
+id = "each"
+type = "loop"
+for_each = "[1, 2]"
+concurrency = 2
+
+[[steps.steps]]
+id = "ask"
+type = "prompt"
+provider = "stub"
+model = "tiny-1"
+prompt = "Say hi {{ item }}"
+"#,
+    );
+    let id = invoke_async(&app, json!({"deployment": "many"}), &stub);
+    wait_for_capacity_wait(&app, std::slice::from_ref(&id));
+    app.kill();
+    gate.open();
+    app.spawn();
+    wait_completed(&app, std::slice::from_ref(&id));
+    let run = detail(&app, &id);
+    let lines = ask_lines(&run);
+    assert!(
+        lines.iter().all(|l| l["status"] != "waiting"),
+        "no line stays waiting: {run:#}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == "interrupted" && l["parent"] == "each"),
+        "{run:#}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l["status"] == "completed").count(),
+        2,
+        "both passes ran: {run:#}"
+    );
+}
