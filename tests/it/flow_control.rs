@@ -158,6 +158,13 @@ fn one_customers_runs_go_one_at_a_time_while_another_customers_run_alongside() {
         let first = detail(&app, &ids[customer][0]);
         assert_eq!(first["concurrency_key"], customer, "{first:#}");
         assert_eq!(first["priority"], 5, "the default priority: {first:#}");
+        let out = app.cli(&["runs", "show", &ids[customer][0]]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let (shown, _) = out_text(&out);
+        assert!(
+            shown.contains(&format!("priority 5 · concurrency key {customer}")),
+            "{shown}"
+        );
     }
     assert_eq!(
         stub.requests()
