@@ -726,6 +726,8 @@
         run.parent_request_id ? ['Parent run', h('a', { href: `#/runs/${run.parent_request_id}`, class: 'mono' }, run.parent_request_id)] : null,
         ['Delivery', run.delivery],
         ['User', run.user || h('span', { class: 'muted' }, '—')],
+        ['Priority', String(run.priority ?? 5), 'run-priority'],
+        run.concurrency_key ? ['Concurrency key', h('span', { class: 'mono' }, run.concurrency_key), 'run-concurrency-key'] : null,
         ['Created', timeEl(run.created_at, true)],
         ['Started', timeEl(run.started_at, true)],
         ['Ended', timeEl(run.ended_at, true)],
