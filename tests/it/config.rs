@@ -315,9 +315,10 @@ fn first_start_prints_and_stores_an_admin_key_once() {
         app.admin_key
     );
     let key = app.admin_key.clone();
-    let stdout = wait_for("the admin key on stdout", || {
+    // Both lines: the listening line may reach the file a moment after the key.
+    let stdout = wait_for("the admin key and the listening line on stdout", || {
         let s = app.stdout();
-        s.contains(&key).then_some(s)
+        (s.contains(&key) && s.contains("hivelet listening on")).then_some(s)
     });
     assert!(
         stdout.contains(&format!("hivelet listening on {}", app.base_url)),
