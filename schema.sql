@@ -61,7 +61,9 @@ CREATE TABLE runs (
     parent_request_id TEXT,                             -- the run whose workflow step started it
     schedule_id    TEXT,                                -- sch_…: the schedule that started it
     scheduled_for  INTEGER,                             -- the due time it serves; NULL for a trigger
-    events         TEXT                                 -- JSON array: async.events; NULL = the default
+    events         TEXT,                                -- JSON array: async.events; NULL = the default
+    priority       INTEGER NOT NULL DEFAULT 5,          -- 0–9: higher leaves the queue first
+    concurrency_key TEXT                                -- the rendered [concurrency] key
 ) WITHOUT ROWID;
 CREATE INDEX runs_by_deployment ON runs (deployment_key, request_id);
 CREATE INDEX runs_by_status ON runs (status, request_id);

@@ -105,6 +105,9 @@ impl Default for FileConfig {
                     base_url: "http://127.0.0.1:11434/v1".into(),
                     api_key_env: Some("OLLAMA_API_KEY".into()),
                     prices: BTreeMap::new(),
+                    max_concurrent: None,
+                    requests_per_minute: None,
+                    tokens_per_minute: None,
                 },
             )]),
         }
@@ -248,6 +251,16 @@ pub struct ProviderSection {
     /// without an entry cost nothing in `usage.cost_usd`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prices: BTreeMap<String, crate::usage::Price>,
+    /// At most this many requests to the provider in flight at once, across all runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// At most this many requests started in any minute (a token bucket refilled evenly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// At most this many tokens (prompt plus completion, as the replies report them) a
+    /// minute; a request waits while the bucket is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// Where the daemon's files live.
@@ -430,6 +443,17 @@ fn validate(file: &FileConfig) -> Result<SocketAddr, InvalidKey> {
                     "invalid key `providers.{name}.base_url`: expected an http(s) URL like \"http://127.0.0.1:11434/v1\", got \"{}\"",
                     provider.base_url
                 )))
+            }
+        }
+        for (key, value) in [
+            ("max_concurrent", provider.max_concurrent.map(|n| n as u64)),
+            ("requests_per_minute", provider.requests_per_minute),
+            ("tokens_per_minute", provider.tokens_per_minute),
+        ] {
+            if value == Some(0) {
+                return Err(InvalidKey::from(format!(
+                    "invalid key `providers.{name}.{key}`: must be at least 1 (leave it out for no limit)"
+                )));
             }
         }
         for (model, price) in &provider.prices {

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod deployments;
 pub mod domain;
 pub mod error;
+pub mod flow;
 pub mod ids;
 pub mod keyring;
 pub mod live;

@@ -257,6 +257,8 @@ mod tests {
                 source: crate::store::RunSource::Api,
                 api_key_id: None,
                 parent_request_id: None,
+                priority: crate::flow::DEFAULT_PRIORITY,
+                concurrency_key: None,
             },
             completion: None,
             started_at: 10,

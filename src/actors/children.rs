@@ -103,6 +103,9 @@ impl ChildRuns for ActorChildren {
                 source: RunSource::Workflow,
                 api_key_id,
                 parent_request_id: Some(start.parent_request_id),
+                // A child takes no slot and waits in no queue: its parent holds the slot.
+                priority: crate::flow::DEFAULT_PRIORITY,
+                concurrency_key: None,
             };
             match recipient.send(StartChild { run, waiting }).await {
                 Ok(Ok(request_id)) => Ok(request_id),

@@ -1,6 +1,8 @@
 //! Admission. The InvokeActor assigns request ids, counts run slots, keeps the queue of
 //! async runs waiting for a slot, and answers only after the run row is durable. Runs it
-//! starts report back with `RunEnded`, which frees the slot for the next queued run.
+//! starts report back with `RunEnded`, which frees the slot for the next queued run. The
+//! queue ([`FlowQueue`]) orders runs by priority and holds back those whose concurrency key
+//! is at its limit (SPEC §12).
 //!
 //! It also keeps the runs paused at an approval step (`RunPaused`) in its `Approvals` book:
 //! they hold no slot, stay `running` in the store, and go back to the front of the queue when
@@ -8,7 +10,7 @@
 //!
 //! It answers in its own terms (`AdmitError`, `RespondError`); `api/` maps them to HTTP.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tokio::sync::oneshot;
 
 use super::approvals::{Approvals, PausedRun, Respond, RespondError};
 use super::children::{ActorChildren, StartChild, WatchRun};
+use super::flow::FlowQueue;
 use super::lifecycle::{
     cancelled_approval_step, finish, AdmittedRun, Ending, PreparedRun, Reporting, RunEnded,
     RunOutcome, RunPaused,
@@ -132,7 +135,8 @@ pub struct InvokeActor {
     running: HashMap<String, Addr<RunActor>>,
     /// Slots promised to runs whose row is still being written.
     starting: usize,
-    queue: VecDeque<AdmittedRun>,
+    /// Queued runs, by priority and concurrency key (SPEC §12).
+    queue: FlowQueue,
     /// Runs waiting at an approval step, by request id; they hold no slot.
     paused: Approvals,
     /// Running runs asked to cancel. A run can hand itself back as paused after its
@@ -178,7 +182,7 @@ impl InvokeActor {
             env: None,
             running: HashMap::new(),
             starting: 0,
-            queue: recovered.runs.into(),
+            queue: FlowQueue::recovered(recovered.runs),
             paused: recovered.paused.into_iter().collect(),
             cancelling: HashSet::new(),
             draining: false,
@@ -220,7 +224,7 @@ impl InvokeActor {
     fn holds(&self, request_id: &str) -> bool {
         self.running.contains_key(request_id)
             || self.paused.contains(request_id)
-            || self.queue.iter().any(|r| r.request_id == request_id)
+            || self.queue.contains(request_id)
     }
 
     /// Ends a run waiting at its approval step as cancelled: the trace shows the step failed,
@@ -277,34 +281,26 @@ impl InvokeActor {
         self.running.insert(request_id, actor);
     }
 
-    /// Fills free slots from the queue, oldest first. Child runs (queued only when
-    /// recovered after a restart) start at once without a slot: their parents, which hold
-    /// the slots, wait for them.
+    /// Fills free slots from the queue: highest priority first, then oldest, skipping runs
+    /// whose concurrency key is at its limit. Child runs (queued only when recovered after
+    /// a restart) start at once without a slot: their parents, which hold the slots, wait
+    /// for them.
     fn start_queued(&mut self, ctx: &mut Context<Self>) {
-        if self
-            .queue
-            .iter()
-            .any(|r| r.prepared.parent_request_id.is_some())
-        {
-            let (children, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queue)
-                .into_iter()
-                .partition(|r| r.prepared.parent_request_id.is_some());
-            self.queue = rest;
-            for mut run in children {
-                if run.resume.is_none() {
-                    run.started_at = ids::now_ms();
-                }
-                self.store.write_detached(MarkRunning {
-                    request_id: run.request_id.clone(),
-                    started_at: run.started_at,
-                });
-                self.start_run(run, ctx);
+        for mut run in self.queue.take_children() {
+            if run.resume.is_none() {
+                run.started_at = ids::now_ms();
             }
+            self.store.write_detached(MarkRunning {
+                request_id: run.request_id.clone(),
+                started_at: run.started_at,
+            });
+            self.start_run(run, ctx);
         }
         while !self.draining && self.slots_in_use() < self.config.file.runs.max_concurrent {
-            let Some(mut run) = self.queue.pop_front() else {
+            let Some(mut run) = self.queue.pop_ready() else {
                 break;
             };
+            self.queue.hold(&run.request_id, &run.prepared);
             if run.resume.is_none() {
                 run.started_at = ids::now_ms();
             }
@@ -426,6 +422,9 @@ fn workflow_environment(
         allow_command_steps: config.file.security.allow_command_steps,
         deltas: workflow::DeltaSink::new(live.clone()),
         children: Some(children),
+        capacity: Some(Rc::new(crate::flow::ProviderLimits::new(
+            &config.file.providers,
+        ))),
     }
 }
 
@@ -479,7 +478,10 @@ impl InvokeActor {
         fire: Option<ScheduledFire>,
     ) -> ResponseActFuture<Self, Result<Option<Admitted>, AdmitError>> {
         let limits = &self.config.file.runs;
-        let slot_free = !self.draining && self.slots_in_use() < limits.max_concurrent;
+        // A run whose concurrency key is at its limit waits like one without a slot.
+        let slot_free = !self.draining
+            && self.slots_in_use() < limits.max_concurrent
+            && self.queue.has_room(&msg.run);
         let status = match (msg.mode, slot_free) {
             (_, true) => RunStatus::Running,
             (Mode::Sync, false) => return Box::pin(fut::ready(Err(AdmitError::ConcurrencyLimit))),
@@ -513,6 +515,8 @@ impl InvokeActor {
             schedule_id: fire.as_ref().map(|f| f.schedule_id.clone()),
             scheduled_for: fire.as_ref().and_then(|f| f.scheduled_for),
             events_json: run.events.to_stored(),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
         };
         let (completion_tx, completion_rx) = match msg.mode {
             Mode::Sync => {
@@ -550,6 +554,8 @@ impl InvokeActor {
         });
         if status == RunStatus::Running {
             self.starting += 1;
+            // Counted now: another run with the same key admitted meanwhile must see it.
+            self.queue.hold(&request_id, &admitted.prepared);
         }
         let store = self.store.clone();
         Box::pin(
@@ -559,7 +565,18 @@ impl InvokeActor {
                     if status == RunStatus::Running {
                         act.starting -= 1;
                     }
-                    if !stored? {
+                    // The run's concurrency key was held for it before the write.
+                    let stored = match stored {
+                        Ok(stored) => stored,
+                        Err(err) => {
+                            act.queue.release(&request_id);
+                            act.start_queued(ctx);
+                            return Err(err.into());
+                        }
+                    };
+                    if !stored {
+                        act.queue.release(&request_id);
+                        act.start_queued(ctx);
                         act.notify_if_idle();
                         return Ok(None);
                     }
@@ -623,6 +640,7 @@ impl Handler<RunEnded> for InvokeActor {
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.request_id);
+        self.queue.release(&msg.request_id);
         self.cancelling.remove(&msg.request_id);
         self.run_gone(&msg.request_id, ctx);
         self.start_queued(ctx);
@@ -636,6 +654,7 @@ impl Handler<RunPaused> for InvokeActor {
     fn handle(&mut self, msg: RunPaused, ctx: &mut Context<Self>) {
         let request_id = msg.run.request_id.clone();
         self.running.remove(&request_id);
+        self.queue.release(&request_id);
         self.paused.insert(msg.run, msg.waiting);
         if self.cancelling.remove(&request_id) {
             if let Some(cancelled) = self.cancel_paused(&request_id, ctx) {
@@ -698,14 +717,9 @@ impl Handler<Cancel> for InvokeActor {
                 true
             }));
         }
-        let Some(pos) = self
-            .queue
-            .iter()
-            .position(|r| r.request_id == msg.request_id)
-        else {
+        let Some(run) = self.queue.remove(&msg.request_id) else {
             return Box::pin(fut::ready(false));
         };
-        let run = self.queue.remove(pos).expect("position is in range");
         let reporting = self.reporting();
         let request_id = msg.request_id;
         Box::pin(
@@ -745,6 +759,8 @@ impl Handler<StartChild> for InvokeActor {
             schedule_id: None,
             scheduled_for: None,
             events_json: None,
+            priority: run.priority,
+            concurrency_key: None,
         };
         let mut waiting = msg.waiting;
         waiting.child_request_id = Some(request_id.clone());

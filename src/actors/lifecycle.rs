@@ -38,6 +38,10 @@ pub struct PreparedRun {
     pub api_key_id: Option<String>,
     /// The run whose `workflow` step started this one (a child run, SPEC §10).
     pub parent_request_id: Option<String>,
+    /// 0–9 (SPEC §12): queued runs start highest first, then oldest.
+    pub priority: u8,
+    /// The deployment's `[concurrency] key` as rendered for this run.
+    pub concurrency_key: Option<String>,
 }
 
 /// A run admitted and waiting for its slot, or running.

@@ -10,6 +10,7 @@
 pub mod approvals;
 pub mod children;
 pub mod delivery;
+mod flow;
 pub mod invoke;
 pub mod lifecycle;
 pub mod live;

@@ -56,20 +56,34 @@ fn record_interrupted_step(
     {
         return;
     }
-    // It started when the step before it ended (or when the run started).
-    let started_at = rows
-        .iter()
-        .filter(|r| r.step_index < index)
-        .map(|r| r.started_at + r.duration_ms)
-        .max()
-        .or(run.started_at)
-        .unwrap_or(run.created_at);
-    if rows
-        .iter()
-        .any(|r| r.step_index == index && r.passes.is_empty() && r.started_at == started_at)
-    {
-        return; // already marked by an earlier restart
-    }
+    // A prompt step cut off while it waited for provider capacity: its `waiting` line
+    // becomes the interrupted one (same key), so no line stays `waiting` for good.
+    let capacity_wait = rows.iter().find(|r| {
+        r.step_index == index
+            && r.passes.is_empty()
+            && r.status == StepStatus::Waiting
+            && r.reason.as_deref() == Some("provider_capacity")
+    });
+    let started_at = match capacity_wait {
+        Some(row) => row.started_at,
+        None => {
+            // It started when the step before it ended (or when the run started).
+            let started_at = rows
+                .iter()
+                .filter(|r| r.step_index < index)
+                .map(|r| r.started_at + r.duration_ms)
+                .max()
+                .or(run.started_at)
+                .unwrap_or(run.created_at);
+            if rows
+                .iter()
+                .any(|r| r.step_index == index && r.passes.is_empty() && r.started_at == started_at)
+            {
+                return; // already marked by an earlier restart
+            }
+            started_at
+        }
+    };
     store.write_detached(RecordStep(StepRow {
         request_id: run.request_id.clone(),
         step_index: index,
@@ -87,6 +101,24 @@ fn record_interrupted_step(
         reason: None,
         child_request_id: None,
     }));
+}
+
+/// Nested prompt steps cut off while they waited for provider capacity: their `waiting`
+/// lines become `interrupted` (same key), as the top-level one does in
+/// [`record_interrupted_step`]; the steps run again in their pass.
+fn interrupt_nested_capacity_waits(store: &Store, rows: &[StepRow]) {
+    for row in rows.iter().filter(|r| {
+        r.parent.is_some()
+            && r.status == StepStatus::Waiting
+            && r.reason.as_deref() == Some("provider_capacity")
+    }) {
+        store.write_detached(RecordStep(StepRow {
+            status: StepStatus::Interrupted,
+            error: Some("interrupted: hivelet stopped while this step waited for provider capacity; the run was resumed at the next start".into()),
+            reason: None,
+            ..row.clone()
+        }));
+    }
 }
 
 /// The `step_index` (depth first) of the top-level step at `position`.
@@ -143,6 +175,7 @@ pub fn recover(
             let point = trace_point(&deployment.definition, &rows, &answers);
             if point.waiting.is_none() && run.status == RunStatus::Running {
                 record_interrupted_step(store, &deployment.definition, &run, &rows, point.open);
+                interrupt_nested_capacity_waits(store, &rows);
             }
             Some(point)
         } else {
@@ -173,6 +206,8 @@ pub fn recover(
                 source: run.source,
                 api_key_id: run.api_key_id,
                 parent_request_id: run.parent_request_id,
+                priority: run.priority,
+                concurrency_key: run.concurrency_key,
             },
             completion: None,
             started_at: run.started_at.unwrap_or(run.created_at),

@@ -37,6 +37,9 @@ pub struct RunActor {
     /// The token usage of the steps this execution ran; added to the run's when it ends
     /// or pauses.
     usage: Rc<RefCell<Option<Usage>>>,
+    /// Trace lines of steps waiting for provider capacity that no end line has replaced
+    /// yet: a cancel ends them as failed, so none stays `waiting` for good.
+    capacity_waits: Rc<RefCell<Vec<StepRow>>>,
 }
 
 impl RunActor {
@@ -55,6 +58,7 @@ impl RunActor {
             paused,
             steps: None,
             usage: Rc::default(),
+            capacity_waits: Rc::default(),
         }
     }
 
@@ -214,11 +218,13 @@ impl Actor for RunActor {
         let usage = self.usage.clone();
         let notifier = Notifier::for_run(&request_id, &run.prepared, &self.reporting);
         let recovered = run.resume.is_some();
+        let capacity_waits = self.capacity_waits.clone();
         let steps = async move {
             let live = env.deltas.hub().clone();
             crate::live::run_started(&live, &store, &request_id, recovered).await;
             let mut on_step = |rec: &StepRecord| {
                 let row = step_row(&request_id, rec);
+                track_capacity_wait(&mut capacity_waits.borrow_mut(), &row);
                 match notifier
                     .as_ref()
                     .and_then(|n| Some((n, n.step_event(rec)?)))
@@ -232,7 +238,11 @@ impl Actor for RunActor {
                         .get_or_insert_with(Usage::default)
                         .add(&u);
                 }
-                live.step_completed(&request_id, rec);
+                // A step waiting for provider capacity has not completed: its end line
+                // comes later.
+                if rec.status != StepStatus::Waiting {
+                    live.step_completed(&request_id, rec);
+                }
             };
             workflow::execute(&definition, context, &env, &mut on_step).await
         };
@@ -256,6 +266,28 @@ impl Handler<CancelRun> for RunActor {
         if let Some(handle) = self.steps.take() {
             ctx.cancel_future(handle);
         }
+        for row in self.capacity_waits.take() {
+            self.reporting.store.write_detached(RecordStep(StepRow {
+                status: StepStatus::Failed,
+                duration_ms: (crate::ids::now_ms() - row.started_at).max(0),
+                error: Some(
+                    "the run was cancelled while the step waited for provider capacity".into(),
+                ),
+                reason: None,
+                ..row
+            }));
+        }
         self.end(Ending::Cancelled, ctx);
+    }
+}
+
+/// Keeps the `waiting` lines of steps waiting for provider capacity until the same step's
+/// next line (same step, passes and start) replaces them.
+fn track_capacity_wait(waits: &mut Vec<StepRow>, row: &StepRow) {
+    waits.retain(|w| {
+        (w.step_index, &w.passes, w.started_at) != (row.step_index, &row.passes, row.started_at)
+    });
+    if row.status == StepStatus::Waiting && row.reason.as_deref() == Some("provider_capacity") {
+        waits.push(row.clone());
     }
 }

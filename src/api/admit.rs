@@ -39,6 +39,14 @@ pub fn prepare(
             "This workflow must be invoked asynchronously (it is async_only or has an approval step): send \"async\": {\"enabled\": true, \"callback_url\": \"…\"}",
         ));
     }
+    let concurrency_key = crate::flow::concurrency_key(
+        &deployment.definition,
+        &inputs,
+        &req.metadata,
+        req.user.as_deref(),
+        deployment.vars(&req.variant),
+    )
+    .map_err(|message| ApiError::field("concurrency.key", message))?;
     Ok(PreparedRun {
         deployment,
         variant: req.variant,
@@ -50,6 +58,8 @@ pub fn prepare(
         source,
         api_key_id,
         parent_request_id: None,
+        priority: req.priority,
+        concurrency_key,
     })
 }
 

@@ -33,6 +33,9 @@ pub struct InvokeBody {
     /// Sync only: answer `text/event-stream` with the run's live events (SPEC §11) instead
     /// of one JSON reply. Refused with `async` or an `Idempotency-Key`.
     pub stream: Option<bool>,
+    /// 0–9, default 5: queued runs start highest priority first, then oldest first.
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<u8>,
 }
 
 /// An inbound trigger: `{"inputs", "async", "metadata", "user"}`, or a plain object that is

@@ -20,6 +20,8 @@ pub struct InvokeRequest {
     pub events: EventSet,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
+    /// 0–9, default 5 (SPEC §12).
+    pub priority: u8,
 }
 
 /// Checks the body's shape and the rules that need no deployment.
@@ -57,6 +59,23 @@ pub fn parse_invoke(body: &Value) -> Result<InvokeRequest, ApiError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(ApiError::field("user", "user must be a string")),
     };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => crate::flow::DEFAULT_PRIORITY,
+        Some(value) => value
+            .as_u64()
+            .filter(|p| *p <= u64::from(crate::flow::MAX_PRIORITY))
+            .map(|p| p as u8)
+            .ok_or_else(|| {
+                ApiError::field(
+                    "priority",
+                    format!(
+                        "priority must be an integer from 0 to {} (higher starts first; default {})",
+                        crate::flow::MAX_PRIORITY,
+                        crate::flow::DEFAULT_PRIORITY
+                    ),
+                )
+            })?,
+    };
     Ok(InvokeRequest {
         deployment,
         variant,
@@ -65,6 +84,7 @@ pub fn parse_invoke(body: &Value) -> Result<InvokeRequest, ApiError> {
         events,
         metadata,
         user,
+        priority,
     })
 }
 

@@ -237,12 +237,21 @@ fn plan(
             "This workflow must run asynchronously (it is async_only or has an approval step): keep the callback, or send \"async\": {\"enabled\": true, \"callback_url\": \"…\"}",
         ));
     }
+    let metadata = as_map(&earlier.metadata_json);
+    let concurrency_key = crate::flow::concurrency_key(
+        &deployment.definition,
+        &inputs,
+        &metadata,
+        earlier.user.as_deref(),
+        deployment.vars(&earlier.variant),
+    )
+    .map_err(|message| ApiError::field("concurrency.key", message))?;
     Ok((
         PreparedRun {
             deployment,
             variant: earlier.variant.clone(),
             inputs,
-            metadata: as_map(&earlier.metadata_json),
+            metadata,
             user: earlier.user.clone(),
             callback_url,
             events,
@@ -250,6 +259,8 @@ fn plan(
             api_key_id: Some(api_key_id),
             // A rerun stands on its own, even when the earlier run was a child.
             parent_request_id: None,
+            priority: earlier.priority,
+            concurrency_key,
         },
         Rerun {
             of: earlier.request_id.clone(),

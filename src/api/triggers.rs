@@ -68,6 +68,7 @@ fn trigger_request(
         events: parse_events(obj.get("async"))?,
         metadata: parse_metadata(obj.get("metadata"))?,
         user,
+        priority: crate::flow::DEFAULT_PRIORITY,
     })
 }
 

@@ -135,6 +135,10 @@ pub struct RunSummary {
     /// The due time the run serves; null for a schedule's trigger.
     #[schema(format = DateTime)]
     pub scheduled_for: Option<String>,
+    /// 0–9: queued runs start highest first, then oldest (SPEC §12).
+    pub priority: u8,
+    /// The deployment's `[concurrency] key` as rendered for this run; null without one.
+    pub concurrency_key: Option<String>,
 }
 
 impl RunSummary {
@@ -168,6 +172,8 @@ impl RunSummary {
             rerun_of: run.rerun_of.clone(),
             schedule_id: run.schedule_id.clone(),
             scheduled_for: run.scheduled_for.map(ids::rfc3339),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
         }
     }
 }
@@ -363,6 +369,10 @@ pub struct RunDetail {
     /// The due time the run serves (RFC 3339); null for a schedule's trigger.
     #[schema(format = DateTime)]
     pub scheduled_for: Option<String>,
+    /// 0–9: queued runs start highest first, then oldest (SPEC §12).
+    pub priority: u8,
+    /// The deployment's `[concurrency] key` as rendered for this run; null without one.
+    pub concurrency_key: Option<String>,
     pub steps: Vec<Step>,
     /// Only for callback runs, and never in the legacy shape.
     #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
@@ -393,6 +403,8 @@ impl RunDetail {
             rerun_of: run.rerun_of.clone(),
             schedule_id: run.schedule_id.clone(),
             scheduled_for: run.scheduled_for.map(ids::rfc3339),
+            priority: run.priority,
+            concurrency_key: run.concurrency_key.clone(),
             steps: steps.iter().map(Step::from_row).collect(),
             async_detail,
         }

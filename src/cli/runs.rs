@@ -212,6 +212,18 @@ fn print_run(run: &Value) {
     if !run["user"].is_null() {
         println!("user      {}", text(&run["user"]));
     }
+    // Only when it says something: a key, or a priority other than the default.
+    if !run["concurrency_key"].is_null()
+        || run["priority"]
+            .as_u64()
+            .is_some_and(|p| p != u64::from(crate::flow::DEFAULT_PRIORITY))
+    {
+        println!(
+            "flow      priority {} · concurrency key {}",
+            run["priority"],
+            text(&run["concurrency_key"])
+        );
+    }
     if !run["error"].is_null() {
         println!("error     {}", pretty(&run["error"]));
     } else {

@@ -296,11 +296,20 @@ pub fn prepared_run(s: &ScheduleRecord, deployments: &Deployments) -> Result<Pre
     };
     let inputs = check_inputs(&deployment.definition, &object(&s.inputs_json))
         .map_err(|e| format!("{}: {}", e.field, e.message))?;
+    let metadata = object(&s.metadata_json);
+    let concurrency_key = crate::flow::concurrency_key(
+        &deployment.definition,
+        &inputs,
+        &metadata,
+        s.user.as_deref(),
+        deployment.vars(&s.variant),
+    )
+    .map_err(|e| format!("concurrency.key: {e}"))?;
     Ok(PreparedRun {
         deployment,
         variant: s.variant.clone(),
         inputs,
-        metadata: object(&s.metadata_json),
+        metadata,
         user: s.user.clone(),
         callback_url: s.callback_url.clone(),
         source: RunSource::Schedule,
@@ -308,6 +317,8 @@ pub fn prepared_run(s: &ScheduleRecord, deployments: &Deployments) -> Result<Pre
         parent_request_id: None,
         // A schedule's callback gets the default events: the run's end.
         events: Default::default(),
+        priority: crate::flow::DEFAULT_PRIORITY,
+        concurrency_key,
     })
 }
 

@@ -250,6 +250,14 @@ ALTER TABLE events_v6 RENAME TO events;
 CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('pending', 'retrying');
 ";
 
+/// Version 7, flow control (SPEC §12): a run's `priority` (0–9, higher starts first from the queue) and
+/// its rendered `concurrency_key`, so a restart queues it again in the same order and under
+/// the same key.
+const V7_FLOW_CONTROL: &str = "
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE runs ADD COLUMN concurrency_key TEXT;
+";
+
 /// Migrations after version 1, in order: `MIGRATIONS[0]` takes a database to version 2.
 const MIGRATIONS: &[&str] = &[
     V2_STATES,
@@ -257,6 +265,7 @@ const MIGRATIONS: &[&str] = &[
     V4_WORKFLOWS,
     V5_SCHEDULES,
     V6_LIFECYCLE_EVENTS,
+    V7_FLOW_CONTROL,
 ];
 
 /// The schema version this binary writes.

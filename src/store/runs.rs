@@ -31,6 +31,10 @@ pub struct NewRun {
     pub scheduled_for: Option<i64>,
     /// `async.events` (JSON array) when the caller chose other than the default.
     pub events_json: Option<String>,
+    /// 0–9: queued runs start highest first.
+    pub priority: u8,
+    /// The rendered `[concurrency] key`, when the deployment has one.
+    pub concurrency_key: Option<String>,
 }
 
 /// What storing a run's end did.
@@ -134,16 +138,20 @@ pub struct RunRecord {
     pub scheduled_for: Option<i64>,
     /// `async.events` (JSON array); `None`: the default.
     pub events_json: Option<String>,
+    pub priority: u8,
+    pub concurrency_key: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO runs (request_id, deployment_key, variant, version, status, source, delivery,
                            callback_url, api_key_id, inputs, metadata, user, created_at, started_at,
-                           rerun_of, parent_request_id, schedule_id, scheduled_for, events)
+                           rerun_of, parent_request_id, schedule_id, scheduled_for, events,
+                           priority, concurrency_key)
          VALUES (:request_id, :deployment_key, :variant, :version, :status, :source, :delivery,
                  :callback_url, :api_key_id, :inputs, :metadata, :user, :created_at, :started_at,
-                 :rerun_of, :parent_request_id, :schedule_id, :scheduled_for, :events)",
+                 :rerun_of, :parent_request_id, :schedule_id, :scheduled_for, :events, :priority,
+                 :concurrency_key)",
     )?;
     stmt.execute(named_params! {
         ":request_id": run.request_id,
@@ -165,6 +173,8 @@ pub(super) fn insert(conn: &Connection, run: &NewRun) -> rusqlite::Result<()> {
         ":schedule_id": run.schedule_id,
         ":scheduled_for": run.scheduled_for,
         ":events": run.events_json,
+        ":priority": run.priority,
+        ":concurrency_key": run.concurrency_key,
     })?;
     Ok(())
 }
@@ -353,7 +363,10 @@ pub(super) fn save_idempotent(
 const RUN_COLUMNS: &str = "request_id, deployment_key, variant, version, status, source, delivery,
     callback_url, api_key_id, inputs, metadata, user, output, error, created_at, started_at,
     ended_at, duration_ms, usage, rerun_of, parent_request_id, schedule_id, scheduled_for,
-    events";
+    events, priority, concurrency_key";
+
+/// How many columns `RUN_COLUMNS` names (what a query adds comes after them).
+const RUN_COLUMN_COUNT: usize = 26;
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -381,6 +394,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         schedule_id: row.get(21)?,
         scheduled_for: row.get(22)?,
         events_json: row.get(23)?,
+        priority: row.get(24)?,
+        concurrency_key: row.get(25)?,
     })
 }
 
@@ -533,6 +548,7 @@ pub(super) fn list_runs(
     filter: &RunFilter,
 ) -> rusqlite::Result<Vec<RunListItem>> {
     use rusqlite::types::Value as Sql;
+    debug_assert_eq!(RUN_COLUMNS.split(',').count(), RUN_COLUMN_COUNT);
     let mut sql = format!(
         "SELECT {}, e.state, e.total_attempts FROM runs r LEFT JOIN events e ON e.event_id =
              (SELECT event_id FROM events WHERE request_id = r.request_id ORDER BY seq DESC LIMIT 1)
@@ -600,8 +616,9 @@ pub(super) fn list_runs(
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
         Ok(RunListItem {
             run: run_from_row(row)?,
-            delivery_state: row.get(24)?,
-            attempts: row.get(25)?,
+            // After the run's own columns.
+            delivery_state: row.get(RUN_COLUMN_COUNT)?,
+            attempts: row.get(RUN_COLUMN_COUNT + 1)?,
         })
     })?;
     rows.collect()

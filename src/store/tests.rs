@@ -41,6 +41,8 @@ fn new_run(request_id: &str, callback: bool, created_at: i64) -> NewRun {
         schedule_id: None,
         scheduled_for: None,
         events_json: None,
+        priority: 5,
+        concurrency_key: None,
     }
 }
 

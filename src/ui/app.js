@@ -607,6 +607,7 @@
         const width = Math.max(0.6, ((endOf(s) - startOf(s)) / span) * 100);
         const details = [];
         if (s.error) details.push(h('div', { class: 'error' }, s.error));
+        if (s.status === 'waiting' && s.reason === 'provider_capacity') details.push(h('div', { class: 'sub', testid: 'step-waiting-reason' }, 'Waiting for provider capacity (its max_concurrent, requests or tokens per minute).'));
         if (s.child_request_id) details.push(h('div', { class: 'sub' }, 'Child run ', h('a', { href: `#/runs/${s.child_request_id}`, class: 'mono', testid: 'child-run' }, s.child_request_id)));
         if (s.output !== null && s.output !== undefined) details.push(h('div', { class: 'sub' }, 'Output'), jsonBlock(s.output));
         if (s.usage) details.push(h('div', { class: 'sub' }, 'Usage'), jsonBlock(s.usage));
@@ -811,6 +812,8 @@
         run.parent_request_id ? ['Parent run', h('a', { href: `#/runs/${run.parent_request_id}`, class: 'mono' }, run.parent_request_id)] : null,
         ['Delivery', run.delivery],
         ['User', run.user || h('span', { class: 'muted' }, '—')],
+        ['Priority', String(run.priority ?? 5), 'run-priority'],
+        run.concurrency_key ? ['Concurrency key', h('span', { class: 'mono' }, run.concurrency_key), 'run-concurrency-key'] : null,
         ['Created', timeEl(run.created_at, true)],
         ['Started', timeEl(run.started_at, true)],
         ['Ended', timeEl(run.ended_at, true)],

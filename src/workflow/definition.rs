@@ -31,6 +31,19 @@ pub struct Definition {
     /// `crate::schedules::check_definition` and applied when the definition is deployed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Map<String, Value>>,
+    /// `[concurrency]`: runs whose key renders the same run at most `limit` at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyDef>,
+}
+
+/// A deployment's `[concurrency]` table (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConcurrencyDef {
+    /// A template over the invoke's `inputs`, `metadata`, `user` and `vars`, rendered at
+    /// invoke time.
+    pub key: String,
+    /// How many runs with the same rendered key may run at once (at least 1).
+    pub limit: u32,
 }
 
 /// One declared start input.

@@ -70,6 +70,8 @@ pub struct Environment {
     /// Starts and awaits the child runs of `workflow` steps; `None` where there is no run
     /// machinery (those steps then fail).
     pub children: Option<Rc<dyn ChildRuns>>,
+    /// Provider limits prompt steps wait for (SPEC §12); `None`: no limits.
+    pub capacity: Option<Rc<dyn super::capacity::ProviderCapacity>>,
 }
 
 /// The per-run values in the template scope.
@@ -1006,6 +1008,14 @@ async fn run_with_retries(
                 )
                 .await
             }
+            StepKind::Prompt { provider, .. } => {
+                let permit = provider_permit(env, provider, shared, token).await;
+                let outcome = run_once(&step.kind, &step.id, env, scope, jinja_scope).await;
+                if let (Some(permit), Ok(out)) = (&permit, &outcome) {
+                    permit.charge(out.usage.as_ref());
+                }
+                outcome
+            }
             _ => run_once(&step.kind, &step.id, env, scope, jinja_scope).await,
         };
         match outcome {
@@ -1023,6 +1033,26 @@ async fn run_with_retries(
             }
         }
     }
+}
+
+/// A permit to call `provider`, when the daemon limits it. While the provider is at its
+/// limit the step's trace shows `waiting` with reason `provider_capacity`; its end line
+/// replaces that one.
+async fn provider_permit(
+    env: &Environment,
+    provider: &str,
+    shared: &Shared<'_>,
+    token: u64,
+) -> Option<super::capacity::CapacityPermit> {
+    let capacity = env.capacity.as_ref()?;
+    if let Some(permit) = capacity.try_acquire(provider) {
+        return Some(permit);
+    }
+    if let Some(mut line) = shared.waiting_record(token) {
+        line.reason = Some("provider_capacity".to_owned());
+        shared.report(&line);
+    }
+    Some(capacity.acquire(provider).await)
 }
 
 /// The loop passes of the step running as `token`.
@@ -1209,6 +1239,7 @@ mod tests {
             allow_command_steps: true,
             deltas: DeltaSink::default(),
             children: None,
+            capacity: None,
         }
     }
 
@@ -2066,6 +2097,7 @@ mod nesting_tests {
             allow_command_steps: true,
             deltas: DeltaSink::default(),
             children: None,
+            capacity: None,
         }
     }
 

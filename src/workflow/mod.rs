@@ -12,6 +12,7 @@
 //! `inputs` and `template`.
 
 pub mod approval;
+pub mod capacity;
 pub mod definition;
 pub mod deltas;
 pub mod engine;

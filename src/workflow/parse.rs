@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::definition::{
-    ApprovalChoice, BranchCase, ChatRole, Definition, DefinitionError, InputSpec, InputType,
-    Message, Messages, OutputDef, ResponseFormat, StepDef, StepKind, VariantDef,
+    ApprovalChoice, BranchCase, ChatRole, ConcurrencyDef, Definition, DefinitionError, InputSpec,
+    InputType, Message, Messages, OutputDef, ResponseFormat, StepDef, StepKind, VariantDef,
 };
 
 impl Definition {
@@ -272,6 +272,16 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
             ))
         }
     };
+    let concurrency = match f.map.remove("concurrency") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let mut c = Fields::new(v, "concurrency", None, "concurrency.".to_owned())?;
+            let key = c.req("key")?;
+            let limit = c.opt("limit")?.unwrap_or(1);
+            c.finish("[concurrency]", &["key", "limit"])?;
+            Some(ConcurrencyDef { key, limit })
+        }
+    };
     f.finish(
         "a workflow",
         &[
@@ -284,6 +294,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
             "timeout_ms",
             "async_only",
             "schedules",
+            "concurrency",
         ],
     )?;
     Ok(Definition {
@@ -296,6 +307,7 @@ fn parse_definition(value: Value) -> Result<Definition, DefinitionError> {
         timeout_ms,
         async_only,
         schedules,
+        concurrency,
     })
 }
 

@@ -45,6 +45,21 @@ impl Definition {
         if self.timeout_ms == Some(0) {
             return Err(DefinitionError::top("timeout_ms", "must be greater than 0"));
         }
+        if let Some(c) = &self.concurrency {
+            if c.key.trim().is_empty() {
+                return Err(DefinitionError::top(
+                    "concurrency.key",
+                    "must be a template like \"{{ metadata.customer }}\"",
+                ));
+            }
+            check_template(None, "concurrency.key", &c.key)?;
+            if c.limit == 0 {
+                return Err(DefinitionError::top(
+                    "concurrency.limit",
+                    "must be at least 1",
+                ));
+            }
+        }
 
         let mut input_names = HashSet::new();
         for (i, input) in self.inputs.iter_mut().enumerate() {

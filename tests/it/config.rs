@@ -63,6 +63,21 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
         "http",
     ),
     (
+        "[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\nmax_concurrent = 0\n",
+        "providers.x.max_concurrent",
+        "at least 1",
+    ),
+    (
+        "[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\nrequests_per_minute = -3\n",
+        "providers.x.requests_per_minute",
+        "",
+    ),
+    (
+        "[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\ntokens_per_minute = 0\n",
+        "providers.x.tokens_per_minute",
+        "at least 1",
+    ),
+    (
         "[delivery]\nretry_schedule = [\"5s\", \"later\"]\n",
         "delivery.retry_schedule",
         "5s",

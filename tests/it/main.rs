@@ -18,6 +18,7 @@ mod errors;
 mod examples;
 mod faults;
 mod flow;
+mod flow_control;
 mod invoke;
 mod keys;
 mod layout;

@@ -377,3 +377,52 @@ fn browser_links_a_workflow_step_and_its_child_run() {
     );
     gate.open();
 }
+
+#[test]
+fn browser_shows_priority_concurrency_key_and_a_capacity_wait() {
+    let gate = Gate::new();
+    let stub = {
+        let gate = gate.clone();
+        StubServer::threaded(move |req, _| {
+            if req.path.starts_with("/v1/chat/completions") {
+                gate.wait();
+                return StubReply::json(200, &chat_completion("hi"));
+            }
+            StubReply::json(200, &json!({}))
+        })
+    };
+    let app = TestApp::start_with(
+        &format!(
+            "[providers.stub]\nbase_url = \"{}/v1\"\nmax_concurrent = 1\n",
+            stub.url()
+        ),
+        &[],
+        &[],
+    );
+    app.deploy_ok(
+        "ask",
+        "key = \"ask\"\n[concurrency]\nkey = \"{{ metadata.customer }}\"\nlimit = 4\n\
+         [[steps]]\nid = \"ask\"\ntype = \"prompt\"\nprovider = \"stub\"\nmodel = \"m\"\nprompt = \"hi\"\n",
+    );
+    let invoke = || {
+        let r = app.invoke(&json!({
+            "deployment": "ask", "metadata": {"customer": "acme"}, "priority": 7,
+            "async": {"callback_url": format!("{}/hook", stub.url())},
+        }));
+        r.expect_status(202);
+        r.json()["request_id"].as_str().unwrap().to_string()
+    };
+    let ids = [invoke(), invoke()];
+    let waiting = wait_for("a step waiting for provider capacity", || {
+        ids.iter().find(|id| {
+            let run = app.admin_get(&format!("/v1/runs/{id}")).json();
+            run["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["status"] == "waiting" && s["reason"] == "provider_capacity")
+        })
+    });
+    run_browser(&app, "ui_flow.py", &[("RUN_ID", waiting)]);
+    gate.open();
+}
