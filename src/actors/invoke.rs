@@ -286,30 +286,28 @@ impl InvokeActor {
     /// a restart) start at once without a slot: their parents, which hold the slots, wait
     /// for them.
     fn start_queued(&mut self, ctx: &mut Context<Self>) {
-        for mut run in self.queue.take_children() {
-            if run.resume.is_none() {
-                run.started_at = ids::now_ms();
-            }
-            self.store.write_detached(MarkRunning {
-                request_id: run.request_id.clone(),
-                started_at: run.started_at,
-            });
-            self.start_run(run, ctx);
+        for run in self.queue.take_children() {
+            self.start_from_queue(run, ctx);
         }
         while !self.draining && self.slots_in_use() < self.config.file.runs.max_concurrent {
-            let Some(mut run) = self.queue.pop_ready() else {
+            let Some(run) = self.queue.pop_ready() else {
                 break;
             };
             self.queue.hold(&run.request_id, &run.prepared);
-            if run.resume.is_none() {
-                run.started_at = ids::now_ms();
-            }
-            self.store.write_detached(MarkRunning {
-                request_id: run.request_id.clone(),
-                started_at: run.started_at,
-            });
-            self.start_run(run, ctx);
+            self.start_from_queue(run, ctx);
         }
+    }
+
+    /// Starts a run that waited in the queue; a resumed run keeps its first start time.
+    fn start_from_queue(&mut self, mut run: AdmittedRun, ctx: &mut Context<Self>) {
+        if run.resume.is_none() {
+            run.started_at = ids::now_ms();
+        }
+        self.store.write_detached(MarkRunning {
+            request_id: run.request_id.clone(),
+            started_at: run.started_at,
+        });
+        self.start_run(run, ctx);
     }
 
     /// Answers waiters of a `Drain` once no run holds a slot.
