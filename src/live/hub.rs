@@ -337,6 +337,18 @@ impl Subscription {
         std::mem::take(&mut self.open)
     }
 
+    /// A live event that is already waiting, without waiting for one.
+    pub fn try_next(&mut self) -> Option<Frame> {
+        if self.queue.dropped.load(Ordering::Acquire) {
+            return None;
+        }
+        let frame = self.rx.try_recv().ok()?;
+        self.queue
+            .bytes
+            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        Some(frame)
+    }
+
     /// The next live event.
     pub async fn next(&mut self) -> Result<Frame, Closed> {
         // A dropped subscriber's client is not reading: cut it now, not after its queue.
