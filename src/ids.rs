@@ -69,7 +69,16 @@ pub fn signing_secret() -> String {
 
 /// True when `id` looks like `req_` + 32 lower-case hex.
 pub fn is_request_id(id: &str) -> bool {
-    id.strip_prefix("req_").is_some_and(|hex| {
+    is_prefixed_hex(id, "req_")
+}
+
+/// True when `id` looks like `evt_` + 32 lower-case hex.
+pub fn is_event_id(id: &str) -> bool {
+    is_prefixed_hex(id, "evt_")
+}
+
+fn is_prefixed_hex(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|hex| {
         hex.len() == 32
             && hex
                 .bytes()

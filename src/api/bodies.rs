@@ -189,6 +189,32 @@ pub enum RunStatusFilter {
     Completed,
     Failed,
     Cancelled,
+    /// Running, paused at an approval step that has no answer yet.
+    Waiting,
+}
+
+/// `delivery_state` of `GET /v1/runs`: the state of the run's last event. `paused`: it is
+/// held behind the run's earlier events (circuit-breaker pauses are not stored).
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStateParam {
+    NotStarted,
+    Pending,
+    Retrying,
+    Paused,
+    Delivered,
+    Failed,
+}
+
+/// `window` of `GET /v1/stats`.
+#[derive(Deserialize, ToSchema)]
+pub enum StatsWindow {
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
 }
 
 /// `delivery` of `GET /v1/runs`.

@@ -26,6 +26,7 @@ pub mod routing;
 pub mod runs;
 pub mod schedules;
 pub mod state;
+pub mod stats;
 pub mod stream;
 pub mod triggers;
 pub mod views;
@@ -48,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // Before `requests`: `/v1/runs/purge` must not be taken for `/v1/runs/{id}`.
     rerun::configure(cfg);
     runs::configure(cfg);
+    stats::configure(cfg);
     stream::configure(cfg);
     requests::configure(cfg);
     triggers::configure(cfg);

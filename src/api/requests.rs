@@ -102,5 +102,18 @@ async fn run_detail(
         }
         None => None,
     };
-    Ok(HttpResponse::Ok().json(RunDetail::new(&run, &steps, async_detail)))
+    let mut detail = RunDetail::new(&run, &steps, async_detail);
+    if run.callback_url.is_some() {
+        detail.event = state
+            .store
+            .last_event_body(run.request_id.clone())
+            .await?
+            .map(|(event_id, event_type, body)| super::views::EventBody {
+                event_id,
+                event_type,
+                // Bodies are serialized JSON, so UTF-8.
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+    }
+    Ok(HttpResponse::Ok().json(detail))
 }

@@ -14,7 +14,7 @@ use crate::actors::invoke::Cancel;
 use crate::actors::Enqueue;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::runs::{RunFilter, RunListItem};
+use crate::store::runs::{DeliveryStateFilter, RunFilter};
 use crate::store::{Redeliver, Role, RunDelivery, RunSource, RunStatus};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -169,15 +169,17 @@ async fn attempts(
         ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
         ("user" = Option<String>, Query),
         ("schedule" = Option<String>, Query, description = "The `sch_…` id of the schedule that started the runs"),
+        ("parent" = Option<String>, Query, description = "The `req_…` id of a run: its child runs (started by its `workflow` steps)"),
+        ("delivery_state" = Option<super::bodies::DeliveryStateParam>, Query, description = "The state of the run's last event: `not_started` (a callback run that has not ended), `pending`, `retrying`, `paused` (held behind the run's earlier events), `delivered`, `failed`"),
         ("since" = Option<Timestamp>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
         ("until" = Option<Timestamp>, Query, description = "Created before: RFC 3339 or Unix ms"),
-        ("q" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "A full `req_…` id jumps to that run"),
+        ("q" = Option<String>, Query, pattern = r"^(req|evt)_[0-9a-f]{32}$", description = "A full `req_…` id jumps to that run; an `evt_…` id to the run whose event it is"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
         ("cursor" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of runs", body = RunList),
-        (status = 404, description = "`q` names a run that does not exist (or another key's)", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`q` names a run or event that does not exist (or another key's)", body = crate::error::ErrorEnvelope),
         (status = 422, description = "An unknown filter or a bad value; `field` names it", body = crate::error::ErrorEnvelope),
         super::responses::NeedsKey,
     ))]
@@ -195,14 +197,37 @@ async fn list(
         match name.as_str() {
             "deployment" => filter.deployment = Some(value),
             "variant" => filter.variant = Some(value),
+            "status" if value == "waiting" => {
+                filter.status = None;
+                filter.waiting = true;
+            }
             "status" => {
                 let Some(status) = RunStatus::parse(&value) else {
                     return Err(ApiError::field(
                         "status",
-                        "status must be one of queued, running, completed, failed, cancelled",
+                        "status must be one of queued, running, waiting, completed, failed, cancelled",
                     ));
                 };
                 filter.status = Some(status);
+                filter.waiting = false;
+            }
+            "delivery_state" => {
+                let Some(wanted) = DeliveryStateFilter::parse(&value) else {
+                    return Err(ApiError::field(
+                        "delivery_state",
+                        format!(
+                            "delivery_state must be one of {}",
+                            DeliveryStateFilter::NAMES.join(", ")
+                        ),
+                    ));
+                };
+                filter.delivery_state = Some(wanted);
+            }
+            "parent" => {
+                if !ids::is_request_id(&value) {
+                    return Err(ApiError::field("parent", "parent must be a run's req_… id"));
+                }
+                filter.parent = Some(value);
             }
             "delivery" => {
                 let Some(delivery) = RunDelivery::parse(&value) else {
@@ -246,20 +271,37 @@ async fn list(
                 filter.before_request_id = Some(value);
             }
             "q" => {
+                // An event id stands for the run it belongs to.
+                let value = if ids::is_event_id(&value) {
+                    state
+                        .store
+                        .run_of_event(value)
+                        .await?
+                        .ok_or_else(|| ApiError::NotFound("Run not found.".into()))?
+                } else {
+                    value
+                };
                 // A full request id jumps straight to that run.
                 if ids::is_request_id(&value) {
                     let (run, _) = load_run(&state, &caller, value, "Run not found.").await?;
-                    let item = RunListItem {
-                        run,
-                        delivery_state: None,
-                        attempts: None,
-                    };
+                    // Read as a list row, so it carries its delivery state like any other.
+                    let items = state
+                        .store
+                        .list_runs(RunFilter {
+                            request_id: Some(run.request_id),
+                            limit: 1,
+                            ..Default::default()
+                        })
+                        .await?;
                     return Ok(HttpResponse::Ok().json(RunList {
-                        runs: vec![RunSummary::from_item(&item)],
+                        runs: items.iter().take(1).map(RunSummary::from_item).collect(),
                         next_cursor: None,
                     }));
                 }
-                return Err(ApiError::field("q", "q must be a full request id (req_…)"));
+                return Err(ApiError::field(
+                    "q",
+                    "q must be a full request id (req_…) or event id (evt_…)",
+                ));
             }
             other => match other.strip_prefix("meta.") {
                 Some(key) if !key.is_empty() => filter

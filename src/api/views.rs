@@ -377,6 +377,19 @@ pub struct RunDetail {
     /// Only for callback runs, and never in the legacy shape.
     #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
     pub async_detail: Option<AsyncDetail>,
+    /// The run's last event (its end once it ended) with its exact body; only for callback
+    /// runs that have an event, never in the legacy shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventBody>,
+}
+
+/// An event and the bytes POSTed for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventBody {
+    pub event_id: String,
+    pub event_type: String,
+    /// The body exactly as sent (its bytes as a string).
+    pub body: String,
 }
 
 impl RunDetail {
@@ -407,6 +420,7 @@ impl RunDetail {
             concurrency_key: run.concurrency_key.clone(),
             steps: steps.iter().map(Step::from_row).collect(),
             async_detail,
+            event: None,
         }
     }
 }

@@ -287,6 +287,28 @@ impl Store {
             .await
     }
 
+    /// The run an `evt_…` id belongs to.
+    pub async fn run_of_event(&self, event_id: String) -> StoreResult<Option<String>> {
+        self.read(move |conn| runs::run_of_event(conn, &event_id))
+            .await
+    }
+
+    /// The run's last event: id, type and the exact body as sent.
+    pub async fn last_event_body(
+        &self,
+        request_id: String,
+    ) -> StoreResult<Option<(String, String, Vec<u8>)>> {
+        self.read(move |conn| runs::last_event_body(conn, &request_id))
+            .await
+    }
+
+    /// The rows `GET /v1/stats` sums up: runs created at or after `since_ms`, at most `cap`
+    /// of each kind.
+    pub async fn stats_rows(&self, since_ms: i64, cap: usize) -> StoreResult<runs::StatsRows> {
+        self.read(move |conn| runs::stats_rows(conn, since_ms, cap))
+            .await
+    }
+
     /// The runs matching `filter`, newest first: at most `filter.limit` + 1, so the caller
     /// can tell whether another page exists.
     pub async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunListItem>> {

@@ -508,6 +508,8 @@ pub(super) fn load_unfinished(conn: &Connection) -> rusqlite::Result<Vec<RunReco
 /// Filters of `GET /v1/runs`; every field narrows the result.
 #[derive(Debug, Default, Clone)]
 pub struct RunFilter {
+    /// Exactly this run (`q=req_…`).
+    pub request_id: Option<String>,
     pub deployment: Option<String>,
     pub variant: Option<String>,
     pub status: Option<RunStatus>,
@@ -517,6 +519,12 @@ pub struct RunFilter {
     pub user: Option<String>,
     /// Runs started by this schedule.
     pub schedule_id: Option<String>,
+    /// The state of the run's last event (SPEC §13).
+    pub delivery_state: Option<DeliveryStateFilter>,
+    /// `status=waiting`: running runs paused at an unanswered approval step.
+    pub waiting: bool,
+    /// Child runs of this run (`workflow` steps).
+    pub parent: Option<String>,
     /// Inclusive lower bound on `created_at` (Unix ms).
     pub since_ms: Option<i64>,
     /// Exclusive upper bound on `created_at` (Unix ms).
@@ -526,6 +534,40 @@ pub struct RunFilter {
     /// Only runs with a smaller (older) request id: the cursor.
     pub before_request_id: Option<String>,
     pub limit: usize,
+}
+
+/// `delivery_state=` of `GET /v1/runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStateFilter {
+    /// A callback run without an event yet: it has not ended.
+    NotStarted,
+    /// The run's last event is `held`: it waits behind the run's earlier events. The
+    /// circuit breaker's pauses live in memory only, so they are not a stored state.
+    Paused,
+    State(EventState),
+}
+
+impl DeliveryStateFilter {
+    pub const NAMES: [&'static str; 6] = [
+        "not_started",
+        "pending",
+        "retrying",
+        "paused",
+        "delivered",
+        "failed",
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "not_started" => Self::NotStarted,
+            "paused" | "held" => Self::Paused,
+            "pending" => Self::State(EventState::Pending),
+            "retrying" => Self::State(EventState::Retrying),
+            "delivered" => Self::State(EventState::Delivered),
+            "failed" => Self::State(EventState::Failed),
+            _ => return None,
+        })
+    }
 }
 
 /// A run row for the list, with its delivery state.
@@ -566,6 +608,7 @@ pub(super) fn list_runs(
             args.push(Sql::Text(v.to_owned()));
         }
     };
+    eq(&mut sql, "r.request_id", filter.request_id.as_deref());
     eq(&mut sql, "r.deployment_key", filter.deployment.as_deref());
     eq(&mut sql, "r.variant", filter.variant.as_deref());
     eq(&mut sql, "r.status", filter.status.map(RunStatus::as_str));
@@ -578,6 +621,25 @@ pub(super) fn list_runs(
     eq(&mut sql, "r.api_key_id", filter.api_key_id.as_deref());
     eq(&mut sql, "r.user", filter.user.as_deref());
     eq(&mut sql, "r.schedule_id", filter.schedule_id.as_deref());
+    eq(&mut sql, "r.parent_request_id", filter.parent.as_deref());
+    match filter.delivery_state {
+        None => {}
+        Some(DeliveryStateFilter::NotStarted) => {
+            sql.push_str(" AND r.callback_url IS NOT NULL AND e.state IS NULL")
+        }
+        Some(DeliveryStateFilter::Paused) => sql.push_str(" AND e.state = 'held'"),
+        Some(DeliveryStateFilter::State(state)) => eq(&mut sql, "e.state", Some(state.as_str())),
+    }
+    if filter.waiting {
+        // `runs_by_status` narrows to running runs; each is checked by its primary keys.
+        sql.push_str(
+            " AND r.status = 'running' AND EXISTS (
+                 SELECT 1 FROM run_steps s WHERE s.request_id = r.request_id
+                   AND s.status = 'waiting' AND s.reason = 'approval'
+                   AND NOT EXISTS (SELECT 1 FROM approval_responses a
+                                   WHERE a.request_id = s.request_id AND a.step_id = s.step_id))",
+        );
+    }
     if let Some(ms) = filter.since_ms {
         sql.push_str(" AND r.request_id >= ?");
         args.push(Sql::Text(request_id_at(ms)));
@@ -622,4 +684,85 @@ pub(super) fn list_runs(
         })
     })?;
     rows.collect()
+}
+
+/// The run an event belongs to.
+pub(super) fn run_of_event(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT request_id FROM events WHERE event_id = ?1")?
+        .query_row([event_id], |row| row.get(0))
+        .optional()
+}
+
+/// The run's last event (its end once it ended): id, type and the exact body as sent.
+pub(super) fn last_event_body(
+    conn: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<(String, String, Vec<u8>)>> {
+    conn.prepare_cached(
+        "SELECT event_id, event_type, body FROM events WHERE request_id = ?1
+         ORDER BY seq DESC LIMIT 1",
+    )?
+    .query_row([request_id], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
+    .optional()
+}
+
+/// What `GET /v1/stats` sums up, read for runs created at or after `since_ms`.
+#[derive(Debug, Default, Clone)]
+pub struct StatsRows {
+    /// created_at, status, duration_ms, total tokens.
+    pub runs: Vec<(i64, RunStatus, Option<i64>, Option<i64>)>,
+    /// The events' created_at and current state.
+    pub events: Vec<(i64, EventState)>,
+    /// Delivered attempts: started_at and duration_ms.
+    pub deliveries: Vec<(i64, i64)>,
+    /// True when a cap cut a read short.
+    pub truncated: bool,
+}
+
+/// The rows of the stats window. Every read is a range of run ids (they sort by creation
+/// time) on a primary key or index, and stops after `cap` rows.
+pub(super) fn stats_rows(
+    conn: &Connection,
+    since_ms: i64,
+    cap: usize,
+) -> rusqlite::Result<StatsRows> {
+    let from = request_id_at(since_ms);
+    let limit = cap as i64 + 1;
+    let mut out = StatsRows::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT created_at, status, duration_ms,
+                CAST(json_extract(usage, '$.total_tokens') AS INTEGER)
+         FROM runs WHERE request_id >= ?1 LIMIT ?2",
+    )?;
+    out.runs = stmt
+        .query_map(rusqlite::params![from, limit], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT created_at, state FROM events WHERE request_id >= ?1 AND created_at >= ?2 LIMIT ?3",
+    )?;
+    out.events = stmt
+        .query_map(rusqlite::params![from, since_ms, limit], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT started_at, duration_ms FROM attempts
+         WHERE request_id >= ?1 AND started_at >= ?2 AND outcome = 'delivered' LIMIT ?3",
+    )?;
+    out.deliveries = stmt
+        .query_map(rusqlite::params![from, since_ms, limit], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for rows in [out.runs.len(), out.events.len(), out.deliveries.len()] {
+        out.truncated |= rows > cap;
+    }
+    out.runs.truncate(cap);
+    out.events.truncate(cap);
+    out.deliveries.truncate(cap);
+    Ok(out)
 }

@@ -25,6 +25,7 @@ mod layout;
 mod lifecycle;
 mod lifecycle_events;
 mod ops;
+mod ops_api;
 mod prompt;
 mod rerun;
 mod runs;
