@@ -169,7 +169,7 @@ async fn attempts(
         ("api_key" = Option<String>, Query, description = "The `key_…` id that started the runs"),
         ("user" = Option<String>, Query),
         ("schedule" = Option<String>, Query, description = "The `sch_…` id of the schedule that started the runs"),
-        ("parent" = Option<String>, Query, description = "The `req_…` id of a run: its child runs (started by its `workflow` steps)"),
+        ("parent" = Option<String>, Query, pattern = r"^req_[0-9a-f]{32}$", description = "The `req_…` id of a run: its child runs (started by its `workflow` steps)"),
         ("delivery_state" = Option<super::bodies::DeliveryStateParam>, Query, description = "The state of the run's last event: `not_started` (a callback run that has not ended), `pending`, `retrying`, `paused` (held behind the run's earlier events), `delivered`, `failed`"),
         ("since" = Option<Timestamp>, Query, description = "Created at or after: RFC 3339 or Unix ms"),
         ("until" = Option<Timestamp>, Query, description = "Created before: RFC 3339 or Unix ms"),
