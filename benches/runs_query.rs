@@ -63,6 +63,17 @@ fn main() {
         ("last hour", format!("since={hour_ago}&limit=50")),
         ("page 2 (cursor)", format!("cursor={cursor}&limit=50")),
         ("limit=200", "limit=200".into()),
+        (
+            "delivery_state=failed",
+            "delivery_state=failed&limit=50".into(),
+        ),
+        (
+            "delivery_state=retrying",
+            "delivery_state=retrying&limit=50".into(),
+        ),
+        ("status=waiting", "status=waiting&limit=50".into()),
+        ("parent", format!("parent={cursor}&limit=50")),
+        ("q=evt_…", format!("q=evt_{}", &cursor[4..])),
     ];
     println!(
         "\n{:<24} {:>9} {:>9} {:>9} {:>7}",
@@ -137,7 +148,7 @@ fn seed(db: &Path, runs: usize) -> i64 {
             .prepare(
                 "INSERT INTO events (event_id, request_id, deployment_key, event_type, callback_url, body, state,
                                      attempts, total_attempts, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'workflow.completed', 'http://127.0.0.1:9/cb', x'7b7d', 'delivered', 1, 1, ?4, ?4)",
+                 VALUES (?1, ?2, ?3, 'workflow.completed', 'http://127.0.0.1:9/cb', x'7b7d', ?5, 1, 1, ?4, ?4)",
             )
             .unwrap();
         let deployments = [
@@ -175,7 +186,14 @@ fn seed(db: &Path, runs: usize) -> i64 {
             .unwrap();
             if callback {
                 event
-                    .execute(params![format!("evt_{}", &id[4..]), id, dep, at])
+                    .execute(params![
+                        format!("evt_{}", &id[4..]),
+                        id,
+                        dep,
+                        at,
+                        // A few failed deliveries for `delivery_state=failed`.
+                        if i % 30 == 0 { "failed" } else { "delivered" }
+                    ])
                     .unwrap();
             }
         }

@@ -625,7 +625,7 @@ pub(super) fn list_runs(
     match filter.delivery_state {
         None => {}
         Some(DeliveryStateFilter::NotStarted) => {
-            sql.push_str(" AND r.callback_url IS NOT NULL AND e.state IS NULL")
+            sql.push_str(" AND r.callback_url IS NOT NULL AND e.state IS NULL");
         }
         Some(DeliveryStateFilter::Paused) => sql.push_str(" AND e.state = 'held'"),
         Some(DeliveryStateFilter::State(state)) => eq(&mut sql, "e.state", Some(state.as_str())),

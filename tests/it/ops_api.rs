@@ -62,7 +62,7 @@ fn listed(app: &TestApp, query: &str) -> BTreeSet<String> {
 }
 
 fn ids(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| s.to_string()).collect()
+    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 fn run_list_row(app: &TestApp, id: &str) -> Value {
