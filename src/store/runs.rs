@@ -628,7 +628,19 @@ pub(super) fn list_runs(
             sql.push_str(" AND r.callback_url IS NOT NULL AND e.state IS NULL");
         }
         Some(DeliveryStateFilter::Paused) => sql.push_str(" AND e.state = 'held'"),
-        Some(DeliveryStateFilter::State(state)) => eq(&mut sql, "e.state", Some(state.as_str())),
+        Some(DeliveryStateFilter::State(state)) => {
+            if state.is_due() {
+                // Due events are few and `events_due` lists them (its WHERE term repeated
+                // so the planner may use the partial index): they drive the query.
+                // The name is one of the enum's own constants, never caller text.
+                sql.push_str(&format!(
+                    " AND r.request_id IN (SELECT request_id FROM events
+                         WHERE state IN ('pending', 'retrying') AND state = '{}')",
+                    state.as_str()
+                ));
+            }
+            eq(&mut sql, "e.state", Some(state.as_str()));
+        }
     }
     if filter.waiting {
         // `runs_by_status` narrows to running runs; each is checked by its primary keys.
