@@ -46,6 +46,20 @@ fn main() {
             .unwrap();
         page["next_cursor"].as_str().unwrap().to_string()
     };
+    // The seed names a callback run's event after its run: `evt_` + the same hex.
+    let event_id = {
+        let page: serde_json::Value = agent
+            .get(&format!("{base}/v1/runs?delivery=callback&limit=1"))
+            .set("Authorization", &format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        format!(
+            "evt_{}",
+            &page["runs"][0]["request_id"].as_str().unwrap()[4..]
+        )
+    };
     let hour_ago = newest - 3_600_000;
     let filters: Vec<(&str, String)> = vec![
         ("newest 50", "limit=50".into()),
@@ -73,7 +87,7 @@ fn main() {
         ),
         ("status=waiting", "status=waiting&limit=50".into()),
         ("parent", format!("parent={cursor}&limit=50")),
-        ("q=evt_…", format!("q=evt_{}", &cursor[4..])),
+        ("q=evt_…", format!("q={event_id}")),
     ];
     println!(
         "\n{:<24} {:>9} {:>9} {:>9} {:>7}",
@@ -127,8 +141,9 @@ fn seed(db: &Path, runs: usize) -> i64 {
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "OFF").unwrap();
     conn.execute_batch(include_str!("../schema.sql")).unwrap();
-    // schema.sql is the whole schema of this version (see src/store/migrate.rs).
-    conn.pragma_update(None, "user_version", 6).unwrap();
+    // schema.sql is the whole schema of this version (`LATEST_VERSION` in src/store/migrate.rs);
+    // a stale number here makes the daemon re-run later migrations and refuse to start.
+    conn.pragma_update(None, "user_version", 7).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
